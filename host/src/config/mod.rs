@@ -1,0 +1,48 @@
+//! Configuration: file → raw serde types (`raw`) → validated [`Config`] (`validate`), with every error
+//! reported at once as `file:line:col: field: reason`.
+
+mod error;
+mod model;
+mod raw;
+pub mod units;
+mod validate;
+
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::*;
+pub use validate::normalise_host_pattern;
+
+use std::path::Path;
+
+impl Config {
+    /// Read and validate a config file. Relative paths inside it resolve against its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::single(path, "", format!("cannot read the file: {e}")))?;
+        Config::parse(&text, path)
+    }
+
+    /// Validate config text as if it had been read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            let loc = error::Locator::new(path, text);
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                position: e.span().map(|s| loc.position(s.start)),
+                field: String::new(),
+                message: e.message().trim().to_string(),
+            }])
+        })?;
+        let mut v = validate::Validator::new(path, text);
+        let config = v.config(raw);
+        let errors = v.finish();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! The validated configuration: every value checked, every path resolved, every default applied.
+//! Nothing downstream of this module re-validates.
+
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (for messages and the watcher).
+    pub path: PathBuf,
+    pub listeners: Vec<ListenerConfig>,
+    pub sites: Vec<SiteConfig>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub limits: Limits,
+    pub header_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing the TCP (and TLS) connection to the backend.
+    pub connect: Duration,
+    /// From sending the request to receiving the backend's response head.
+    pub response: Duration,
+    /// Silence in both directions after which a WebSocket tunnel is closed.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            response: Duration::from_secs(60),
+            idle: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    pub name: String,
+    pub listeners: Vec<String>,
+    /// Lower-case host names; `*.example.org` matches any single label in front.
+    pub hosts: Vec<String>,
+    pub default: bool,
+    pub tls: Option<TlsFiles>,
+    pub routes: Vec<RouteConfig>,
+    pub plugins: Vec<PluginConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// The path prefix, matched on segment boundaries.
+    pub path: String,
+    pub backend: Backend,
+    pub reverse: bool,
+    pub reverse_cookie_path: bool,
+    pub preserve_host: bool,
+    pub timeouts: Timeouts,
+    pub websocket: bool,
+    /// Lower-case origins (`https://chat.example.org`); `None` allows any.
+    pub allowed_origins: Option<Vec<String>>,
+    pub max_tunnels: Option<usize>,
+    pub max_body_bytes: u64,
+    pub plugins: Vec<PluginConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// As written in config, for logs.
+    pub url: String,
+    /// True for `https://` and `wss://`.
+    pub tls: bool,
+    /// True for `ws://` and `wss://`: written as a WebSocket route (plain HTTP still works on it).
+    pub websocket_scheme: bool,
+    /// `host:port` with the port always present.
+    pub authority: String,
+    pub host: String,
+    pub port: u16,
+    /// The path part, at least `/`.
+    pub path: String,
+    /// PEM CA bundle for TLS backends; `None` uses the public web PKI roots.
+    pub ca: Option<PathBuf>,
+}
+
+impl Backend {
+    /// The scheme used on the wire for plain HTTP requests.
+    pub fn http_scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    /// For logs and metrics.
+    pub name: String,
+    pub source: PluginSource,
+    /// The plugin's own config table, as JSON for `init`.
+    pub config: serde_json::Value,
+    pub on_error: OnError,
+    pub limits: PluginLimits,
+    /// Directory that `read-config-file` resolves against and may not leave.
+    pub base_dir: PathBuf,
+    /// `file:line:col` of the entry, for messages.
+    pub location: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PluginSource {
+    Builtin(String),
+    Wasm(PathBuf),
+}
+
+/// What happens to a request when a plugin fails (traps, runs out of time or memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Fail closed: answer 500. The default.
+    Deny,
+    /// Fail open: skip the plugin and go on.
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimits {
+    pub time: Duration,
+    pub memory: u64,
+    pub stack: u64,
+    pub instances: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            time: Duration::from_millis(50),
+            memory: 16 << 20,
+            stack: 512 << 10,
+            instances: 16,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The config file exactly as written: serde types that refuse unknown fields. Values that can be
+//! wrong in ways serde cannot see carry their span, so validation can point at `line:column`.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::SizeValue;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Spanned<RawListener>>,
+    #[serde(default, rename = "site")]
+    pub sites: Vec<Spanned<RawSite>>,
+    /// CIDRs whose `X-Forwarded-*`, `Forwarded` and `X-Request-Id` headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Defaults for every site; sites and routes override them.
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Where compiled plugins are cached. Default: `$XDG_CACHE_HOME/wasmgate` or `~/.cache/wasmgate`.
+    pub cache_dir: Option<String>,
+    /// Grace period for in-flight requests and tunnels on shutdown.
+    pub shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<String>,
+    pub bind: Spanned<String>,
+    #[serde(default)]
+    pub tls: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<Spanned<String>>,
+    pub response: Option<Spanned<String>>,
+    pub idle: Option<Spanned<String>>,
+    /// Only meaningful at the top level: the site is not known until the headers are read.
+    pub header_read: Option<Spanned<String>>,
+    /// Only meaningful at the top level: how long an idle keep-alive client connection is kept.
+    pub keepalive: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<Spanned<SizeValue>>,
+    pub max_body_bytes: Option<Spanned<SizeValue>>,
+    pub max_connections: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    pub name: Spanned<String>,
+    pub listeners: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// The site for requests whose host matches no other site on the listener.
+    #[serde(default)]
+    pub default: bool,
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub preserve_host: bool,
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    pub max_body_bytes: Option<Spanned<SizeValue>>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Spanned<RawRoute>>,
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<Spanned<RawPlugin>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path: Spanned<String>,
+    pub backend: Spanned<String>,
+    /// ProxyPassReverse: rewrite Location, Content-Location and URI headers that point at the backend.
+    #[serde(default)]
+    pub reverse: bool,
+    /// ProxyPassReverseCookiePath: rewrite `Path=` of Set-Cookie from the backend's path to the route's.
+    #[serde(default)]
+    pub reverse_cookie_path: bool,
+    pub preserve_host: Option<bool>,
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// Tunnel WebSocket upgrades on this route (default true).
+    pub websocket: Option<bool>,
+    pub allowed_origins: Option<Vec<Spanned<String>>>,
+    pub max_tunnels: Option<Spanned<u64>>,
+    pub max_body_bytes: Option<Spanned<SizeValue>>,
+    /// PEM file with the CA certificates that an `https://`/`wss://` backend's certificate must chain to.
+    pub ca: Option<Spanned<String>>,
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<Spanned<RawPlugin>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    pub builtin: Option<Spanned<String>>,
+    pub wasm: Option<Spanned<String>>,
+    /// A name for logs and metrics; defaults to the builtin name or the wasm file's stem.
+    pub name: Option<String>,
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    pub on_error: Option<Spanned<String>>,
+    #[serde(default)]
+    pub limits: RawPluginLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPluginLimits {
+    pub time: Option<Spanned<String>>,
+    pub memory: Option<Spanned<SizeValue>>,
+    pub stack: Option<Spanned<SizeValue>>,
+    /// Warm instances kept per plugin; instances beyond it are created on demand and dropped after use.
+    pub instances: Option<Spanned<u64>>,
+}
+

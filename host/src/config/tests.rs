@@ -1,0 +1,174 @@
+use super::*;
+use std::time::Duration;
+
+fn dir_with_certs() -> Dir {
+    let d = Dir::new();
+    d.write("certs/chat.crt", "x");
+    d.write("certs/chat.key", "x");
+    d
+}
+
+/// A tiny temp dir helper so the config tests need no extra crate.
+mod tempdir {
+    use std::path::{Path, PathBuf};
+    pub struct Dir(pub PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("wasmgate-cfg-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        pub fn write(&self, rel: &str, text: &str) {
+            let p = self.0.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        pub fn path(&self, rel: &str) -> PathBuf {
+            self.0.join(rel)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    #[allow(dead_code)]
+    pub fn exists(p: &Path) -> bool {
+        p.exists()
+    }
+}
+
+const SEED: &str = r#"
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:8443"
+tls = true
+
+[[site]]
+name = "chat"
+listeners = ["tls"]
+hosts = ["chat.example.org"]
+tls = { cert = "certs/chat.crt", key = "certs/chat.key" }
+preserve_host = true
+timeout = "3600s"
+
+[[site.route]]
+path = "/"
+backend = "http://127.0.0.1:3000/"
+reverse = true
+"#;
+
+#[test]
+fn the_seed_vhost_loads() {
+    let d = dir_with_certs();
+    let c = Config::parse(SEED, &d.path("wasmgate.toml")).unwrap();
+    assert_eq!(c.listeners[0].bind.port(), 8443);
+    let site = &c.sites[0];
+    assert_eq!(site.hosts, vec!["chat.example.org"]);
+    assert_eq!(site.tls.as_ref().unwrap().cert, d.path("certs/chat.crt"));
+    let route = &site.routes[0];
+    assert!(route.preserve_host && route.reverse);
+    assert_eq!(route.timeouts.response, Duration::from_secs(3600));
+    assert_eq!(route.timeouts.idle, Duration::from_secs(3600));
+    assert_eq!(route.backend.authority, "127.0.0.1:3000");
+    assert_eq!(route.backend.path, "/");
+}
+
+#[test]
+fn every_error_is_reported_with_its_place() {
+    let d = Dir::new();
+    let text = r#"
+[[listener]]
+name = "web"
+bind = "nonsense"
+
+[[site]]
+name = "a"
+listeners = ["web", "nope"]
+hosts = ["a.example", "bad host"]
+timeout = "10"
+
+[[site.route]]
+path = "/"
+backend = "ftp://x/"
+"#;
+    let errs = Config::parse(text, &d.path("w.toml")).unwrap_err().0;
+    let all = ConfigErrors(errs.clone()).to_string();
+    assert!(all.contains("w.toml:4:8: listener[0].bind: `nonsense` is not an IP:port"), "{all}");
+    assert!(all.contains("site[0].listeners: no listener is named `nope`"), "{all}");
+    assert!(all.contains("site[0].hosts[1]"), "{all}");
+    assert!(all.contains("site[0].timeout: `10` has no unit"), "{all}");
+    assert!(all.contains("w.toml:14:11: site[0].route[0].backend: `ftp://x/` must start with http://"), "{all}");
+    assert!(errs.len() >= 5, "{all}");
+}
+
+use tempdir::Dir;
+
+#[test]
+fn unknown_fields_and_syntax_errors_name_line_and_column() {
+    let d = Dir::new();
+    let e = Config::parse("[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nport = 3\n", &d.path("x.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with(&format!("{}:4:1", d.path("x.toml").display())), "{e}");
+    assert!(e.contains("unknown field `port`"), "{e}");
+}
+
+#[test]
+fn conflicting_hosts_and_missing_files_are_refused() {
+    let d = Dir::new();
+    let text = r#"
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:0"
+tls = true
+[[site]]
+name = "a"
+listeners = ["tls"]
+hosts = ["x.example"]
+tls = { cert = "missing.crt", key = "missing.key" }
+[[site.route]]
+path = "/"
+backend = "http://127.0.0.1:1"
+[[site]]
+name = "b"
+listeners = ["tls"]
+hosts = ["X.example."]
+tls = { cert = "missing.crt", key = "missing.key" }
+[[site.route]]
+path = "/"
+backend = "http://127.0.0.1:1"
+"#;
+    let e = Config::parse(text, &d.path("x.toml")).unwrap_err().to_string();
+    assert!(e.contains("site[0].tls.cert: file"), "{e}");
+    assert!(e.contains("does not exist"), "{e}");
+    assert!(e.contains("host `x.example` on listener `tls` is already claimed by site `a`"), "{e}");
+}
+
+#[test]
+fn route_timeouts_inherit_and_override() {
+    let d = Dir::new();
+    let text = r#"
+timeouts = { connect = "1s" }
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+[[site]]
+name = "a"
+listeners = ["web"]
+default = true
+timeout = "30s"
+[[site.route]]
+path = "/ws"
+backend = "ws://127.0.0.1:3000/socket"
+timeouts = { idle = "2s" }
+"#;
+    let c = Config::parse(text, &d.path("x.toml")).unwrap();
+    let t = c.sites[0].routes[0].timeouts;
+    assert_eq!(t.connect, Duration::from_secs(1));
+    assert_eq!(t.response, Duration::from_secs(30));
+    assert_eq!(t.idle, Duration::from_secs(2));
+    assert!(c.sites[0].routes[0].backend.websocket_scheme);
+}

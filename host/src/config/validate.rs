@@ -1,0 +1,501 @@
+//! Raw config → validated [`Config`]. Every check runs even after one fails, so a user fixing a file
+//! sees all of its problems at once.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::error::{ConfigError, Locator};
+use super::model::*;
+use super::raw::*;
+use super::units::{parse_duration, SizeValue};
+
+pub(super) struct Validator<'a> {
+    loc: Locator<'a>,
+    base_dir: PathBuf,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Validator<'a> {
+    pub fn new(file: &'a Path, text: &'a str) -> Self {
+        let base_dir = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Validator {
+            loc: Locator::new(file, text),
+            base_dir,
+            errors: Vec::new(),
+        }
+    }
+
+    fn err<T>(&mut self, span: std::ops::Range<usize>, field: &str, msg: impl Into<String>) -> Option<T> {
+        let e = self.loc.at(span, field, msg);
+        self.errors.push(e);
+        None
+    }
+
+    pub fn finish(self) -> Vec<ConfigError> {
+        self.errors
+    }
+
+    pub fn config(&mut self, raw: RawConfig) -> Config {
+        let listeners = self.listeners(&raw.listeners);
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, cidr)| self.cidr(cidr, &format!("trusted_proxies[{i}]")))
+            .collect();
+        let defaults = self.timeouts(&raw.timeout, &raw.timeouts, Timeouts::default(), "");
+        let header_read_timeout = self
+            .duration_opt(&raw.timeouts.header_read, "timeouts.header_read")
+            .unwrap_or(Duration::from_secs(30));
+        let keepalive_timeout = self
+            .duration_opt(&raw.timeouts.keepalive, "timeouts.keepalive")
+            .unwrap_or(Duration::from_secs(60));
+        let shutdown_grace = self
+            .duration_opt(&raw.shutdown_grace, "shutdown_grace")
+            .unwrap_or(Duration::from_secs(30));
+        let limits = self.limits(&raw.limits);
+        let names: HashSet<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+        let tls_listeners: HashSet<&str> = listeners
+            .iter()
+            .filter(|l| l.tls)
+            .map(|l| l.name.as_str())
+            .collect();
+
+        let mut sites = Vec::new();
+        let mut site_names = HashSet::new();
+        for (i, site) in raw.sites.iter().enumerate() {
+            let field = format!("site[{i}]");
+            if !site_names.insert(site.get_ref().name.get_ref().clone()) {
+                let s = site.get_ref().name.span();
+                self.err::<()>(s, &format!("{field}.name"), "duplicate site name");
+            }
+            if let Some(s) = self.site(site, &field, &names, &tls_listeners, defaults, &limits) {
+                sites.push(s);
+            }
+        }
+        self.host_conflicts(&raw.sites, &sites);
+        let cache_dir = raw.cache_dir.as_ref().map(|d| self.base_dir.join(d));
+
+        Config {
+            path: self.loc.file.to_path_buf(),
+            listeners,
+            sites,
+            trusted_proxies,
+            limits,
+            header_read_timeout,
+            keepalive_timeout,
+            shutdown_grace,
+            cache_dir,
+        }
+    }
+
+    fn listeners(&mut self, raw: &[Spanned<RawListener>]) -> Vec<ListenerConfig> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, l) in raw.iter().enumerate() {
+            let l = l.get_ref();
+            let field = format!("listener[{i}]");
+            if !seen.insert(l.name.get_ref().clone()) {
+                self.err::<()>(l.name.span(), &format!("{field}.name"), "duplicate listener name");
+            }
+            let bind = match l.bind.get_ref().parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    self.err::<()>(
+                        l.bind.span(),
+                        &format!("{field}.bind"),
+                        format!("`{}` is not an IP:port address (e.g. \"0.0.0.0:443\")", l.bind.get_ref()),
+                    );
+                    continue;
+                }
+            };
+            out.push(ListenerConfig {
+                name: l.name.get_ref().clone(),
+                bind,
+                tls: l.tls,
+            });
+        }
+        if raw.is_empty() {
+            self.errors.push(ConfigError {
+                file: self.loc.file.to_path_buf(),
+                position: None,
+                field: "listener".into(),
+                message: "no [[listener]] is defined: nothing would accept connections".into(),
+            });
+        }
+        out
+    }
+
+    fn site(
+        &mut self,
+        raw: &Spanned<RawSite>,
+        field: &str,
+        listeners: &HashSet<&str>,
+        tls_listeners: &HashSet<&str>,
+        defaults: Timeouts,
+        limits: &Limits,
+    ) -> Option<SiteConfig> {
+        let s = raw.get_ref();
+        let name = s.name.get_ref().clone();
+        let mut ok = true;
+        for l in s.listeners.get_ref() {
+            if !listeners.contains(l.as_str()) {
+                ok = false;
+                self.err::<()>(
+                    s.listeners.span(),
+                    &format!("{field}.listeners"),
+                    format!("no listener is named `{l}`"),
+                );
+            } else if tls_listeners.contains(l.as_str()) && s.tls.is_none() {
+                ok = false;
+                self.err::<()>(
+                    raw.span(),
+                    &format!("{field}.tls"),
+                    format!("site `{name}` is on TLS listener `{l}` but has no tls = {{ cert, key }}"),
+                );
+            }
+        }
+        if s.listeners.get_ref().is_empty() {
+            self.err::<()>(s.listeners.span(), &format!("{field}.listeners"), "a site needs at least one listener");
+        }
+        let mut hosts = Vec::new();
+        for (i, h) in s.hosts.iter().enumerate() {
+            match normalise_host_pattern(h.get_ref()) {
+                Ok(h) => hosts.push(h),
+                Err(m) => {
+                    ok = false;
+                    self.err::<()>(h.span(), &format!("{field}.hosts[{i}]"), m);
+                }
+            }
+        }
+        if hosts.is_empty() && !s.default {
+            self.err::<()>(
+                raw.span(),
+                &format!("{field}.hosts"),
+                "a site needs hosts = [...] or default = true",
+            );
+        }
+        let tls = s.tls.as_ref().and_then(|t| {
+            let cert = self.existing_file(&t.cert, &format!("{field}.tls.cert"));
+            let key = self.existing_file(&t.key, &format!("{field}.tls.key"));
+            Some(TlsFiles { cert: cert?, key: key? })
+        });
+        let timeouts = self.timeouts(&s.timeout, &s.timeouts, defaults, field);
+        for (sub, v) in [("header_read", &s.timeouts.header_read), ("keepalive", &s.timeouts.keepalive)] {
+            if let Some(v) = v {
+                self.err::<()>(
+                    v.span(),
+                    &format!("{field}.timeouts.{sub}"),
+                    "only the top-level [timeouts] can set this: the site is not known before the headers are read",
+                );
+            }
+        }
+        let max_body = self
+            .size_opt(&s.max_body_bytes, &format!("{field}.max_body_bytes"))
+            .unwrap_or(limits.max_body_bytes);
+        let plugins = self.plugins(&s.plugins, &format!("{field}.plugin"));
+
+        let mut routes: Vec<RouteConfig> = Vec::new();
+        for (i, r) in s.routes.iter().enumerate() {
+            let rfield = format!("{field}.route[{i}]");
+            if let Some(route) = self.route(r, &rfield, s.preserve_host, timeouts, max_body) {
+                if routes.iter().any(|o| o.path == route.path) {
+                    self.err::<()>(r.get_ref().path.span(), &format!("{rfield}.path"), "duplicate route path in this site");
+                }
+                routes.push(route);
+            }
+        }
+        if s.routes.is_empty() && s.plugins.is_empty() {
+            self.err::<()>(
+                raw.span(),
+                &format!("{field}.route"),
+                "a site needs at least one [[site.route]] or a [[site.plugin]] that answers",
+            );
+        }
+        ok.then_some(SiteConfig {
+            name,
+            listeners: s.listeners.get_ref().clone(),
+            hosts,
+            default: s.default,
+            tls,
+            routes,
+            plugins,
+        })
+    }
+
+    fn route(
+        &mut self,
+        raw: &Spanned<RawRoute>,
+        field: &str,
+        site_preserve_host: bool,
+        site_timeouts: Timeouts,
+        site_max_body: u64,
+    ) -> Option<RouteConfig> {
+        let r = raw.get_ref();
+        let path = r.path.get_ref();
+        let path_ok = path.starts_with('/') && !path.contains(['?', '#', ' ']);
+        if !path_ok {
+            self.err::<()>(r.path.span(), &format!("{field}.path"), "a route path starts with `/` and has no query");
+        }
+        let ca = r.ca.as_ref().and_then(|c| self.existing_file(c, &format!("{field}.ca")));
+        let backend = self.backend(&r.backend, &format!("{field}.backend"), ca);
+        let allowed_origins = r.allowed_origins.as_ref().map(|list| {
+            list.iter()
+                .map(|o| o.get_ref().trim_end_matches('/').to_ascii_lowercase())
+                .collect()
+        });
+        let max_tunnels = r.max_tunnels.as_ref().map(|n| *n.get_ref() as usize);
+        let timeouts = self.timeouts(&r.timeout, &r.timeouts, site_timeouts, field);
+        let max_body_bytes = self
+            .size_opt(&r.max_body_bytes, &format!("{field}.max_body_bytes"))
+            .unwrap_or(site_max_body);
+        let plugins = self.plugins(&r.plugins, &format!("{field}.plugin"));
+        Some(RouteConfig {
+            path: path.clone(),
+            backend: backend?,
+            reverse: r.reverse,
+            reverse_cookie_path: r.reverse_cookie_path,
+            preserve_host: r.preserve_host.unwrap_or(site_preserve_host),
+            timeouts,
+            websocket: r.websocket.unwrap_or(true),
+            allowed_origins,
+            max_tunnels,
+            max_body_bytes,
+            plugins,
+        })
+        .filter(|_| path_ok)
+    }
+
+    fn backend(&mut self, raw: &Spanned<String>, field: &str, ca: Option<PathBuf>) -> Option<Backend> {
+        let text = raw.get_ref();
+        let uri: Uri = match text.parse() {
+            Ok(u) => u,
+            Err(e) => return self.err(raw.span(), field, format!("`{text}` is not a URL: {e}")),
+        };
+        let (tls, websocket_scheme, default_port) = match uri.scheme_str() {
+            Some("http") => (false, false, 80),
+            Some("https") => (true, false, 443),
+            Some("ws") => (false, true, 80),
+            Some("wss") => (true, true, 443),
+            _ => {
+                return self.err(
+                    raw.span(),
+                    field,
+                    format!("`{text}` must start with http://, https://, ws:// or wss://"),
+                )
+            }
+        };
+        let Some(auth) = uri.authority() else {
+            return self.err(raw.span(), field, format!("`{text}` has no host"));
+        };
+        if uri.query().is_some() || text.contains('#') {
+            return self.err(raw.span(), field, "a backend URL may not carry a query or fragment");
+        }
+        if auth.as_str().contains('@') {
+            return self.err(raw.span(), field, "credentials in the backend URL are not supported");
+        }
+        let host = auth.host().to_string();
+        let port = auth.port_u16().unwrap_or(default_port);
+        let authority = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Some(Backend {
+            url: text.clone(),
+            tls,
+            websocket_scheme,
+            authority,
+            host,
+            port,
+            path: if uri.path().is_empty() { "/".into() } else { uri.path().to_string() },
+            ca,
+        })
+    }
+
+    fn plugins(&mut self, raw: &[Spanned<RawPlugin>], field: &str) -> Vec<PluginConfig> {
+        raw.iter()
+            .enumerate()
+            .filter_map(|(i, p)| self.plugin(p, &format!("{field}[{i}]")))
+            .collect()
+    }
+
+    fn plugin(&mut self, raw: &Spanned<RawPlugin>, field: &str) -> Option<PluginConfig> {
+        let p = raw.get_ref();
+        let source = match (&p.builtin, &p.wasm) {
+            (Some(b), None) => {
+                if !crate::plugins::builtin::exists(b.get_ref()) {
+                    return self.err(
+                        b.span(),
+                        &format!("{field}.builtin"),
+                        format!(
+                            "no built-in plugin is named `{}` (there are: {})",
+                            b.get_ref(),
+                            crate::plugins::builtin::NAMES.join(", ")
+                        ),
+                    );
+                }
+                PluginSource::Builtin(b.get_ref().clone())
+            }
+            (None, Some(w)) => PluginSource::Wasm(self.existing_file(w, &format!("{field}.wasm"))?),
+            _ => return self.err(raw.span(), field, "a plugin needs exactly one of builtin = \"…\" or wasm = \"…\""),
+        };
+        let name = p.name.clone().unwrap_or_else(|| match &source {
+            PluginSource::Builtin(n) => n.clone(),
+            PluginSource::Wasm(path) => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "plugin".into()),
+        });
+        let on_error = match p.on_error.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+            None | Some(("deny", _)) => OnError::Deny,
+            Some(("allow", _)) => OnError::Allow,
+            Some((other, span)) => {
+                return self.err(span, &format!("{field}.on_error"), format!("`{other}` is neither \"deny\" nor \"allow\""))
+            }
+        };
+        let d = PluginLimits::default();
+        let limits = PluginLimits {
+            time: self.duration_opt(&p.limits.time, &format!("{field}.limits.time")).unwrap_or(d.time),
+            memory: self.size_opt(&p.limits.memory, &format!("{field}.limits.memory")).unwrap_or(d.memory),
+            stack: self.size_opt(&p.limits.stack, &format!("{field}.limits.stack")).unwrap_or(d.stack),
+            instances: p.limits.instances.as_ref().map_or(d.instances, |n| *n.get_ref() as usize),
+        };
+        if limits.time.is_zero() || limits.time > Duration::from_secs(10) {
+            self.err::<()>(raw.span(), &format!("{field}.limits.time"), "must be between 1ms and 10s");
+        }
+        if limits.memory < (1 << 20) || limits.memory > (4 << 30) {
+            self.err::<()>(raw.span(), &format!("{field}.limits.memory"), "must be between 1MiB and 4GiB");
+        }
+        let config = match &p.config {
+            Some(table) => serde_json::to_value(table).unwrap_or(serde_json::Value::Null),
+            None => serde_json::json!({}),
+        };
+        let (line, col) = self.loc.position(raw.span().start);
+        Some(PluginConfig {
+            name,
+            source,
+            config,
+            on_error,
+            limits,
+            base_dir: self.base_dir.clone(),
+            location: format!("{}:{line}:{col}", self.loc.file.display()),
+        })
+    }
+
+    fn timeouts(&mut self, short: &Option<Spanned<String>>, raw: &RawTimeouts, base: Timeouts, field: &str) -> Timeouts {
+        let dot = if field.is_empty() { String::new() } else { format!("{field}.") };
+        let shorthand = self.duration_opt(short, &format!("{dot}timeout"));
+        Timeouts {
+            connect: self.duration_opt(&raw.connect, &format!("{dot}timeouts.connect")).unwrap_or(base.connect),
+            response: self
+                .duration_opt(&raw.response, &format!("{dot}timeouts.response"))
+                .or(shorthand)
+                .unwrap_or(base.response),
+            idle: self
+                .duration_opt(&raw.idle, &format!("{dot}timeouts.idle"))
+                .or(shorthand)
+                .unwrap_or(base.idle),
+        }
+    }
+
+    fn limits(&mut self, raw: &RawLimits) -> Limits {
+        let d = Limits::default();
+        let max_header_bytes = self
+            .size_opt(&raw.max_header_bytes, "limits.max_header_bytes")
+            .unwrap_or(d.max_header_bytes as u64);
+        if max_header_bytes < 8192 {
+            if let Some(v) = &raw.max_header_bytes {
+                self.err::<()>(v.span(), "limits.max_header_bytes", "must be at least 8KiB");
+            }
+        }
+        Limits {
+            max_header_bytes: max_header_bytes.max(8192) as usize,
+            max_body_bytes: self.size_opt(&raw.max_body_bytes, "limits.max_body_bytes").unwrap_or(d.max_body_bytes),
+            max_connections: raw.max_connections.as_ref().map_or(d.max_connections, |n| *n.get_ref() as usize),
+        }
+    }
+
+    fn duration_opt(&mut self, raw: &Option<Spanned<String>>, field: &str) -> Option<Duration> {
+        let raw = raw.as_ref()?;
+        match parse_duration(raw.get_ref()) {
+            Ok(d) => Some(d),
+            Err(m) => self.err(raw.span(), field, m),
+        }
+    }
+
+    fn size_opt(&mut self, raw: &Option<Spanned<SizeValue>>, field: &str) -> Option<u64> {
+        let raw = raw.as_ref()?;
+        match raw.get_ref().bytes() {
+            Ok(n) => Some(n),
+            Err(m) => self.err(raw.span(), field, m),
+        }
+    }
+
+    fn cidr(&mut self, raw: &Spanned<String>, field: &str) -> Option<IpNet> {
+        let text = raw.get_ref();
+        text.parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| self.err::<()>(raw.span(), field, format!("`{text}` is not an IP address or CIDR")))
+            .ok()
+    }
+
+    fn existing_file(&mut self, raw: &Spanned<String>, field: &str) -> Option<PathBuf> {
+        let path = self.base_dir.join(raw.get_ref());
+        if path.is_file() {
+            Some(path)
+        } else {
+            self.err(raw.span(), field, format!("file `{}` does not exist", path.display()))
+        }
+    }
+
+    /// Two sites on one listener may not claim the same host, and a listener has one default site.
+    fn host_conflicts(&mut self, raw: &[Spanned<RawSite>], sites: &[SiteConfig]) {
+        let mut owner: HashMap<(String, String), String> = HashMap::new();
+        for site in sites {
+            let span = raw
+                .iter()
+                .find(|r| r.get_ref().name.get_ref() == &site.name)
+                .map_or(0..0, |r| r.span());
+            for l in &site.listeners {
+                let mut claims: Vec<String> = site.hosts.clone();
+                if site.default {
+                    claims.push("(default site)".into());
+                }
+                for h in claims {
+                    if let Some(prev) = owner.insert((l.clone(), h.clone()), site.name.clone()) {
+                        self.err::<()>(
+                            span.clone(),
+                            &format!("site `{}`", site.name),
+                            format!("host `{h}` on listener `{l}` is already claimed by site `{prev}`"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Lower-case, no port, no trailing dot; `*.` allowed only as the first label.
+pub fn normalise_host_pattern(h: &str) -> Result<String, String> {
+    let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+    let bare = h.strip_prefix("*.").unwrap_or(&h);
+    let valid = !bare.is_empty()
+        && bare
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if valid || bare.parse::<std::net::IpAddr>().is_ok() {
+        Ok(h)
+    } else {
+        Err(format!("`{h}` is not a host name (write names without scheme or port; `*.` only in front)"))
+    }
+}

@@ -1,0 +1,139 @@
+//! Errors on the request path, each with the side it came from, and the one place where an error
+//! becomes a response.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+
+use crate::proxy::body::{full, ProxyBody};
+
+/// Which side of the proxy a failure belongs to; the access log and metrics report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we will not serve.
+    Downstream,
+    /// The backend failed us.
+    Upstream,
+    /// A plugin or the proxy itself.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("no site serves host `{0}`")]
+    UnknownHost(String),
+    #[error("TLS server name `{sni}` and Host `{host}` belong to different sites")]
+    Misdirected { sni: String, host: String },
+    #[error("no route for this path")]
+    NoRoute,
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("backend {backend} refused or reset the connection: {cause}")]
+    UpstreamConnect { backend: String, cause: String },
+    #[error("backend {backend} did not connect within {after_ms} ms")]
+    UpstreamConnectTimeout { backend: String, after_ms: u128 },
+    #[error("backend {backend} did not answer within {after_ms} ms")]
+    UpstreamTimeout { backend: String, after_ms: u128 },
+    #[error("backend {backend} broke the protocol: {cause}")]
+    UpstreamProtocol { backend: String, cause: String },
+    #[error("plugin `{plugin}` failed: {cause}")]
+    Plugin { plugin: String, cause: String },
+    #[error("WebSocket origin `{0}` is not allowed on this route")]
+    OriginRefused(String),
+    #[error("too many open WebSocket tunnels on this route (limit {0})")]
+    TooManyTunnels(usize),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        use ProxyError::*;
+        match self {
+            BadRequest(_) => StatusCode::BAD_REQUEST,
+            UnknownHost(_) | NoRoute => StatusCode::NOT_FOUND,
+            Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            UpstreamConnect { .. } | UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamConnectTimeout { .. } | UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Plugin { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            OriginRefused(_) => StatusCode::FORBIDDEN,
+            TooManyTunnels(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        use ProxyError::*;
+        match self {
+            BadRequest(_) | UnknownHost(_) | Misdirected { .. } | NoRoute | BodyTooLarge { .. } | OriginRefused(_) => {
+                Side::Downstream
+            }
+            UpstreamConnect { .. } | UpstreamConnectTimeout { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => {
+                Side::Upstream
+            }
+            Plugin { .. } | TooManyTunnels(_) | ShuttingDown => Side::Internal,
+        }
+    }
+
+    /// A short machine-friendly kind for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            BadRequest(_) => "bad_request",
+            UnknownHost(_) => "unknown_host",
+            Misdirected { .. } => "misdirected",
+            NoRoute => "no_route",
+            BodyTooLarge { .. } => "body_too_large",
+            UpstreamConnect { .. } => "upstream_connect",
+            UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
+            UpstreamTimeout { .. } => "upstream_timeout",
+            UpstreamProtocol { .. } => "upstream_protocol",
+            Plugin { .. } => "plugin",
+            OriginRefused(_) => "origin_refused",
+            TooManyTunnels(_) => "too_many_tunnels",
+            ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The response the client gets. Bodies are short and say what happened without internal detail
+    /// (backend addresses and plugin traces go to the log only).
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let status = self.status();
+        let reason = status.canonical_reason().unwrap_or("Error");
+        let detail = match self {
+            ProxyError::BadRequest(why) => format!("{why}\n"),
+            ProxyError::UnknownHost(_) => "no site is configured for this host\n".into(),
+            ProxyError::Misdirected { .. } => "this connection cannot serve that host\n".into(),
+            ProxyError::BodyTooLarge { limit } => format!("request body exceeds {limit} bytes\n"),
+            ProxyError::OriginRefused(_) => "WebSocket origin not allowed\n".into(),
+            _ => String::new(),
+        };
+        let body = format!("{} {reason}\n{detail}", status.as_u16());
+        let mut resp = Response::new(full(Bytes::from(body)));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+        if matches!(status, StatusCode::SERVICE_UNAVAILABLE) {
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// Display helper: an error and its causes on one line.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = self.0.source();
+        while let Some(s) = src {
+            write!(f, ": {s}")?;
+            src = s.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,18 @@
+//! wasmgate: a reverse proxy whose policy lives in hot-reloadable WebAssembly components.
+//!
+//! The library is what the `wasmgate` binary runs and what the end-to-end tests start:
+//! [`config::Config::load`] → [`Server::start`] → [`Server::reload`] / [`Server::shutdown`].
+
+pub mod config;
+pub mod error;
+pub mod log;
+pub mod plugins;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod tls;
+pub mod websocket;
+
+pub use config::Config;
+pub use server::{Server, StartError};

@@ -1,0 +1,100 @@
+//! The access log: one line per request (or tunnel), written when it is really over — after the last
+//! body byte, or when the client went away — with what a person debugging needs.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Collected along the request path; [`AccessRecord::emit`] writes it.
+#[derive(Clone)]
+pub struct AccessRecord {
+    pub start: Instant,
+    pub request_id: String,
+    pub client: IpAddr,
+    pub listener: Arc<str>,
+    pub method: String,
+    pub path: String,
+    pub version: &'static str,
+    pub site: Option<Arc<str>>,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<String>,
+    pub bytes_in: Arc<AtomicU64>,
+    pub status: u16,
+    /// Why the request did not get a backend response, if it did not.
+    pub error: Option<String>,
+    /// Which plugin answered, if one did.
+    pub answered_by: Option<String>,
+}
+
+impl AccessRecord {
+    pub fn new(request_id: String, client: IpAddr, listener: Arc<str>, method: &str, path: &str, version: &'static str) -> Self {
+        AccessRecord {
+            start: Instant::now(),
+            request_id,
+            client,
+            listener,
+            method: method.to_string(),
+            path: path.to_string(),
+            version,
+            site: None,
+            route: None,
+            upstream: None,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            status: 0,
+            error: None,
+            answered_by: None,
+        }
+    }
+
+    /// Write the line for an HTTP exchange.
+    pub fn emit(&self, bytes_out: u64, complete: bool) {
+        tracing::info!(
+            target: "wasmgate::access",
+            id = %self.request_id,
+            client = %self.client,
+            listener = %self.listener,
+            site = self.site.as_deref().unwrap_or("-"),
+            route = self.route.as_deref().unwrap_or("-"),
+            method = %self.method,
+            path = %self.path,
+            version = self.version,
+            status = self.status,
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            duration_ms = elapsed_ms(self.start),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            plugin = self.answered_by.as_deref().unwrap_or("-"),
+            error = self.error.as_deref().unwrap_or("-"),
+            complete,
+            "{} {} {}", self.method, self.path, self.status
+        );
+    }
+
+    /// Write the line for a finished WebSocket tunnel.
+    pub fn emit_tunnel(&self, up: u64, down: u64, end: &str) {
+        tracing::info!(
+            target: "wasmgate::access",
+            id = %self.request_id,
+            client = %self.client,
+            listener = %self.listener,
+            site = self.site.as_deref().unwrap_or("-"),
+            route = self.route.as_deref().unwrap_or("-"),
+            method = %self.method,
+            path = %self.path,
+            version = self.version,
+            status = self.status,
+            bytes_in = up,
+            bytes_out = down,
+            duration_ms = elapsed_ms(self.start),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            websocket = true,
+            end,
+            "{} {} {} websocket closed: {end}", self.method, self.path, self.status
+        );
+    }
+}
+
+fn elapsed_ms(start: Instant) -> f64 {
+    (start.elapsed().as_micros() as f64) / 1000.0
+}

@@ -1,0 +1,113 @@
+//! The `wasmgate` command line: `run`, `check`, `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use wasmgate::{Config, Server};
+
+#[derive(Parser)]
+#[command(name = "wasmgate", version, about = "A reverse proxy whose policy lives in WebAssembly components")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configuration; reload it on SIGHUP; drain on SIGTERM/Ctrl-C.
+    Run {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration as `run` would (files, certificates, plugins) and print its sites and
+    /// routes; exit non-zero with every error found.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = match cli.command {
+        Command::Run { config } => rt.block_on(run(config)),
+        Command::Check { config } => rt.block_on(check(config)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} error(s); the configuration was not accepted", errors.0.len());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let builders = wasmgate::runtime::Builders {
+        upstreams: Default::default(),
+        plugins: wasmgate::plugins::PluginHost::new(),
+    };
+    let build = tokio::task::spawn_blocking(move || wasmgate::runtime::Runtime::build(config, &builders)).await?;
+    match build {
+        Ok(rt) => {
+            print!("{}", rt.describe());
+            println!("configuration OK");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} error(s); the configuration was not accepted", errors.0.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server = Server::start(config).await.context("starting wasmgate")?;
+    for (name, addr) in server.addrs() {
+        println!("listening {name} {addr}");
+    }
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => reload(&server, &path).await,
+        }
+    }
+    tracing::info!("draining");
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reload(server: &Server, path: &std::path::Path) {
+    let result = match Config::load(path) {
+        Ok(config) => tokio::task::block_in_place(|| server.reload(config)),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+        Err(errors) => tracing::error!(config = %path.display(), "reload refused, the running configuration stays:\n{errors}"),
+    }
+}

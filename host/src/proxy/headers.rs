@@ -1,0 +1,246 @@
+//! Header hygiene between client and backend: hop-by-hop removal (RFC 9110 §7.6.1), the
+//! `X-Forwarded-*`/`Via` family, and which client address to believe.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, never the message: they must not cross the proxy.
+const HOP_BY_HOP: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
+/// Remove hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // All `Connection` values, comma-separated, may name further hop-by-hop headers.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !is_end_to_end_essential(n))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// `Connection: host` must not let a client delete the Host header the proxy relies on.
+fn is_end_to_end_essential(name: &HeaderName) -> bool {
+    name == header::HOST
+}
+
+/// Does a comma-separated header contain `token` (case-insensitive)?
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// The trusted-proxy list: only these peers may tell us who the client is.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client address: the peer, or — when the peer is trusted — the right-most address in
+    /// `X-Forwarded-For` that is not itself a trusted proxy.
+    pub fn client_addr(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.contains(peer) {
+            return peer;
+        }
+        let chain: Vec<IpAddr> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+            .collect();
+        chain
+            .iter()
+            .rev()
+            .map(|ip| canonical(*ip))
+            .find(|ip| !self.contains(*ip))
+            .unwrap_or(peer)
+    }
+}
+
+/// `::ffff:1.2.3.4` is `1.2.3.4` for every decision.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// What the proxy knows about the client side of one request.
+pub struct Forwarding<'a> {
+    pub peer: IpAddr,
+    pub peer_trusted: bool,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// The Host/`:authority` the client used.
+    pub authority: &'a str,
+    pub request_id: &'a str,
+    /// "1.1" or "2" for `Via`.
+    pub via_version: &'a str,
+}
+
+/// Add `X-Forwarded-For/-Host/-Proto`, `X-Request-Id` and `Via`. From an untrusted peer, any incoming
+/// `X-Forwarded-*` and `Forwarded` are dropped first: a client must not be able to claim another address.
+pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    let peer = canonical(f.peer).to_string();
+    if f.peer_trusted {
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer}"),
+            _ => peer,
+        };
+        set(headers, &X_FORWARDED_FOR, &xff);
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            set(headers, &X_FORWARDED_HOST, f.authority);
+        }
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            set(headers, &X_FORWARDED_PROTO, f.scheme);
+        }
+    } else {
+        headers.remove(&FORWARDED);
+        set(headers, &X_FORWARDED_FOR, &peer);
+        set(headers, &X_FORWARDED_HOST, f.authority);
+        set(headers, &X_FORWARDED_PROTO, f.scheme);
+    }
+    set(headers, &X_REQUEST_ID, f.request_id);
+    let via = format!("{} wasmgate", f.via_version);
+    match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => {
+            let v = format!("{prev}, {via}");
+            set(headers, &header::VIA, &v)
+        }
+        None => set(headers, &header::VIA, &via),
+    }
+}
+
+/// The request id: kept from a trusted proxy, else ours.
+pub fn incoming_request_id(headers: &HeaderMap, peer_trusted: bool) -> Option<String> {
+    if !peer_trusted {
+        return None;
+    }
+    headers
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+}
+
+/// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 backend wants one (RFC 9113 §8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect();
+    let joined = joined.join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("x-keep", "yes"),
+            ("host", "a"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("x-keep") && h.contains_key("host"));
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_spoof_forwarding() {
+        let t = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4"), ("x-forwarded-proto", "http")]);
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(t.client_addr(peer, &h), peer);
+        let f = Forwarding { peer, peer_trusted: false, scheme: "https", authority: "chat.example.org", request_id: "r1", via_version: "1.1" };
+        add_forwarding(&mut h, &f);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "chat.example.org");
+        assert!(!h.contains_key("forwarded"));
+        assert_eq!(h["via"], "1.1 wasmgate");
+    }
+
+    #[test]
+    fn trusted_peers_extend_the_chain() {
+        let t = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
+        let mut h = map(&[("x-forwarded-for", "198.51.100.1, 10.1.1.1"), ("x-forwarded-proto", "https")]);
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(t.client_addr(peer, &h), "198.51.100.1".parse::<IpAddr>().unwrap());
+        let f = Forwarding { peer, peer_trusted: true, scheme: "http", authority: "x", request_id: "r", via_version: "2" };
+        add_forwarding(&mut h, &f);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.1.1.1, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["via"], "2 wasmgate");
+    }
+
+    #[test]
+    fn mapped_v6_is_v4() {
+        let t = TrustedProxies(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert!(t.contains("::ffff:127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn h2_cookies_join() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h["cookie"], "a=1; b=2");
+    }
+}

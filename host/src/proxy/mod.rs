@@ -1,0 +1,368 @@
+//! The request pipeline: pick site and route, run plugins, forward (or tunnel), and log.
+//!
+//! ```text
+//! client ─► host/SNI → site ─► normalise path → route ─► site plugins ─► route plugins
+//!        ─► WebSocket? tunnel : forward to backend ─► reverse-map headers ─► plugins' on-response ─► client
+//! ```
+//! Every failure is a [`ProxyError`], turned into a response in one place ([`ProxyError::to_response`]).
+
+pub mod body;
+pub mod client;
+pub mod headers;
+pub mod normalize;
+pub mod reverse;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::error::ProxyError;
+use crate::log::AccessRecord;
+use crate::plugins::{Flow, RequestState};
+use crate::router::{map_path, normalise_host};
+use crate::runtime::{Route, Runtime, Site};
+use crate::server::Shared;
+use body::{Metered, OnDone, ProxyBody};
+use headers::{add_forwarding, has_token, Forwarding};
+
+/// Facts about one client connection, shared by all requests on it.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub listener: usize,
+    pub listener_name: Arc<str>,
+    pub tls: Option<TlsConn>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConn {
+    pub sni: Option<String>,
+    pub alpn: Option<String>,
+    pub version: &'static str,
+}
+
+impl ConnInfo {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// What the rest of the pipeline knows about the request once site and route are chosen.
+pub struct Routed {
+    pub site: Arc<Site>,
+    pub route: Option<Arc<Route>>,
+    pub state: RequestState,
+    pub websocket: bool,
+}
+
+/// hyper's entry point. Never fails: errors become responses here.
+pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let rt = shared.runtime.load_full();
+    let peer_trusted = rt.trusted.contains(conn.peer.ip());
+    let request_id =
+        headers::incoming_request_id(req.headers(), peer_trusted).unwrap_or_else(|| shared.ids.next());
+    let client = rt.trusted.client_addr(conn.peer.ip(), req.headers());
+    let version = version_name(req.version());
+    let mut access = AccessRecord::new(
+        request_id,
+        client,
+        conn.listener_name.clone(),
+        req.method().as_str(),
+        req.uri().path(),
+        version,
+    );
+    let result = pipeline(&shared, &rt, &conn, req, client, peer_trusted, &mut access).await;
+    let response = match result {
+        Ok(resp) => resp,
+        Err(err) => {
+            log_error(&err, &access);
+            access.error = Some(err.kind().to_string());
+            err.to_response()
+        }
+    };
+    Ok(finish(response, access))
+}
+
+/// Attach the access-log line to the end of the response body.
+fn finish(response: Response<ProxyBody>, mut access: AccessRecord) -> Response<ProxyBody> {
+    access.status = response.status().as_u16();
+    if response.extensions().get::<crate::websocket::Tunnelled>().is_some() {
+        // The tunnel writes its own line when it closes.
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let out = Arc::new(AtomicU64::new(0));
+    let counted = Metered::new(body, out.clone(), None);
+    let logged = OnDone::new(counted, move |complete| access.emit(out.load(Ordering::Relaxed), complete));
+    Response::from_parts(parts, logged.boxed_unsync())
+}
+
+fn log_error(err: &ProxyError, access: &AccessRecord) {
+    match err.side() {
+        crate::error::Side::Downstream => tracing::debug!(id = %access.request_id, kind = err.kind(), "{err}"),
+        _ => tracing::warn!(
+            id = %access.request_id,
+            site = access.site.as_deref().unwrap_or("-"),
+            route = access.route.as_deref().unwrap_or("-"),
+            kind = err.kind(),
+            "{err}"
+        ),
+    }
+}
+
+pub fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/3",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pipeline(
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
+    conn: &Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+    client: IpAddr,
+    peer_trusted: bool,
+    access: &mut AccessRecord,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let authority = request_authority(&req)?;
+    let path = normalize::normalize_path(req.uri().path()).map_err(|_| ProxyError::BadRequest("invalid request path"))?;
+    let (site, route) = select(rt, conn, &authority, &path)?;
+    access.site = Some(site.name.clone());
+    access.route = route.as_ref().map(|r| r.name.clone());
+    let websocket = is_websocket_request(&req);
+    if req.method() == Method::CONNECT && !websocket {
+        return Err(ProxyError::BadRequest("CONNECT is only accepted for WebSockets (RFC 8441)"));
+    }
+    let mut routed = Routed {
+        state: RequestState {
+            id: access.request_id.clone(),
+            method: req.method().as_str().to_string(),
+            scheme: conn.scheme(),
+            authority,
+            path,
+            query: req.uri().query().map(str::to_string),
+            client,
+            site: site.name.clone(),
+            route: route.as_ref().map(|r| r.name.clone()).unwrap_or_else(|| "".into()),
+            websocket,
+            version: version_name(req.version()),
+            tls: conn.tls.clone(),
+        },
+        site,
+        route,
+        websocket,
+    };
+
+    // Plugins: the site's chain, then the route's.
+    let chains = [Some(&routed.site.plugins), routed.route.as_ref().map(|r| &r.plugins)];
+    let mut ran = Vec::new();
+    for chain in chains.into_iter().flatten() {
+        match chain.on_request(&mut routed.state, req.headers_mut(), &mut ran)? {
+            Flow::Continue => {}
+            Flow::Respond { response, plugin } => {
+                access.answered_by = Some(plugin);
+                return Ok(crate::plugins::on_response(&ran, &routed.state, response));
+            }
+        }
+    }
+
+    let Some(route) = routed.route.clone() else {
+        return Err(ProxyError::NoRoute);
+    };
+    access.upstream = Some(route.cfg.backend.authority.clone());
+
+    if websocket {
+        if route.cfg.websocket {
+            let resp = crate::websocket::proxy(shared, conn, &route, &routed.state, req, peer_trusted, access).await?;
+            return Ok(crate::plugins::on_response(&ran, &routed.state, resp));
+        }
+        tracing::info!(id = %access.request_id, route = %route.name, "WebSocket upgrade refused: websocket = false on this route");
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::BadRequest("WebSockets are switched off on this route"));
+        }
+    }
+
+    let resp = forward(conn, &route, &routed.state, req, peer_trusted, access).await?;
+    Ok(crate::plugins::on_response(&ran, &routed.state, resp))
+}
+
+/// The authority the client addressed: `:authority` on h2, the absolute-form target or `Host` on h1.
+fn request_authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
+    let hosts = req.headers().get_all(header::HOST);
+    let mut iter = hosts.iter();
+    let host = iter.next();
+    if iter.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    if let Some(a) = req.uri().authority() {
+        // RFC 9112 §3.2.2: the absolute-form target wins; a disagreeing Host is a smuggling attempt.
+        if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+            if req.version() != Version::HTTP_2 && !h.eq_ignore_ascii_case(a.as_str()) {
+                return Err(ProxyError::BadRequest("Host header disagrees with the request target"));
+            }
+        }
+        return Ok(a.as_str().to_string());
+    }
+    match host {
+        Some(h) => {
+            let h = h.to_str().map_err(|_| ProxyError::BadRequest("Host header is not ASCII"))?;
+            if h.is_empty() || h.contains(['/', ' ', '@']) {
+                return Err(ProxyError::BadRequest("invalid Host header"));
+            }
+            Ok(h.to_string())
+        }
+        None if req.version() == Version::HTTP_10 => Ok(String::new()),
+        None => Err(ProxyError::BadRequest("missing Host header")),
+    }
+}
+
+/// Site by Host (agreeing with SNI on TLS listeners), then route by longest prefix.
+fn select(rt: &Runtime, conn: &ConnInfo, authority: &str, path: &str) -> Result<(Arc<Site>, Option<Arc<Route>>), ProxyError> {
+    let listener = &rt.listeners[conn.listener];
+    let host = normalise_host(authority);
+    let site_idx = listener.hosts.lookup(&host).ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
+    if let Some(sni) = conn.tls.as_ref().and_then(|t| t.sni.as_deref()) {
+        if listener.hosts.lookup(&normalise_host(sni)) != Some(site_idx) {
+            return Err(ProxyError::Misdirected { sni: sni.to_string(), host });
+        }
+    }
+    let site = rt.sites[site_idx].clone();
+    let route = site.route_for(path).cloned();
+    Ok((site, route))
+}
+
+/// HTTP/1.1 `Upgrade: websocket` or HTTP/2 extended CONNECT with `:protocol websocket`. Other upgrade
+/// tokens (`h2c`, …) are never tunnelled: their headers are hop-by-hop and get stripped.
+pub fn is_websocket_request<B>(req: &Request<B>) -> bool {
+    match req.version() {
+        Version::HTTP_2 => {
+            req.method() == Method::CONNECT
+                && req
+                    .extensions()
+                    .get::<hyper::ext::Protocol>()
+                    .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+        }
+        _ => {
+            req.method() == Method::GET
+                && has_token(req.headers(), &header::CONNECTION, "upgrade")
+                && has_token(req.headers(), &header::UPGRADE, "websocket")
+        }
+    }
+}
+
+/// The backend URI for a request on `route` with the (normalised, possibly plugin-rewritten) path.
+pub fn backend_uri(route: &Route, state: &RequestState, scheme: &str) -> Result<Uri, ProxyError> {
+    let b = &route.cfg.backend;
+    let mut target = map_path(&route.cfg.path, &b.path, &state.path);
+    if let Some(q) = &state.query {
+        target.push('?');
+        target.push_str(q);
+    }
+    format!("{scheme}://{}{target}", b.authority)
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be mapped to the backend"))
+}
+
+/// Request headers as the backend must see them.
+pub fn upstream_headers(
+    headers: &mut http::HeaderMap,
+    conn: &ConnInfo,
+    route: &Route,
+    state: &RequestState,
+    peer_trusted: bool,
+) {
+    headers::strip_hop_by_hop(headers);
+    headers.remove(header::EXPECT);
+    headers::join_cookies(headers);
+    let host = if route.cfg.preserve_host { state.authority.as_str() } else { route.cfg.backend.authority.as_str() };
+    if let Ok(v) = HeaderValue::from_str(host) {
+        headers.insert(header::HOST, v);
+    }
+    add_forwarding(
+        headers,
+        &Forwarding {
+            peer: conn.peer.ip(),
+            peer_trusted,
+            scheme: conn.scheme(),
+            authority: &state.authority,
+            request_id: &state.id,
+            via_version: if state.version == "HTTP/2" { "2" } else { "1.1" },
+        },
+    );
+}
+
+/// Forward a plain HTTP request through the pooled client and stream the answer back.
+async fn forward(
+    conn: &ConnInfo,
+    route: &Route,
+    state: &RequestState,
+    req: Request<Incoming>,
+    peer_trusted: bool,
+    access: &AccessRecord,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let limit = route.cfg.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    let (mut parts, body) = req.into_parts();
+    parts.uri = backend_uri(route, state, route.cfg.backend.http_scheme())?;
+    parts.version = Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
+    upstream_headers(&mut parts.headers, conn, route, state, peer_trusted);
+    let body = Metered::new(body, access.bytes_in.clone(), Some(limit)).boxed_unsync();
+    let upstream_req = Request::from_parts(parts, body);
+
+    let timeout = route.cfg.timeouts.response;
+    let backend = &route.cfg.backend;
+    let resp = match tokio::time::timeout(timeout, route.upstream.client.request(upstream_req)).await {
+        Err(_) => {
+            return Err(ProxyError::UpstreamTimeout { backend: backend.authority.clone(), after_ms: timeout.as_millis() })
+        }
+        Ok(Err(e)) => return Err(client::classify(e, backend, route.upstream.connect_timeout)),
+        Ok(Ok(r)) => r,
+    };
+    Ok(downstream_response(resp, route, state))
+}
+
+/// The backend's response as the client must see it: hop-by-hop headers gone, backend URLs mapped back.
+pub fn downstream_response<B>(resp: Response<B>, route: &Route, state: &RequestState) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if route.cfg.reverse {
+        reverse::ReverseMap {
+            backend: &route.cfg.backend,
+            route_path: &route.cfg.path,
+            public_scheme: state.scheme,
+            public_authority: &state.authority,
+            preserve_host: route.cfg.preserve_host,
+        }
+        .apply(&mut parts.headers, route.cfg.reverse_cookie_path);
+    }
+    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+}

@@ -1,0 +1,155 @@
+//! Choosing a site by host and a route by path. Pure functions over plain data, unit-tested here.
+
+use std::collections::HashMap;
+
+/// Host → site index for one listener.
+#[derive(Debug, Default)]
+pub struct HostTable {
+    exact: HashMap<String, usize>,
+    /// `(".example.org", site)` for `*.example.org`, longest suffix first.
+    wildcards: Vec<(String, usize)>,
+    default: Option<usize>,
+}
+
+impl HostTable {
+    pub fn insert(&mut self, pattern: &str, site: usize) {
+        match pattern.strip_prefix('*') {
+            Some(suffix) => {
+                self.wildcards.push((suffix.to_string(), site));
+                self.wildcards.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+            }
+            None => {
+                self.exact.insert(pattern.to_string(), site);
+            }
+        }
+    }
+
+    pub fn set_default(&mut self, site: usize) {
+        self.default = Some(site);
+    }
+
+    /// The site for a normalised host name (see [`normalise_host`]).
+    pub fn lookup(&self, host: &str) -> Option<usize> {
+        if let Some(&s) = self.exact.get(host) {
+            return Some(s);
+        }
+        self.wildcards
+            .iter()
+            .find(|(suffix, _)| {
+                // `*.example.org` covers exactly one more label: `a.example.org`, not `example.org`
+                // nor `a.b.example.org` (as TLS wildcard certificates do).
+                host.len() > suffix.len()
+                    && host.ends_with(suffix.as_str())
+                    && !host[..host.len() - suffix.len()].contains('.')
+            })
+            .map(|&(_, s)| s)
+            .or(self.default)
+    }
+}
+
+/// `Host`/`:authority`/SNI → lower-case name without port or trailing dot. IPv6 literals keep brackets off.
+pub fn normalise_host(authority: &str) -> String {
+    let a = authority.trim();
+    let host = if let Some(rest) = a.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match a.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => a,
+        }
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Does the route prefix `prefix` cover `path`? Only on whole segments: `/socket` covers `/socket`
+/// and `/socket/x`, not `/socketx`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        && (path.len() == prefix.len() || prefix.ends_with('/') || path.as_bytes()[prefix.len()] == b'/')
+}
+
+/// Index of the longest route prefix covering `path`. `prefixes` in any order. Unlike Apache's
+/// first-match ProxyPass, order in the config never matters.
+pub fn longest_prefix<'a>(prefixes: impl IntoIterator<Item = &'a str>, path: &str) -> Option<usize> {
+    prefixes
+        .into_iter()
+        .enumerate()
+        .filter(|(_, p)| prefix_matches(p, path))
+        .max_by_key(|(_, p)| p.len())
+        .map(|(i, _)| i)
+}
+
+/// ProxyPass mapping: the matched `prefix` of `path` is replaced by the backend's `base` path, joined on
+/// exactly one `/` (Apache would produce `//` or glue segments together when the slashes disagree).
+pub fn map_path(prefix: &str, base: &str, path: &str) -> String {
+    let rest = &path[prefix.len().min(path.len())..];
+    if rest.is_empty() {
+        // `/socket` → `ws://b/socket`; `/app/` → `http://b/x/`.
+        return base.to_string();
+    }
+    let mut out = String::with_capacity(base.len() + rest.len() + 1);
+    out.push_str(base.trim_end_matches('/'));
+    if !rest.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_exact_wildcard_default() {
+        let mut t = HostTable::default();
+        t.insert("chat.example.org", 0);
+        t.insert("*.example.org", 1);
+        assert_eq!(t.lookup("chat.example.org"), Some(0));
+        assert_eq!(t.lookup("api.example.org"), Some(1));
+        assert_eq!(t.lookup("a.b.example.org"), None);
+        assert_eq!(t.lookup("example.org"), None);
+        t.set_default(2);
+        assert_eq!(t.lookup("other.test"), Some(2));
+    }
+
+    #[test]
+    fn host_normalisation() {
+        assert_eq!(normalise_host("Chat.Example.ORG:8443"), "chat.example.org");
+        assert_eq!(normalise_host("chat.example.org."), "chat.example.org");
+        assert_eq!(normalise_host("[::1]:443"), "::1");
+        assert_eq!(normalise_host("127.0.0.1"), "127.0.0.1");
+    }
+
+    #[test]
+    fn prefixes_match_on_segments() {
+        assert!(prefix_matches("/socket", "/socket"));
+        assert!(prefix_matches("/socket", "/socket/x"));
+        assert!(!prefix_matches("/socket", "/socketx"));
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/app/", "/app/x"));
+        assert!(!prefix_matches("/app/", "/app"));
+    }
+
+    #[test]
+    fn longest_prefix_wins_whatever_the_order() {
+        // The seed's order: `/` before `/socket`. Apache would send /socket to `/`.
+        let routes = ["/", "/socket"];
+        assert_eq!(longest_prefix(routes, "/socket"), Some(1));
+        assert_eq!(longest_prefix(routes, "/socket/a"), Some(1));
+        assert_eq!(longest_prefix(routes, "/socketx"), Some(0));
+        assert_eq!(longest_prefix(["/a"], "/b"), None);
+    }
+
+    #[test]
+    fn proxypass_mapping() {
+        assert_eq!(map_path("/", "/", "/x"), "/x");
+        assert_eq!(map_path("/app/", "/", "/app/x"), "/x");
+        assert_eq!(map_path("/app/", "/base/", "/app/x/y"), "/base/x/y");
+        assert_eq!(map_path("/socket", "/socket", "/socket"), "/socket");
+        assert_eq!(map_path("/socket", "/socket", "/socket/room"), "/socket/room");
+        assert_eq!(map_path("/app", "/base/", "/app/x"), "/base/x");
+        assert_eq!(map_path("/app/", "/base", "/app/x"), "/base/x");
+        assert_eq!(map_path("/app/", "/base/", "/app/"), "/base/");
+    }
+}

@@ -1,0 +1,270 @@
+//! WebSocket tunnelling: `wss://` (or `ws://`) outside, `ws://` (or `wss://`) inside.
+//!
+//! The client's upgrade request goes to the backend on a dedicated connection; only when the backend
+//! answers `101` with `Upgrade: websocket` does the tunnel open, and from then on bytes are copied
+//! both ways without parsing frames. HTTP/2 clients (RFC 8441 extended CONNECT) are bridged to an
+//! HTTP/1.1 upgrade towards the backend.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ProxyError;
+use crate::log::AccessRecord;
+use crate::plugins::RequestState;
+use crate::proxy::body::{empty, ProxyBody};
+use crate::proxy::headers::{has_token, strip_hop_by_hop};
+use crate::proxy::{backend_uri, downstream_response, upstream_headers, ConnInfo};
+use crate::runtime::Route;
+use crate::server::Shared;
+
+/// Marks a response whose exchange continues as a tunnel (the tunnel logs it when it ends).
+#[derive(Clone, Copy, Debug)]
+pub struct Tunnelled;
+
+static SEC_WEBSOCKET_KEY: header::HeaderName = header::SEC_WEBSOCKET_KEY;
+
+pub async fn proxy(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    route: &Arc<Route>,
+    state: &RequestState,
+    mut req: Request<Incoming>,
+    peer_trusted: bool,
+    access: &AccessRecord,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    if let Some(allowed) = &route.cfg.allowed_origins {
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .unwrap_or("")
+            .trim_end_matches('/')
+            .to_ascii_lowercase();
+        if !allowed.iter().any(|a| a == &origin) {
+            return Err(ProxyError::OriginRefused(origin));
+        }
+    }
+    if shared.draining.is_cancelled() {
+        return Err(ProxyError::ShuttingDown);
+    }
+    let slot = route
+        .try_open_tunnel()
+        .ok_or(ProxyError::TooManyTunnels(route.cfg.max_tunnels.unwrap_or(0)))?;
+    let h2 = req.version() == Version::HTTP_2;
+    let client_upgrade = hyper::upgrade::on(&mut req);
+
+    // The backend always gets an RFC 6455 upgrade request.
+    let mut headers = std::mem::take(req.headers_mut());
+    upstream_headers(&mut headers, conn, route, state, peer_trusted);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let key = if h2 {
+        let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+        headers.insert(&SEC_WEBSOCKET_KEY, HeaderValue::from_str(&key).expect("base64 is a valid header"));
+        headers
+            .entry(header::SEC_WEBSOCKET_VERSION)
+            .or_insert(HeaderValue::from_static("13"));
+        Some(key)
+    } else {
+        None
+    };
+    let uri = backend_uri(route, state, "http")?;
+    let mut breq = Request::new(Empty::<bytes::Bytes>::new());
+    *breq.method_mut() = Method::GET;
+    *breq.uri_mut() = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").parse().expect("path is a URI");
+    *breq.headers_mut() = headers;
+
+    let backend = &route.cfg.backend;
+    let io = route.upstream.connect(backend).await?;
+    let protocol_err = |e: hyper::Error| ProxyError::UpstreamProtocol {
+        backend: backend.authority.clone(),
+        cause: crate::error::Chain(&e).to_string(),
+    };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(protocol_err)?;
+    tokio::spawn(async move {
+        // Drives the backend connection through the handshake; the upgrade hands the socket over.
+        let _ = connection.with_upgrades().await;
+    });
+    let timeout = route.cfg.timeouts.response;
+    let mut resp = match tokio::time::timeout(timeout, sender.send_request(breq)).await {
+        Err(_) => return Err(ProxyError::UpstreamTimeout { backend: backend.authority.clone(), after_ms: timeout.as_millis() }),
+        Ok(r) => r.map_err(protocol_err)?,
+    };
+
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        tracing::info!(id = %state.id, status = resp.status().as_u16(), "WebSocket upgrade refused by the backend; its answer is passed on");
+        return Ok(downstream_response(resp, route, state));
+    }
+    if !has_token(resp.headers(), &header::UPGRADE, "websocket") {
+        return Err(ProxyError::UpstreamProtocol {
+            backend: backend.authority.clone(),
+            cause: "101 Switching Protocols without Upgrade: websocket".into(),
+        });
+    }
+    if let Some(key) = &key {
+        let expected = derive_accept_key(key.as_bytes());
+        let got = resp.headers().get(header::SEC_WEBSOCKET_ACCEPT).and_then(|v| v.to_str().ok());
+        if got != Some(expected.as_str()) {
+            return Err(ProxyError::UpstreamProtocol {
+                backend: backend.authority.clone(),
+                cause: "101 with a wrong Sec-WebSocket-Accept".into(),
+            });
+        }
+    }
+    let backend_upgrade = hyper::upgrade::on(&mut resp);
+
+    let mut out_headers = std::mem::take(resp.headers_mut());
+    strip_hop_by_hop(&mut out_headers);
+    let mut client_resp = Response::new(empty());
+    if h2 {
+        out_headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+        *client_resp.status_mut() = StatusCode::OK;
+    } else {
+        out_headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        out_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    }
+    *client_resp.headers_mut() = out_headers;
+    client_resp.extensions_mut().insert(Tunnelled);
+
+    let mut record = access.clone();
+    record.status = client_resp.status().as_u16();
+    let idle = route.cfg.timeouts.idle;
+    let cancel = shared.tunnels_cancel.clone();
+    shared.tasks.spawn(async move {
+        let _slot = slot;
+        let (client_io, backend_io) = match tokio::try_join!(client_upgrade, backend_upgrade) {
+            Ok(pair) => pair,
+            Err(e) => {
+                record.emit_tunnel(0, 0, &format!("upgrade failed: {e}"));
+                return;
+            }
+        };
+        let stats = tunnel(TokioIo::new(client_io), TokioIo::new(backend_io), idle, cancel).await;
+        record.emit_tunnel(stats.up, stats.down, stats.end.as_str());
+    });
+    Ok(client_resp)
+}
+
+/// How a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    ClientClosed,
+    BackendClosed,
+    IdleTimeout,
+    ClientError,
+    BackendError,
+    Shutdown,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_close",
+            End::BackendClosed => "backend_close",
+            End::IdleTimeout => "idle_timeout",
+            End::ClientError => "client_error",
+            End::BackendError => "backend_error",
+            End::Shutdown => "shutdown",
+        }
+    }
+}
+
+pub struct TunnelStats {
+    /// Bytes client → backend.
+    pub up: u64,
+    /// Bytes backend → client.
+    pub down: u64,
+    pub end: End,
+}
+
+const BUF: usize = 8 * 1024;
+
+/// Copy bytes both ways until both sides have closed, one fails, the tunnel has been silent for
+/// `idle`, or `cancel` fires. A side's EOF is passed on as a write shutdown (half-close).
+pub async fn tunnel<C, B>(client: C, backend: B, idle: Duration, cancel: CancellationToken) -> TunnelStats
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    let first_close: std::sync::Mutex<Option<End>> = std::sync::Mutex::new(None);
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut br, mut bw) = tokio::io::split(backend);
+
+    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let closed = |e: End| {
+        first_close.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+    };
+    let upstream = async {
+        copy(&mut cr, &mut bw, &up, &touch).await.map_err(|side| match side {
+            Fail::Read => End::ClientError,
+            Fail::Write => End::BackendError,
+        })?;
+        closed(End::ClientClosed);
+        Ok::<(), End>(())
+    };
+    let downstream = async {
+        copy(&mut br, &mut cw, &down, &touch).await.map_err(|side| match side {
+            Fail::Read => End::BackendError,
+            Fail::Write => End::ClientError,
+        })?;
+        closed(End::BackendClosed);
+        Ok::<(), End>(())
+    };
+    let watchdog = async {
+        loop {
+            let seen = last.load(Ordering::Relaxed);
+            tokio::time::sleep_until((start + Duration::from_millis(seen) + idle).into()).await;
+            if last.load(Ordering::Relaxed) == seen {
+                return;
+            }
+        }
+    };
+    let end = tokio::select! {
+        r = async { tokio::try_join!(upstream, downstream) } => match r {
+            Ok(_) => first_close.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or(End::ClientClosed),
+            Err(e) => e,
+        },
+        _ = watchdog => End::IdleTimeout,
+        _ = cancel.cancelled() => End::Shutdown,
+    };
+    TunnelStats { up: up.load(Ordering::Relaxed), down: down.load(Ordering::Relaxed), end }
+}
+
+enum Fail {
+    Read,
+    Write,
+}
+
+async fn copy<R, W>(r: &mut R, w: &mut W, count: &AtomicU64, touch: &impl Fn()) -> Result<(), Fail>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = r.read(&mut buf).await.map_err(|_| Fail::Read)?;
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        touch();
+        w.write_all(&buf[..n]).await.map_err(|_| Fail::Write)?;
+        w.flush().await.map_err(|_| Fail::Write)?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
