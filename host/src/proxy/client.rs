@@ -47,8 +47,11 @@ impl UpstreamCache {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
+        // hyper-rustls sets ALPN itself from the enabled protocols.
+        let mut pool_tls = (*tls).clone();
+        pool_tls.alpn_protocols.clear();
         let https = HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
+            .with_tls_config(pool_tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);

@@ -1,0 +1,66 @@
+//! Start the real proxy from config text in a temporary directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use wasmgate::{Config, Server};
+
+/// A running wasmgate and the directory its config lives in.
+pub struct Proxy {
+    pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Write `config` as `wasmgate.toml` into a fresh directory (plus `files`), and start it.
+    pub async fn start(config: &str, files: &[(&str, &[u8])]) -> Proxy {
+        crate::init_logging();
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in files {
+            write(dir.path(), name, bytes);
+        }
+        Proxy::start_in(dir, config).await
+    }
+
+    /// Start from a directory the caller prepared (certificates, plugins).
+    pub async fn start_in(dir: tempfile::TempDir, config: &str) -> Proxy {
+        crate::init_logging();
+        let path = dir.path().join("wasmgate.toml");
+        std::fs::write(&path, config).unwrap();
+        let cfg = Config::load(&path).unwrap_or_else(|e| panic!("config refused:\n{e}"));
+        let server = Server::start(cfg).await.unwrap_or_else(|e| panic!("proxy did not start: {e}"));
+        Proxy { server: Some(server), dir }
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().unwrap()
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.server().addr(listener).unwrap_or_else(|| panic!("no listener `{listener}`"))
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Rewrite the config file and reload it, as SIGHUP would.
+    pub fn reload(&self, config: &str) -> Result<(), wasmgate::config::ConfigErrors> {
+        let path = self.path("wasmgate.toml");
+        std::fs::write(&path, config).unwrap();
+        let cfg = Config::load(&path)?;
+        self.server().reload(cfg)
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+pub fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    let p = dir.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, bytes).unwrap();
+}
