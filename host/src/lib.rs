@@ -8,6 +8,7 @@ pub mod error;
 pub mod log;
 pub mod plugins;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = match cli.command {
@@ -86,6 +87,10 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     for (name, addr) in server.addrs() {
         println!("listening {name} {addr}");
     }
+    let reloader = server.reloader(&path);
+    if let Err(e) = reloader.clone().watch() {
+        tracing::warn!("file watching is unavailable ({e}); reload with SIGHUP");
+    }
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -93,21 +98,10 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            _ = hup.recv() => reload(&server, &path).await,
+            _ = hup.recv() => { reloader.reload_and_log("SIGHUP").await; }
         }
     }
     tracing::info!("draining");
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn reload(server: &Server, path: &std::path::Path) {
-    let result = match Config::load(path) {
-        Ok(config) => tokio::task::block_in_place(|| server.reload(config)),
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
-        Err(errors) => tracing::error!(config = %path.display(), "reload refused, the running configuration stays:\n{errors}"),
-    }
 }

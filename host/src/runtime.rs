@@ -2,7 +2,6 @@
 //! upstreams and plugin chains. A reload builds a whole new `Runtime` off the request path and swaps
 //! it in atomically; requests already running keep the `Arc` they started with.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -182,6 +181,30 @@ impl Runtime {
         })
     }
 
+    /// Every file this runtime was built from besides the config file itself.
+    pub fn inputs(&self) -> Vec<std::path::PathBuf> {
+        let c = &self.config;
+        let mut files = Vec::new();
+        for s in &c.sites {
+            if let Some(t) = &s.tls {
+                files.push(t.cert.clone());
+                files.push(t.key.clone());
+            }
+            for r in &s.routes {
+                files.extend(r.backend.ca.clone());
+            }
+        }
+        for site in &self.sites {
+            site.plugins.inputs(&mut files);
+            for r in &site.routes {
+                r.plugins.inputs(&mut files);
+            }
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
+
     /// A human-readable table of sites and routes, for `wasmgate check`.
     pub fn describe(&self) -> String {
         let mut out = String::new();
@@ -223,7 +246,3 @@ impl Runtime {
     }
 }
 
-/// Sites by name, for callers that need to find one (tests, admin).
-pub fn site_index(rt: &Runtime) -> HashMap<&str, usize> {
-    rt.sites.iter().enumerate().map(|(i, s)| (&*s.name, i)).collect()
-}

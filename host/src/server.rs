@@ -35,6 +35,22 @@ pub struct Shared {
     pub tasks: TaskTracker,
 }
 
+impl Shared {
+    pub(crate) fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
+        let current = self.runtime.load();
+        if config.listeners != current.config.listeners {
+            return Err(ConfigErrors::single(
+                &config.path,
+                "listener",
+                "listeners changed (name, bind or tls): that needs a restart",
+            ));
+        }
+        let next = Runtime::build(config, &self.builders)?;
+        self.runtime.store(Arc::new(next));
+        Ok(())
+    }
+}
+
 /// Request ids: a per-process random prefix and a counter — unique, cheap, sortable within a process.
 pub struct RequestIds {
     prefix: u32,
@@ -124,17 +140,12 @@ impl Server {
     /// Build a runtime from `config` and swap it in. On any error the running one stays.
     /// Compiling plugins can take a while: call this from a blocking-friendly context.
     pub fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
-        let current = self.shared.runtime.load();
-        if config.listeners != current.config.listeners {
-            return Err(ConfigErrors::single(
-                &config.path,
-                "listener",
-                "listeners changed (name, bind or tls): that needs a restart; the running config stays",
-            ));
-        }
-        let next = Runtime::build(config, &self.shared.builders)?;
-        self.shared.runtime.store(Arc::new(next));
-        Ok(())
+        self.shared.reload(config)
+    }
+
+    /// A handle that reloads this server from its config file (SIGHUP, file watcher).
+    pub fn reloader(&self, path: &std::path::Path) -> crate::reload::Reloader {
+        crate::reload::Reloader { shared: self.shared.clone(), path: path.to_path_buf() }
     }
 
     /// Stop accepting, let requests and tunnels finish for up to the grace period, then close the rest.

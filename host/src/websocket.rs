@@ -190,6 +190,10 @@ pub struct TunnelStats {
 
 const BUF: usize = 8 * 1024;
 
+/// Once one side has closed, the other gets this long (or `idle`, if shorter) to finish: a peer that
+/// never closes its half must not pin a tunnel for the whole (often hour-long) idle timeout.
+const FIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Copy bytes both ways until both sides have closed, one fails, the tunnel has been silent for
 /// `idle`, or `cancel` fires. A side's EOF is passed on as a write shutdown (half-close).
 pub async fn tunnel<C, B>(client: C, backend: B, idle: Duration, cancel: CancellationToken) -> TunnelStats
@@ -202,12 +206,14 @@ where
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
     let first_close: std::sync::Mutex<Option<End>> = std::sync::Mutex::new(None);
+    let half_closed = tokio::sync::Notify::new();
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut br, mut bw) = tokio::io::split(backend);
 
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let closed = |e: End| {
         first_close.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+        half_closed.notify_one();
     };
     let upstream = async {
         copy(&mut cr, &mut bw, &up, &touch).await.map_err(|side| match side {
@@ -226,11 +232,17 @@ where
         Ok::<(), End>(())
     };
     let watchdog = async {
+        let mut limit = idle;
         loop {
             let seen = last.load(Ordering::Relaxed);
-            tokio::time::sleep_until((start + Duration::from_millis(seen) + idle).into()).await;
-            if last.load(Ordering::Relaxed) == seen {
-                return;
+            let deadline = start + Duration::from_millis(seen) + limit;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if last.load(Ordering::Relaxed) == seen {
+                        return;
+                    }
+                }
+                _ = half_closed.notified(), if limit == idle && idle > FIN_TIMEOUT => limit = FIN_TIMEOUT,
             }
         }
     };

@@ -238,3 +238,4 @@ async fn five_hundred_concurrent_tunnels_echo() {
     }
     assert_eq!(open.len(), 500);
 }
+

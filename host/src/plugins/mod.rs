@@ -44,6 +44,9 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// Files the plugins of this chain were loaded from or read.
+    pub fn inputs(&self, _out: &mut Vec<std::path::PathBuf>) {}
+
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
     }

@@ -1,0 +1,121 @@
+//! Hot reload: watch the config file and every file it references (certificates, CA bundles, wasm,
+//! files plugins read), debounce, and swap in a new runtime when their content really changed. A
+//! config or plugin that fails to load is refused with its errors logged; the running one stays.
+//!
+//! Directories are watched rather than files, so editors' write-to-temp-then-rename and Kubernetes
+//! ConfigMap `..data` symlink swaps are both seen; the content fingerprint filters out the noise.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::config::{Config, ConfigErrors};
+use crate::runtime::Runtime;
+use crate::server::Shared;
+
+/// Quiet time after the last file event before a reload is attempted.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Reloads one server from one config file. Cheap to clone.
+#[derive(Clone)]
+pub struct Reloader {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) path: PathBuf,
+}
+
+impl Reloader {
+    /// Read the config file and swap it in; errors leave the running config in place.
+    pub async fn reload(&self) -> Result<String, ConfigErrors> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let config = Config::load(&this.path)?;
+            this.shared.reload(config)?;
+            Ok(fingerprint(&this.path, &this.shared.runtime.load()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(ConfigErrors::single(&self.path, "", format!("reload task failed: {e}"))))
+    }
+
+    /// Reload and log the outcome.
+    pub async fn reload_and_log(&self, why: &str) -> bool {
+        match self.reload().await {
+            Ok(digest) => {
+                tracing::info!(config = %self.path.display(), digest = %&digest[..12], trigger = why, "configuration reloaded");
+                true
+            }
+            Err(errors) => {
+                tracing::error!(
+                    config = %self.path.display(),
+                    trigger = why,
+                    "reload refused; the running configuration stays:\n{errors}"
+                );
+                false
+            }
+        }
+    }
+
+    /// Watch the files behind the running config until the server shuts down.
+    pub fn watch(self) -> notify::Result<tokio::task::JoinHandle<()>> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if let Ok(ev) = ev {
+                if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                    let _ = tx.send(());
+                }
+            }
+        })?;
+        let mut watched = BTreeSet::new();
+        watch_dirs(&mut watcher, &mut watched, &self.path, &self.shared.runtime.load());
+        let mut last = fingerprint(&self.path, &self.shared.runtime.load());
+        tracing::info!(digest = %&last[..12], dirs = watched.len(), "watching configuration for changes");
+        Ok(tokio::spawn(async move {
+            let draining = self.shared.draining.clone();
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => if ev.is_none() { return },
+                    _ = draining.cancelled() => return,
+                }
+                // Debounce: wait until events stop for a moment.
+                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                let now = fingerprint(&self.path, &self.shared.runtime.load());
+                if now == last {
+                    continue;
+                }
+                self.reload_and_log("file change").await;
+                // Whether it loaded or not, this content has been judged; wait for the next change.
+                last = fingerprint(&self.path, &self.shared.runtime.load());
+                watch_dirs(&mut watcher, &mut watched, &self.path, &self.shared.runtime.load());
+            }
+        }))
+    }
+}
+
+fn watch_dirs(w: &mut impl Watcher, watched: &mut BTreeSet<PathBuf>, config: &Path, rt: &Runtime) {
+    for file in std::iter::once(config.to_path_buf()).chain(rt.inputs()) {
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        if watched.insert(dir.clone()) {
+            if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), "cannot watch: {e}");
+            }
+        }
+    }
+}
+
+/// A digest of the config file and every file it references, as they are on disk now.
+pub fn fingerprint(config: &Path, rt: &Runtime) -> String {
+    let mut h = Sha256::new();
+    for file in std::iter::once(config.to_path_buf()).chain(rt.inputs()) {
+        h.update(file.as_os_str().as_encoded_bytes());
+        match std::fs::read(&file) {
+            Ok(bytes) => h.update(Sha256::digest(&bytes)),
+            Err(_) => h.update(b"<missing>"),
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,274 @@
+//! The `wasmgate` binary end to end: `check` on good and broken configs, `run` with port 0, the
+//! access log, hot reload on file change and SIGHUP, and draining on SIGTERM.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use wasmgate_tests::backend::Backend;
+use wasmgate_tests::certs::TestCa;
+use wasmgate_tests::client::{get, ws_connect};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasmgate");
+
+fn seed_config(backend: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:0"
+tls = true
+
+[[site]]
+name = "chat"
+listeners = ["tls"]
+hosts = ["chat.example.org"]
+tls = {{ cert = "certs/chat.crt", key = "certs/chat.key" }}
+preserve_host = true
+timeout = "3600s"
+
+[[site.route]]
+path = "/"
+backend = "{backend}/"
+reverse = true
+
+[[site.route]]
+path = "/socket"
+backend = "ws://{host}/socket"
+"#,
+        host = backend.trim_start_matches("http://")
+    )
+}
+
+#[tokio::test]
+async fn check_prints_the_table_for_the_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    TestCa::new("ca").leaf(&["chat.example.org"]).write(&dir.path().join("certs"), "chat");
+    std::fs::write(dir.path().join("wasmgate.toml"), seed_config("http://127.0.0.1:3000")).unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(dir.path().join("wasmgate.toml")).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("chat  hosts: chat.example.org  listeners: tls"), "{stdout}");
+    let line = |prefix: &str| stdout.lines().find(|l| l.trim_start().starts_with(prefix)).unwrap_or_default().to_string();
+    assert!(line("/socket ").contains("-> ws://127.0.0.1:3000/socket"), "{stdout}");
+    assert!(line("/ ").contains("-> http://127.0.0.1:3000/"), "{stdout}");
+    assert!(line("/ ").contains("preserve_host reverse timeout=3600s"), "{stdout}");
+    assert!(stdout.contains("configuration OK"));
+}
+
+#[tokio::test]
+async fn check_reports_every_error_with_file_and_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(dir.path().join("bad.crt"), "not a certificate").unwrap();
+    std::fs::write(dir.path().join("bad.key"), "not a key").unwrap();
+    std::fs::write(
+        &path,
+        r#"[[listener]]
+name = "tls"
+bind = "127.0.0.1:0"
+tls = true
+
+[[site]]
+name = "a"
+listeners = ["tls", "missing"]
+hosts = ["a.test"]
+tls = { cert = "nope.crt", key = "nope.key" }
+timeout = "soon"
+
+[[site.route]]
+path = "/"
+backend = "127.0.0.1:3000"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let f = path.display().to_string();
+    for expected in [
+        format!("{f}:8:13: site[0].listeners: no listener is named `missing`"),
+        format!("{f}:10:16: site[0].tls.cert: file"),
+        format!("{f}:10:34: site[0].tls.key: file"),
+        format!("{f}:11:11: site[0].timeout: `soon` does not start with a number"),
+        format!("{f}:15:11: site[0].route[0].backend"),
+    ] {
+        assert!(err.contains(&expected), "missing `{expected}` in:\n{err}");
+    }
+    assert!(err.contains("error(s); the configuration was not accepted"));
+
+    // Files that exist but do not parse are caught too, naming the file.
+    let text = std::fs::read_to_string(&path).unwrap()
+        .replace("nope.crt", "bad.crt").replace("nope.key", "bad.key")
+        .replace(", \"missing\"", "").replace("soon", "5s").replace("\"127.0.0.1:3000\"", "\"http://127.0.0.1:3000\"");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("site[0].tls") && err.contains("bad.crt"), "{err}");
+}
+
+/// A running `wasmgate run` with its log lines streamed to a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    addrs: Vec<(String, std::net::SocketAddr)>,
+}
+
+impl Running {
+    async fn start(config: &Path) -> Running {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(child.stderr.take().unwrap())] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(stream).lines();
+                while let Ok(Some(l)) = r.next_line().await {
+                    let _ = tx.send(l);
+                }
+            });
+        }
+        let mut me = Running { child, lines, addrs: Vec::new() };
+        while me.addrs.is_empty() {
+            let line = me.wait_for("listening ").await;
+            if let Some(rest) = line.strip_prefix("listening ") {
+                let (name, addr) = rest.split_once(' ').unwrap();
+                me.addrs.push((name.to_string(), addr.parse().unwrap()));
+            }
+        }
+        me
+    }
+
+    /// The next log line containing `needle` (10 s at most).
+    async fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut skipped = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) if l.contains(needle) => return l,
+                Ok(Some(l)) => skipped.push(l),
+                _ => panic!("no log line containing `{needle}`; saw:\n{}", skipped.join("\n")),
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+}
+
+fn plain_config(backend: &Backend, extra: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+
+[[site]]
+name = "app"
+listeners = ["web"]
+hosts = ["app.test"]
+{extra}
+
+[[site.route]]
+path = "/"
+backend = "{b}/"
+
+[[site.route]]
+path = "/socket"
+backend = "ws://{a}/socket"
+"#,
+        b = backend.url(),
+        a = backend.addr
+    )
+}
+
+#[tokio::test]
+async fn run_logs_requests_and_tunnels_and_drains_on_sigterm() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmgate.toml");
+    std::fs::write(&path, plain_config(&backend, "")).unwrap();
+    let mut run = Running::start(&path).await;
+    let addr = run.addrs[0].1;
+
+    let r = get(addr, "app.test", "/hello").await;
+    assert_eq!(r.status, 200);
+    let line = run.wait_for("GET /hello 200").await;
+    for field in ["site=app", "route=/ ", "status=200", "bytes_out=", "duration_ms=", "client=127.0.0.1", "complete=true"] {
+        assert!(line.contains(field), "access line lacks {field}: {line}");
+    }
+    let r = get(addr, "nobody.test", "/").await;
+    assert_eq!(r.status, 404);
+    run.wait_for("GET / 404").await;
+
+    let (mut ws, _) = ws_connect(addr, "app.test", "/socket", &[]).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text("12345")).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    // The client goes away without a close handshake: its side ended the tunnel.
+    drop(ws);
+    let line = run.wait_for("websocket closed").await;
+    for field in ["status=101", "end=client_close", "bytes_in=11", "bytes_out=7", "duration_ms="] {
+        assert!(line.contains(field), "tunnel line lacks {field}: {line}");
+    }
+    // A close handshake: the server side closes TCP first (RFC 6455 §7.1.1).
+    let (mut ws, _) = ws_connect(addr, "app.test", "/socket", &[]).await.unwrap();
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+    let line = run.wait_for("websocket closed").await;
+    assert!(line.contains("end=backend_close"), "{line}");
+
+    run.signal("-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), run.child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn config_changes_reload_live_and_broken_ones_are_refused() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmgate.toml");
+    std::fs::write(&path, plain_config(&backend, "")).unwrap();
+    let mut run = Running::start(&path).await;
+    let addr = run.addrs[0].1;
+    run.wait_for("watching configuration").await;
+    assert_eq!(get(addr, "app.test", "/").await.status, 200);
+    assert_eq!(get(addr, "new.test", "/").await.status, 404);
+
+    // An editor-style save: write a temp file, rename it over the config.
+    let tmp = dir.path().join(".wasmgate.toml.swp");
+    std::fs::write(&tmp, plain_config(&backend, "").replace("hosts = [\"app.test\"]", "hosts = [\"app.test\", \"new.test\"]")).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    run.wait_for("configuration reloaded").await;
+    assert_eq!(get(addr, "new.test", "/").await.status, 200);
+
+    // A broken file is refused, with file, place and reason, and the old config keeps serving.
+    std::fs::write(&path, plain_config(&backend, "timeout = \"forever\"")).unwrap();
+    let line = run.wait_for("reload refused").await;
+    let mut detail = line.clone();
+    if !detail.contains("timeout") {
+        detail = run.wait_for("timeout").await;
+    }
+    assert!(detail.contains("wasmgate.toml:") && detail.contains("site[0].timeout"), "{line}\n{detail}");
+    assert_eq!(get(addr, "new.test", "/").await.status, 200);
+
+    // SIGHUP reloads on demand.
+    std::fs::write(&path, plain_config(&backend, "")).unwrap();
+    run.signal("-HUP");
+    run.wait_for("configuration reloaded").await;
+    assert_eq!(get(addr, "new.test", "/").await.status, 404);
+}
