@@ -64,7 +64,7 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     };
     let builders = wasmgate::runtime::Builders {
         upstreams: Default::default(),
-        plugins: wasmgate::plugins::PluginHost::new(),
+        plugins: wasmgate::plugins::PluginHost::new(config.cache_dir.clone()),
     };
     let build = tokio::task::spawn_blocking(move || wasmgate::runtime::Runtime::build(config, &builders)).await?;
     match build {

@@ -89,7 +89,7 @@ pub struct Server {
 impl Server {
     /// Validate and build `config`, bind every listener and start serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        let builders = Builders { upstreams: UpstreamCache::default(), plugins: PluginHost::new() };
+        let builders = Builders { upstreams: UpstreamCache::default(), plugins: PluginHost::new(config.cache_dir.clone()) };
         let runtime = Runtime::build(config, &builders)?;
         let listeners = runtime.config.listeners.clone();
         let limits = runtime.config.limits.clone();

@@ -13,3 +13,40 @@ pub fn init_logging() {
         .with_test_writer()
         .try_init();
 }
+
+/// The compiled fixture plugin `fixture-<name>` (see `tests/plugins/`).
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("WASMGATE_FIXTURE_DIR")).join(format!("fixture_{}.wasm", name.replace('-', "_")))
+}
+
+/// Capture log lines of everything running on this thread (a `#[tokio::test]` runs the proxy on the
+/// test's thread), for asserting on what the logs say.
+pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, LogBuffer) {
+    let buf = LogBuffer::default();
+    let writer = buf.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (tracing::subscriber::set_default(sub), buf)
+}
+
+#[derive(Clone, Default)]
+pub struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

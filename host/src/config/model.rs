@@ -172,7 +172,8 @@ impl Default for PluginLimits {
             time: Duration::from_millis(50),
             memory: 16 << 20,
             stack: 512 << 10,
-            instances: 16,
+            // Calls are synchronous and short, so more warm instances than worker threads rarely help.
+            instances: 4,
         }
     }
 }

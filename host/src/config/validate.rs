@@ -373,8 +373,14 @@ impl<'a> Validator<'a> {
         if limits.time.is_zero() || limits.time > Duration::from_secs(10) {
             self.err::<()>(raw.span(), &format!("{field}.limits.time"), "must be between 1ms and 10s");
         }
-        if limits.memory < (1 << 20) || limits.memory > (4 << 30) {
-            self.err::<()>(raw.span(), &format!("{field}.limits.memory"), "must be between 1MiB and 4GiB");
+        if limits.memory < (1 << 20) || limits.memory > (256 << 20) {
+            self.err::<()>(raw.span(), &format!("{field}.limits.memory"), "must be between 1MiB and 256MiB");
+        }
+        if limits.stack < (64 << 10) || limits.stack > (8 << 20) {
+            self.err::<()>(raw.span(), &format!("{field}.limits.stack"), "must be between 64KiB and 8MiB");
+        }
+        if limits.instances == 0 || limits.instances > 64 {
+            self.err::<()>(raw.span(), &format!("{field}.limits.instances"), "must be between 1 and 64");
         }
         let config = match &p.config {
             Some(table) => serde_json::to_value(table).unwrap_or(serde_json::Value::Null),

@@ -1,16 +1,35 @@
-//! Plugins: WebAssembly components that decide about requests. (Runtime filled in by the plugin work.)
+//! Plugins: WebAssembly components, typed by the WIT package in `/wit`, that decide about requests.
+//!
+//! - `bindings`: the generated types (the only `bindgen!`).
+//! - `engine`: the wasmtime engine, epoch ticker, compile cache.
+//! - `state`: what a store holds; the host functions a plugin may call.
+//! - `instance`: a loaded plugin and its pool of warm instances.
+//! - `convert`: HTTP ↔ WIT, and the header guard.
+//!
+//! Per request, the site's chain runs, then the route's; `on-response` runs in reverse for each plugin
+//! whose `on-request` ran. A failing plugin (trap, deadline, memory, stack) fails the request closed
+//! (500) unless its `on_error = "allow"`; either way it is logged with the plugin's name, digest and
+//! wasm backtrace, and its instance is discarded.
 
+mod bindings;
 pub mod builtin;
+mod convert;
+mod engine;
+mod instance;
+mod state;
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use http::{HeaderMap, Response};
+use http::{HeaderMap, Response, StatusCode};
 
-use crate::config::{ConfigError, PluginConfig};
+use crate::config::{ConfigError, OnError, PluginConfig, PluginSource};
 use crate::error::ProxyError;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::TlsConn;
+use bindings::{HookSet, RequestAction};
+pub use instance::LoadedPlugin;
 
 /// The request as plugins see and change it.
 #[derive(Debug, Clone)]
@@ -29,61 +48,205 @@ pub struct RequestState {
     pub tls: Option<TlsConn>,
 }
 
+/// What a chain decided.
 pub enum Flow {
     Continue,
     Respond { response: Response<ProxyBody>, plugin: String },
 }
 
-pub struct Plugin {
-    pub name: String,
-}
-
+/// The plugins of one site or one route, in order.
 #[derive(Default, Clone)]
 pub struct Chain {
-    plugins: Vec<Arc<Plugin>>,
+    plugins: Vec<Arc<LoadedPlugin>>,
 }
 
 impl Chain {
-    /// Files the plugins of this chain were loaded from or read.
-    pub fn inputs(&self, _out: &mut Vec<std::path::PathBuf>) {}
-
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
     }
 
-    pub fn on_request(
+    pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
+        &self.plugins
+    }
+
+    /// Files the plugins of this chain were loaded from or read.
+    pub fn inputs(&self, out: &mut Vec<PathBuf>) {
+        for p in &self.plugins {
+            if let PluginSource::Wasm(path) = &p.source {
+                out.push(path.clone());
+            }
+            out.extend(p.files.read.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned());
+        }
+    }
+
+    /// Run every plugin's `on-request`. `ran` collects the plugins whose `on-response` is owed.
+    pub async fn on_request(
         &self,
-        _state: &mut RequestState,
-        _headers: &mut HeaderMap,
-        _ran: &mut Vec<Arc<Plugin>>,
+        state: &mut RequestState,
+        headers: &mut HeaderMap,
+        ran: &mut Vec<Arc<LoadedPlugin>>,
     ) -> Result<Flow, ProxyError> {
+        for p in &self.plugins {
+            if !p.hooks.contains(HookSet::ON_REQUEST) {
+                ran.push(p.clone());
+                continue;
+            }
+            let req = convert::request(state, headers);
+            match p.on_request(&state.id, &req).await {
+                Ok(RequestAction::Continue(edits)) => {
+                    complain(p, &state.id, convert::apply(edits.headers, headers));
+                    if let Some(target) = edits.path {
+                        rewrite_path(p, state, &target)?;
+                    }
+                    ran.push(p.clone());
+                }
+                Ok(RequestAction::Respond(r)) => {
+                    let (response, refused) = convert::response(r);
+                    complain(p, &state.id, refused);
+                    ran.push(p.clone());
+                    return Ok(Flow::Respond { response, plugin: p.name.clone() });
+                }
+                Err(f) => {
+                    log_failure(p, &state.id, "on-request", &f);
+                    if p.on_error == OnError::Deny {
+                        return Err(ProxyError::Plugin { plugin: p.name.clone(), cause: f.kind.to_string() });
+                    }
+                }
+            }
+        }
         Ok(Flow::Continue)
     }
 }
 
-pub fn on_response(_ran: &[Arc<Plugin>], _state: &RequestState, response: Response<ProxyBody>) -> Response<ProxyBody> {
+/// Run `on-response` of the plugins in `ran`, last first.
+pub async fn on_response(ran: &[Arc<LoadedPlugin>], state: &RequestState, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let wanted: Vec<&Arc<LoadedPlugin>> = ran.iter().rev().filter(|p| p.hooks.contains(HookSet::ON_RESPONSE)).collect();
+    if wanted.is_empty() {
+        return response;
+    }
+    let info = convert::info(state);
+    for p in wanted {
+        let head = bindings::ResponseHead { status: response.status().as_u16(), headers: convert::headers(response.headers()) };
+        match p.on_response(&state.id, &info, &head).await {
+            Ok(ops) => complain(p, &state.id, convert::apply(ops, response.headers_mut())),
+            Err(f) => {
+                log_failure(p, &state.id, "on-response", &f);
+                if p.on_error == OnError::Deny {
+                    let err = ProxyError::Plugin { plugin: p.name.clone(), cause: f.kind.to_string() };
+                    return err.to_response();
+                }
+            }
+        }
+    }
     response
 }
 
-pub struct PluginHost {}
-
-impl PluginHost {
-    pub fn new() -> Self {
-        PluginHost {}
-    }
-
-    pub fn chain(&self, configs: &[PluginConfig], _site: &str) -> Result<Chain, Vec<ConfigError>> {
-        if configs.is_empty() {
-            return Ok(Chain::default());
+fn rewrite_path(p: &LoadedPlugin, state: &mut RequestState, target: &str) -> Result<(), ProxyError> {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (target, None),
+    };
+    match crate::proxy::normalize::normalize_path(path) {
+        Ok(n) => {
+            state.path = n;
+            state.query = query;
+            Ok(())
         }
-        Err(configs
-            .iter()
-            .map(|c| ConfigError {
-                file: c.location.clone().into(),
-                position: None,
-                field: "plugin".into(),
-                message: "plugins are not available yet".into(),
-            })
-            .collect())
+        Err(_) => {
+            tracing::warn!(plugin = %p.name, id = %state.id, "plugin asked for an invalid path `{target}`");
+            Err(ProxyError::Plugin { plugin: p.name.clone(), cause: "invalid path rewrite".into() })
+        }
     }
 }
+
+fn complain(p: &LoadedPlugin, id: &str, refused: Vec<String>) {
+    for r in refused {
+        tracing::warn!(target: "wasmgate::plugin", plugin = %p.name, digest = %p.digest(), id, "edit refused: {r}");
+    }
+}
+
+fn log_failure(p: &LoadedPlugin, id: &str, hook: &str, f: &instance::Failure) {
+    tracing::error!(
+        target: "wasmgate::plugin",
+        plugin = %p.name,
+        site = %p.who.site,
+        digest = %p.digest(),
+        config = %p.location,
+        id = %id,
+        hook = %hook,
+        kind = %f.kind,
+        on_error = if p.on_error == OnError::Deny { "deny" } else { "allow" },
+        detail = %f.detail,
+        "plugin failed"
+    );
+}
+
+/// Loads plugin chains. Lives as long as the server.
+pub struct PluginHost {
+    cache_dir: Option<PathBuf>,
+}
+
+impl Default for PluginHost {
+    fn default() -> Self {
+        PluginHost::new(None)
+    }
+}
+
+impl PluginHost {
+    pub fn new(cache_dir: Option<PathBuf>) -> Self {
+        PluginHost { cache_dir: cache_dir.or_else(engine::default_cache_dir) }
+    }
+
+    /// Load every plugin of a chain; errors name the config entry and the reason.
+    pub fn chain(&self, configs: &[PluginConfig], site: &str) -> Result<Chain, Vec<ConfigError>> {
+        let mut plugins = Vec::new();
+        let mut errors = Vec::new();
+        for c in configs {
+            match load_blocking(c, site, self.cache_dir.as_deref()) {
+                Ok(p) => {
+                    tracing::info!(plugin = %p.name, site, digest = %p.digest(), "plugin loaded");
+                    plugins.push(Arc::new(p));
+                }
+                Err(message) => errors.push(ConfigError {
+                    file: PathBuf::from(&c.location),
+                    position: None,
+                    field: format!("plugin `{}` ({})", c.name, describe(&c.source)),
+                    message,
+                }),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Chain { plugins })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// Loading is called from synchronous config code (often on a blocking thread); it runs the async
+/// instantiate + init on a small runtime of its own, never nested in the caller's.
+fn load_blocking(c: &PluginConfig, site: &str, cache: Option<&std::path::Path>) -> Result<LoadedPlugin, String> {
+    let run = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("cannot start a loader runtime: {e}"))?
+            .block_on(LoadedPlugin::load(c, site, cache))
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // Inside a runtime (e.g. `Server::start` in an async fn): load on a plain thread.
+        std::thread::scope(|s| s.spawn(run).join().unwrap_or_else(|_| Err("plugin loader panicked".into())))
+    } else {
+        run()
+    }
+}
+
+fn describe(source: &PluginSource) -> String {
+    match source {
+        PluginSource::Builtin(n) => format!("builtin {n}"),
+        PluginSource::Wasm(p) => p.display().to_string(),
+    }
+}
+
+/// The status a plugin failure maps to, for docs and tests.
+pub const FAILURE_STATUS: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;

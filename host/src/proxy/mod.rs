@@ -174,11 +174,11 @@ async fn pipeline(
     let chains = [Some(&routed.site.plugins), routed.route.as_ref().map(|r| &r.plugins)];
     let mut ran = Vec::new();
     for chain in chains.into_iter().flatten() {
-        match chain.on_request(&mut routed.state, req.headers_mut(), &mut ran)? {
+        match chain.on_request(&mut routed.state, req.headers_mut(), &mut ran).await? {
             Flow::Continue => {}
             Flow::Respond { response, plugin } => {
                 access.answered_by = Some(plugin);
-                return Ok(crate::plugins::on_response(&ran, &routed.state, response));
+                return Ok(crate::plugins::on_response(&ran, &routed.state, response).await);
             }
         }
     }
@@ -191,7 +191,7 @@ async fn pipeline(
     if websocket {
         if route.cfg.websocket {
             let resp = crate::websocket::proxy(shared, conn, &route, &routed.state, req, peer_trusted, access).await?;
-            return Ok(crate::plugins::on_response(&ran, &routed.state, resp));
+            return Ok(crate::plugins::on_response(&ran, &routed.state, resp).await);
         }
         tracing::info!(id = %access.request_id, route = %route.name, "WebSocket upgrade refused: websocket = false on this route");
         if req.method() == Method::CONNECT {
@@ -200,7 +200,7 @@ async fn pipeline(
     }
 
     let resp = forward(conn, &route, &routed.state, req, peer_trusted, access).await?;
-    Ok(crate::plugins::on_response(&ran, &routed.state, resp))
+    Ok(crate::plugins::on_response(&ran, &routed.state, resp).await)
 }
 
 /// The authority the client addressed: `:authority` on h2, the absolute-form target or `Host` on h1.

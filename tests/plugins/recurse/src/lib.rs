@@ -1,25 +1,25 @@
 //! Fixture: recurses without bound when the path contains `/recurse`, to test that a stack overflow
 //! is a trap that fails the request closed.
 
-use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmgate_plugin_sdk::prelude::*;
 
 pub struct Recurse;
 
-/// Each frame keeps a buffer alive across the call and uses the call's result, so the optimiser can
-/// neither turn this into a loop (no tail call) nor drop it. The end condition is opaque
-/// (`black_box`) and never reached in practice: the stack runs out long before.
+/// Read every frame, so the end condition is opaque to the optimiser (and never reached).
+static LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Unbounded recursion on the *wasm* stack: no local has its address taken, so Rust's shadow stack in
+/// linear memory is not used and the engine's `max_wasm_stack` is what runs out. The result is mixed
+/// after the call with two different operations, so LLVM cannot turn it into a loop.
 #[inline(never)]
-fn deeper(depth: u64) -> u64 {
-    let mut frame = [0u8; 128];
-    frame[0] = depth as u8;
-    black_box(&mut frame);
-    if depth == black_box(u64::MAX) {
-        return 0;
+fn deeper(depth: u64, a: u64, b: u64) -> u64 {
+    if depth == LIMIT.load(Ordering::Relaxed) {
+        return a ^ b;
     }
-    let below = deeper(black_box(depth + 1));
-    below.wrapping_add(u64::from(frame[1]))
+    let below = deeper(depth + 1, a.wrapping_mul(3) ^ depth, b.wrapping_add(a));
+    below.wrapping_add(a).wrapping_mul(b | 1)
 }
 
 impl Plugin for Recurse {
@@ -35,7 +35,7 @@ impl Plugin for Recurse {
 
     fn on_request(&mut self, req: &Request) -> Decision {
         if req.path.contains("/recurse") {
-            let n = deeper(0);
+            let n = deeper(0, 1, 2);
             return Decision::allow().set_header("x-depth", n.to_string());
         }
         Decision::allow()

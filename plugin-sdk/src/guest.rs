@@ -1,0 +1,164 @@
+//! The component glue: the one place wit-bindgen runs (against `../wit`, the single copy of the
+//! contract) and the conversions between its types and the SDK's. Compiled for wasm32 only.
+
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+use crate::plugin::{start, Plugin};
+use crate::{Decision, Header, HeaderOp, Request, RequestInfo, ResponseHead, TlsInfo};
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "wasmgate:plugin/plugin",
+        // The export macro is invoked by `export_plugin!` in the plugin's crate, so it must be public,
+        // and its generated code must find these bindings and the wit-bindgen runtime through the SDK
+        // (plugins do not depend on wit-bindgen).
+        pub_export_macro: true,
+        export_macro_name: "__wasmgate_export_hooks",
+        default_bindings_module: "::wasmgate_plugin_sdk::__private::bindings",
+        runtime_path: "::wasmgate_plugin_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+use bindings::wasmgate::plugin::host as wit_host;
+use bindings::wasmgate::plugin::types as wit;
+
+/// The host side of `crate::host` in the wasm build.
+pub(crate) mod host_imports {
+    use super::wit_host;
+    use crate::host::Level;
+
+    pub fn log(level: Level, message: &str) {
+        let level = match level {
+            Level::Trace => wit_host::Level::Trace,
+            Level::Debug => wit_host::Level::Debug,
+            Level::Info => wit_host::Level::Info,
+            Level::Warn => wit_host::Level::Warn,
+            Level::Error => wit_host::Level::Error,
+        };
+        wit_host::log(level, message);
+    }
+
+    pub fn monotonic_now() -> u64 {
+        wit_host::monotonic_now()
+    }
+
+    pub fn wall_now() -> u64 {
+        wit_host::wall_now()
+    }
+
+    pub fn read_config_file(path: &str) -> Result<Vec<u8>, String> {
+        wit_host::read_config_file(path)
+    }
+
+    /// The host itself refuses file reads outside `init`; nothing to track here.
+    pub fn during_init<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+}
+
+/// Where `export_plugin!` keeps the instance: wasm instances are single-threaded, and a `thread_local`
+/// needs no `Sync` bound on the plugin.
+pub type Slot<P> = LocalKey<RefCell<Option<P>>>;
+
+pub fn init<P: Plugin>(slot: &'static Slot<P>, config: String) -> Result<wit::HookSet, String> {
+    let (plugin, hooks) = start::<P>(&config)?;
+    slot.with(|s| *s.borrow_mut() = Some(plugin));
+    let mut set = wit::HookSet::empty();
+    if hooks.on_request {
+        set = set | wit::HookSet::ON_REQUEST;
+    }
+    if hooks.on_response {
+        set = set | wit::HookSet::ON_RESPONSE;
+    }
+    Ok(set)
+}
+
+pub fn on_request<P: Plugin>(slot: &'static Slot<P>, req: wit::Request) -> wit::RequestAction {
+    let req = request(req);
+    // A hook before a successful init is a host bug; panicking traps and the host fails closed.
+    let decision = slot.with(|s| instance(&mut s.borrow_mut()).on_request(&req));
+    match decision {
+        Decision::Continue(e) => wit::RequestAction::Continue(wit::RequestEdits {
+            headers: e.headers.into_iter().map(header_op).collect(),
+            path: e.path,
+        }),
+        Decision::Respond(r) => wit::RequestAction::Respond(wit::Response {
+            status: r.status,
+            headers: r.headers.into_iter().map(header_out).collect(),
+            body: r.body,
+        }),
+    }
+}
+
+pub fn on_response<P: Plugin>(
+    slot: &'static Slot<P>,
+    info: wit::RequestInfo,
+    head: wit::ResponseHead,
+) -> Vec<wit::HeaderOp> {
+    let info = request_info(info);
+    let head = ResponseHead {
+        status: head.status,
+        headers: head.headers.into_iter().map(header_in).collect(),
+    };
+    let ops = slot.with(|s| instance(&mut s.borrow_mut()).on_response(&info, &head));
+    ops.into_iter().map(header_op).collect()
+}
+
+fn instance<P>(slot: &mut Option<P>) -> &mut P {
+    slot.as_mut()
+        .expect("wasmgate plugin hook called before a successful init")
+}
+
+fn request(r: wit::Request) -> Request {
+    Request {
+        info: request_info(r.info),
+        version: r.version,
+        headers: r.headers.into_iter().map(header_in).collect(),
+        tls: r.tls.map(|t| TlsInfo {
+            sni: t.sni,
+            alpn: t.alpn,
+            version: t.version,
+        }),
+    }
+}
+
+fn request_info(i: wit::RequestInfo) -> RequestInfo {
+    RequestInfo {
+        id: i.id,
+        method: i.method,
+        scheme: i.scheme,
+        authority: i.authority,
+        path: i.path,
+        query: i.query,
+        client_addr: i.client_addr,
+        site: i.site,
+        route: i.route,
+        websocket: i.websocket,
+    }
+}
+
+fn header_in(h: wit::Header) -> Header {
+    // The host already sends lower-case names; no need to copy them through `Header::new`.
+    Header {
+        name: h.name,
+        value: h.value,
+    }
+}
+
+fn header_out(h: Header) -> wit::Header {
+    wit::Header {
+        name: h.name,
+        value: h.value,
+    }
+}
+
+fn header_op(op: HeaderOp) -> wit::HeaderOp {
+    match op {
+        HeaderOp::Set(h) => wit::HeaderOp::Set(header_out(h)),
+        HeaderOp::Append(h) => wit::HeaderOp::Append(header_out(h)),
+        HeaderOp::Remove(n) => wit::HeaderOp::Remove(n),
+    }
+}
