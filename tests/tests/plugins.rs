@@ -119,7 +119,7 @@ async fn contained(path: &str, limits: &str, kind: &str) {
     if kind != "memory" {
         assert!(text.contains("wasm backtrace"), "{text}");
         // Function names from the guest's name section, demangled.
-        assert!(text.contains("::on_request"), "no guest function names in:\n{text}");
+        assert!(text.contains(&format!("fixture_{plugin}::")), "no guest function names in:\n{text}");
     }
 }
 
