@@ -82,16 +82,25 @@ pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incom
         req.uri().path(),
         version,
     );
-    let result = pipeline(&shared, &rt, &conn, req, client, peer_trusted, &mut access).await;
-    let response = match result {
-        Ok(resp) => resp,
-        Err(err) => {
-            log_error(&err, &access);
-            access.error = Some(err.kind().to_string());
-            err.to_response()
-        }
+    let mut routed = match route_request(&rt, &conn, &req, client, &mut access) {
+        Ok(r) => r,
+        Err(err) => return Ok(finish(error_response(err, &mut access), access)),
     };
+    // Every response from here on — backend, plugin or error — passes the plugins' on-response.
+    let mut ran = Vec::new();
+    let response = match serve(&shared, &conn, &mut routed, req, peer_trusted, &mut ran, &mut access).await {
+        Ok(resp) => resp,
+        Err(err) => error_response(err, &mut access),
+    };
+    let response = crate::plugins::on_response(&ran, &routed.state, response).await;
     Ok(finish(response, access))
+}
+
+/// The one place an error becomes a response (and a log line, and a field of the access log).
+fn error_response(err: ProxyError, access: &mut AccessRecord) -> Response<ProxyBody> {
+    log_error(&err, access);
+    access.error = Some(err.kind().to_string());
+    err.to_response()
 }
 
 /// Attach the access-log line to the end of the response body.
@@ -131,26 +140,24 @@ pub fn version_name(v: Version) -> &'static str {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn pipeline(
-    shared: &Arc<Shared>,
-    rt: &Arc<Runtime>,
-    conn: &Arc<ConnInfo>,
-    mut req: Request<Incoming>,
+/// Host, path and route: everything decided before any plugin runs.
+fn route_request(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    req: &Request<Incoming>,
     client: IpAddr,
-    peer_trusted: bool,
     access: &mut AccessRecord,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let authority = request_authority(&req)?;
+) -> Result<Routed, ProxyError> {
+    let authority = request_authority(req)?;
     let path = normalize::normalize_path(req.uri().path()).map_err(|_| ProxyError::BadRequest("invalid request path"))?;
     let (site, route) = select(rt, conn, &authority, &path)?;
     access.site = Some(site.name.clone());
     access.route = route.as_ref().map(|r| r.name.clone());
-    let websocket = is_websocket_request(&req);
+    let websocket = is_websocket_request(req);
     if req.method() == Method::CONNECT && !websocket {
         return Err(ProxyError::BadRequest("CONNECT is only accepted for WebSockets (RFC 8441)"));
     }
-    let mut routed = Routed {
+    Ok(Routed {
         state: RequestState {
             id: access.request_id.clone(),
             method: req.method().as_str().to_string(),
@@ -168,39 +175,43 @@ async fn pipeline(
         site,
         route,
         websocket,
-    };
+    })
+}
 
-    // Plugins: the site's chain, then the route's.
-    let chains = [Some(&routed.site.plugins), routed.route.as_ref().map(|r| &r.plugins)];
-    let mut ran = Vec::new();
+/// Plugins' on-request (site chain, then route chain), then the backend or a tunnel.
+async fn serve(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    routed: &mut Routed,
+    mut req: Request<Incoming>,
+    peer_trusted: bool,
+    ran: &mut Vec<Arc<crate::plugins::LoadedPlugin>>,
+    access: &mut AccessRecord,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let site = routed.site.clone();
+    let chains = [Some(&site.plugins), routed.route.as_ref().map(|r| &r.plugins)];
     for chain in chains.into_iter().flatten() {
-        match chain.on_request(&mut routed.state, req.headers_mut(), &mut ran).await? {
+        match chain.on_request(&mut routed.state, req.headers_mut(), ran).await? {
             Flow::Continue => {}
             Flow::Respond { response, plugin } => {
                 access.answered_by = Some(plugin);
-                return Ok(crate::plugins::on_response(&ran, &routed.state, response).await);
+                return Ok(response);
             }
         }
     }
 
-    let Some(route) = routed.route.clone() else {
-        return Err(ProxyError::NoRoute);
-    };
+    let route = routed.route.clone().ok_or(ProxyError::NoRoute)?;
     access.upstream = Some(route.cfg.backend.authority.clone());
-
-    if websocket {
+    if routed.websocket {
         if route.cfg.websocket {
-            let resp = crate::websocket::proxy(shared, conn, &route, &routed.state, req, peer_trusted, access).await?;
-            return Ok(crate::plugins::on_response(&ran, &routed.state, resp).await);
+            return crate::websocket::proxy(shared, conn, &route, &routed.state, req, peer_trusted, access).await;
         }
         tracing::info!(id = %access.request_id, route = %route.name, "WebSocket upgrade refused: websocket = false on this route");
         if req.method() == Method::CONNECT {
             return Err(ProxyError::BadRequest("WebSockets are switched off on this route"));
         }
     }
-
-    let resp = forward(conn, &route, &routed.state, req, peer_trusted, access).await?;
-    Ok(crate::plugins::on_response(&ran, &routed.state, resp).await)
+    forward(conn, &route, &routed.state, req, peer_trusted, access).await
 }
 
 /// The authority the client addressed: `:authority` on h2, the absolute-form target or `Host` on h1.
