@@ -4,6 +4,7 @@
 //! [`config::Config::load`] → [`Server::start`] → [`Server::reload`] / [`Server::shutdown`].
 
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod log;
 pub mod plugins;

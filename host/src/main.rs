@@ -30,6 +30,29 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the seed configuration (examples/seed) in front of a built-in chat backend, with a
+    /// self-signed certificate, and print what to try.
+    Demo {
+        /// Where the certificate and the generated config go.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on (the backend always stays on loopback).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+        #[arg(long, default_value_t = 8443)]
+        https_port: u16,
+    },
+    /// Write a self-signed certificate and key (`OUT.crt`, `OUT.key`) for trying a config out.
+    Cert {
+        /// Host names (and IP addresses) the certificate is for.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Path without extension, e.g. `certs/chat`.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +66,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => rt.block_on(run(config)),
         Command::Check { config } => rt.block_on(check(config)),
+        Command::Demo { data_dir, bind, http_port, https_port } => {
+            let data_dir = data_dir.unwrap_or_else(wasmgate::demo::default_data_dir);
+            rt.block_on(demo(wasmgate::demo::DemoOptions { data_dir, bind, http_port, https_port }))
+        }
+        Command::Cert { hosts, out } => wasmgate::demo::write_self_signed(&out, &hosts)
+            .map(|(crt, key)| {
+                println!("wrote {} and {}", crt.display(), key.display());
+                ExitCode::SUCCESS
+            })
+            .map_err(|e| anyhow::anyhow!(e)),
     };
     match result {
         Ok(code) => code,
@@ -81,9 +114,23 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     }
 }
 
+async fn demo(opts: wasmgate::demo::DemoOptions) -> anyhow::Result<ExitCode> {
+    let backend = wasmgate::demo::ChatBackend::start(wasmgate::demo::DEMO_TOKEN).await.context("starting the chat backend")?;
+    let path = wasmgate::demo::prepare(&opts, backend.addr).map_err(|e| anyhow::anyhow!(e))?;
+    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server = Server::start(config).await.context("starting wasmgate")?;
+    println!("{}", wasmgate::demo::instructions(&opts, &path));
+    serve(server, path).await
+}
+
 async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let server = Server::start(config).await.context("starting wasmgate")?;
+    serve(server, path).await
+}
+
+/// Serve until SIGTERM/Ctrl-C (drain), reloading on file changes and SIGHUP.
+async fn serve(server: Server, path: PathBuf) -> anyhow::Result<ExitCode> {
     for (name, addr) in server.addrs() {
         println!("listening {name} {addr}");
     }
