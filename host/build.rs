@@ -2,7 +2,14 @@
 
 include!("../build-support/wasm_build.rs");
 
-const BUILTINS: &[&str] = &["redirect", "headers", "token-auth", "ip-allow", "basic-auth", "require-header"];
+const BUILTINS: &[&str] = &[
+    "redirect",
+    "headers",
+    "token-auth",
+    "ip-allow",
+    "basic-auth",
+    "require-header",
+];
 
 fn main() {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("builtin");

@@ -68,12 +68,16 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         use ProxyError::*;
         match self {
-            BadRequest(_) | UnknownHost(_) | Misdirected { .. } | NoRoute | BodyTooLarge { .. } | OriginRefused(_) => {
-                Side::Downstream
-            }
-            UpstreamConnect { .. } | UpstreamConnectTimeout { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => {
-                Side::Upstream
-            }
+            BadRequest(_)
+            | UnknownHost(_)
+            | Misdirected { .. }
+            | NoRoute
+            | BodyTooLarge { .. }
+            | OriginRefused(_) => Side::Downstream,
+            UpstreamConnect { .. }
+            | UpstreamConnectTimeout { .. }
+            | UpstreamTimeout { .. }
+            | UpstreamProtocol { .. } => Side::Upstream,
             Plugin { .. } | TooManyTunnels(_) | ShuttingDown => Side::Internal,
         }
     }
@@ -114,10 +118,13 @@ impl ProxyError {
         let body = format!("{} {reason}\n{detail}", status.as_u16());
         let mut resp = Response::new(full(Bytes::from(body)));
         *resp.status_mut() = status;
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         if matches!(status, StatusCode::SERVICE_UNAVAILABLE) {
-            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         resp
     }

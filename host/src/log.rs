@@ -28,7 +28,14 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    pub fn new(request_id: String, client: IpAddr, listener: Arc<str>, method: &str, path: &str, version: &'static str) -> Self {
+    pub fn new(
+        request_id: String,
+        client: IpAddr,
+        listener: Arc<str>,
+        method: &str,
+        path: &str,
+        version: &'static str,
+    ) -> Self {
         AccessRecord {
             start: Instant::now(),
             request_id,

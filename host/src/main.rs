@@ -10,7 +10,11 @@ use tracing_subscriber::EnvFilter;
 use wasmgate::{Config, Server};
 
 #[derive(Parser)]
-#[command(name = "wasmgate", version, about = "A reverse proxy whose policy lives in WebAssembly components")]
+#[command(
+    name = "wasmgate",
+    version,
+    about = "A reverse proxy whose policy lives in WebAssembly components"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,17 +62,32 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = match cli.command {
         Command::Run { config } => rt.block_on(run(config)),
         Command::Check { config } => rt.block_on(check(config)),
-        Command::Demo { data_dir, bind, http_port, https_port } => {
+        Command::Demo {
+            data_dir,
+            bind,
+            http_port,
+            https_port,
+        } => {
             let data_dir = data_dir.unwrap_or_else(wasmgate::demo::default_data_dir);
-            rt.block_on(demo(wasmgate::demo::DemoOptions { data_dir, bind, http_port, https_port }))
+            rt.block_on(demo(wasmgate::demo::DemoOptions {
+                data_dir,
+                bind,
+                http_port,
+                https_port,
+            }))
         }
         Command::Cert { hosts, out } => wasmgate::demo::write_self_signed(&out, &hosts)
             .map(|(crt, key)| {
@@ -91,7 +110,10 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("{} error(s); the configuration was not accepted", errors.0.len());
+            eprintln!(
+                "{} error(s); the configuration was not accepted",
+                errors.0.len()
+            );
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -99,7 +121,9 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
         upstreams: Default::default(),
         plugins: wasmgate::plugins::PluginHost::new(config.cache_dir.clone()),
     };
-    let build = tokio::task::spawn_blocking(move || wasmgate::runtime::Runtime::build(config, &builders)).await?;
+    let build =
+        tokio::task::spawn_blocking(move || wasmgate::runtime::Runtime::build(config, &builders))
+            .await?;
     match build {
         Ok(rt) => {
             print!("{}", rt.describe());
@@ -108,14 +132,19 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
         }
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("{} error(s); the configuration was not accepted", errors.0.len());
+            eprintln!(
+                "{} error(s); the configuration was not accepted",
+                errors.0.len()
+            );
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
 async fn demo(opts: wasmgate::demo::DemoOptions) -> anyhow::Result<ExitCode> {
-    let backend = wasmgate::demo::ChatBackend::start(wasmgate::demo::DEMO_TOKEN).await.context("starting the chat backend")?;
+    let backend = wasmgate::demo::ChatBackend::start(wasmgate::demo::DEMO_TOKEN)
+        .await
+        .context("starting the chat backend")?;
     let path = wasmgate::demo::prepare(&opts, backend.addr).map_err(|e| anyhow::anyhow!(e))?;
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let server = Server::start(config).await.context("starting wasmgate")?;

@@ -38,7 +38,13 @@ impl Reloader {
             Ok(fingerprint(&this.path, &this.shared.runtime.load()))
         })
         .await
-        .unwrap_or_else(|e| Err(ConfigErrors::single(&self.path, "", format!("reload task failed: {e}"))))
+        .unwrap_or_else(|e| {
+            Err(ConfigErrors::single(
+                &self.path,
+                "",
+                format!("reload task failed: {e}"),
+            ))
+        })
     }
 
     /// Reload and log the outcome.
@@ -70,7 +76,12 @@ impl Reloader {
             }
         })?;
         let mut watched = BTreeSet::new();
-        watch_dirs(&mut watcher, &mut watched, &self.path, &self.shared.runtime.load());
+        watch_dirs(
+            &mut watcher,
+            &mut watched,
+            &self.path,
+            &self.shared.runtime.load(),
+        );
         let mut last = fingerprint(&self.path, &self.shared.runtime.load());
         tracing::info!(digest = %&last[..12], dirs = watched.len(), "watching configuration for changes");
         Ok(tokio::spawn(async move {
@@ -89,7 +100,12 @@ impl Reloader {
                 self.reload_and_log("file change").await;
                 // Whether it loaded or not, this content has been judged; wait for the next change.
                 last = fingerprint(&self.path, &self.shared.runtime.load());
-                watch_dirs(&mut watcher, &mut watched, &self.path, &self.shared.runtime.load());
+                watch_dirs(
+                    &mut watcher,
+                    &mut watched,
+                    &self.path,
+                    &self.shared.runtime.load(),
+                );
             }
         }))
     }
@@ -97,8 +113,15 @@ impl Reloader {
 
 fn watch_dirs(w: &mut impl Watcher, watched: &mut BTreeSet<PathBuf>, config: &Path, rt: &Runtime) {
     for file in std::iter::once(config.to_path_buf()).chain(rt.inputs()) {
-        let dir = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let dir = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
         if watched.insert(dir.clone()) {
             if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
                 tracing::warn!(dir = %dir.display(), "cannot watch: {e}");

@@ -16,7 +16,8 @@ impl HostTable {
         match pattern.strip_prefix('*') {
             Some(suffix) => {
                 self.wildcards.push((suffix.to_string(), site));
-                self.wildcards.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+                self.wildcards
+                    .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
             }
             None => {
                 self.exact.insert(pattern.to_string(), site);
@@ -65,12 +66,17 @@ pub fn normalise_host(authority: &str) -> String {
 /// and `/socket/x`, not `/socketx`.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     path.starts_with(prefix)
-        && (path.len() == prefix.len() || prefix.ends_with('/') || path.as_bytes()[prefix.len()] == b'/')
+        && (path.len() == prefix.len()
+            || prefix.ends_with('/')
+            || path.as_bytes()[prefix.len()] == b'/')
 }
 
 /// Index of the longest route prefix covering `path`. `prefixes` in any order. Unlike Apache's
 /// first-match ProxyPass, order in the config never matters.
-pub fn longest_prefix<'a>(prefixes: impl IntoIterator<Item = &'a str>, path: &str) -> Option<usize> {
+pub fn longest_prefix<'a>(
+    prefixes: impl IntoIterator<Item = &'a str>,
+    path: &str,
+) -> Option<usize> {
     prefixes
         .into_iter()
         .enumerate()
@@ -147,7 +153,10 @@ mod tests {
         assert_eq!(map_path("/app/", "/", "/app/x"), "/x");
         assert_eq!(map_path("/app/", "/base/", "/app/x/y"), "/base/x/y");
         assert_eq!(map_path("/socket", "/socket", "/socket"), "/socket");
-        assert_eq!(map_path("/socket", "/socket", "/socket/room"), "/socket/room");
+        assert_eq!(
+            map_path("/socket", "/socket", "/socket/room"),
+            "/socket/room"
+        );
         assert_eq!(map_path("/app", "/base/", "/app/x"), "/base/x");
         assert_eq!(map_path("/app/", "/base", "/app/x"), "/base/x");
         assert_eq!(map_path("/app/", "/base/", "/app/"), "/base/");

@@ -26,7 +26,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("sites", &self.sites.len()).finish()
+        f.debug_struct("Runtime")
+            .field("sites", &self.sites.len())
+            .finish()
     }
 }
 
@@ -56,7 +58,8 @@ pub struct Site {
 
 impl Site {
     pub fn route_for(&self, path: &str) -> Option<&Arc<Route>> {
-        longest_prefix(self.routes.iter().map(|r| r.cfg.path.as_str()), path).map(|i| &self.routes[i])
+        longest_prefix(self.routes.iter().map(|r| r.cfg.path.as_str()), path)
+            .map(|i| &self.routes[i])
     }
 }
 
@@ -104,7 +107,12 @@ impl Runtime {
     pub fn build(config: Config, b: &Builders) -> Result<Runtime, ConfigErrors> {
         let mut errors: Vec<ConfigError> = Vec::new();
         let file = config.path.clone();
-        let err = |field: String, message: String| ConfigError { file: file.clone(), position: None, field, message };
+        let err = |field: String, message: String| ConfigError {
+            file: file.clone(),
+            position: None,
+            field,
+            message,
+        };
 
         let mut sites = Vec::new();
         let mut certs = Vec::new();
@@ -145,7 +153,11 @@ impl Runtime {
                     tunnels: Arc::new(AtomicUsize::new(0)),
                 }));
             }
-            sites.push(Arc::new(Site { name: sc.name.as_str().into(), routes, plugins: site_plugins }));
+            sites.push(Arc::new(Site {
+                name: sc.name.as_str().into(),
+                routes,
+                plugins: site_plugins,
+            }));
         }
 
         let listeners = config
@@ -166,7 +178,12 @@ impl Runtime {
                     }
                     site_certs[si] = certs[si].clone();
                 }
-                ListenerRuntime { name: l.name.as_str().into(), tls: l.tls, hosts, site_certs }
+                ListenerRuntime {
+                    name: l.name.as_str().into(),
+                    tls: l.tls,
+                    hosts,
+                    site_certs,
+                }
             })
             .collect();
 
@@ -211,18 +228,31 @@ impl Runtime {
         let c = &self.config;
         out.push_str("listeners:\n");
         for l in &c.listeners {
-            out.push_str(&format!("  {:<12} {:<22} {}\n", l.name, l.bind, if l.tls { "tls" } else { "plain" }));
+            out.push_str(&format!(
+                "  {:<12} {:<22} {}\n",
+                l.name,
+                l.bind,
+                if l.tls { "tls" } else { "plain" }
+            ));
         }
         out.push_str("sites:\n");
         for s in &c.sites {
-            let hosts = if s.hosts.is_empty() { "-".to_string() } else { s.hosts.join(", ") };
+            let hosts = if s.hosts.is_empty() {
+                "-".to_string()
+            } else {
+                s.hosts.join(", ")
+            };
             let default = if s.default { " (default)" } else { "" };
-            out.push_str(&format!("  {}{default}  hosts: {hosts}  listeners: {}\n", s.name, s.listeners.join(", ")));
+            out.push_str(&format!(
+                "  {}{default}  hosts: {hosts}  listeners: {}\n",
+                s.name,
+                s.listeners.join(", ")
+            ));
             for p in &s.plugins {
                 out.push_str(&format!("    plugin {}\n", p.name));
             }
             let mut routes: Vec<_> = s.routes.iter().collect();
-            routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+            routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
             for r in routes {
                 let mut flags = Vec::new();
                 if r.preserve_host {
@@ -239,10 +269,14 @@ impl Runtime {
                 if !plugins.is_empty() {
                     flags.push(format!("plugins=[{}]", plugins.join(", ")));
                 }
-                out.push_str(&format!("    {:<16} -> {:<36} {}\n", r.path, r.backend.url, flags.join(" ")));
+                out.push_str(&format!(
+                    "    {:<16} -> {:<36} {}\n",
+                    r.path,
+                    r.backend.url,
+                    flags.join(" ")
+                ));
             }
         }
         out
     }
 }
-

@@ -63,11 +63,18 @@ impl RequestIds {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
             .unwrap_or(0);
-        RequestIds { prefix: nanos ^ std::process::id().rotate_left(16), next: AtomicU64::new(1) }
+        RequestIds {
+            prefix: nanos ^ std::process::id().rotate_left(16),
+            next: AtomicU64::new(1),
+        }
     }
 
     pub fn next(&self) -> String {
-        format!("{:08x}{:08x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{:08x}{:08x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 
@@ -76,7 +83,11 @@ pub enum StartError {
     #[error("{0}")]
     Config(#[from] ConfigErrors),
     #[error("cannot listen on {addr} (listener `{name}`): {source}")]
-    Bind { name: String, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running wasmgate.
@@ -89,11 +100,17 @@ pub struct Server {
 impl Server {
     /// Validate and build `config`, bind every listener and start serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        let builders = Builders { upstreams: UpstreamCache::default(), plugins: PluginHost::new(config.cache_dir.clone()) };
+        let builders = Builders {
+            upstreams: UpstreamCache::default(),
+            plugins: PluginHost::new(config.cache_dir.clone()),
+        };
         let runtime = Runtime::build(config, &builders)?;
         let listeners = runtime.config.listeners.clone();
         let limits = runtime.config.limits.clone();
-        let timeouts = (runtime.config.header_read_timeout, runtime.config.keepalive_timeout);
+        let timeouts = (
+            runtime.config.header_read_timeout,
+            runtime.config.keepalive_timeout,
+        );
         let shared = Arc::new(Shared {
             runtime: Arc::new(ArcSwap::from_pointee(runtime)),
             builders,
@@ -105,11 +122,21 @@ impl Server {
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
         for (idx, l) in listeners.iter().enumerate() {
-            let socket = bind(l.bind).map_err(|source| StartError::Bind { name: l.name.clone(), addr: l.bind, source })?;
-            let local = socket.local_addr().map_err(|source| StartError::Bind { name: l.name.clone(), addr: l.bind, source })?;
+            let socket = bind(l.bind).map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.bind,
+                source,
+            })?;
+            let local = socket.local_addr().map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.bind,
+                source,
+            })?;
             tracing::info!(listener = %l.name, addr = %local, tls = l.tls, "listening");
             addrs.push((l.name.clone(), local));
-            let tls = l.tls.then(|| TlsAcceptor::from(crate::tls::server_config(shared.runtime.clone(), idx)));
+            let tls = l
+                .tls
+                .then(|| TlsAcceptor::from(crate::tls::server_config(shared.runtime.clone(), idx)));
             let ctx = ListenerCtx {
                 idx,
                 name: l.name.as_str().into(),
@@ -121,12 +148,19 @@ impl Server {
             };
             accept_tasks.push(tokio::spawn(accept_loop(socket, Arc::new(ctx))));
         }
-        Ok(Server { shared, addrs, accept_tasks })
+        Ok(Server {
+            shared,
+            addrs,
+            accept_tasks,
+        })
     }
 
     /// The address a listener is bound to (useful with port 0).
     pub fn addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.addrs.iter().find(|(n, _)| n == listener).map(|(_, a)| *a)
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
     }
 
     pub fn addrs(&self) -> &[(String, SocketAddr)] {
@@ -145,7 +179,10 @@ impl Server {
 
     /// A handle that reloads this server from its config file (SIGHUP, file watcher).
     pub fn reloader(&self, path: &std::path::Path) -> crate::reload::Reloader {
-        crate::reload::Reloader { shared: self.shared.clone(), path: path.to_path_buf() }
+        crate::reload::Reloader {
+            shared: self.shared.clone(),
+            path: path.to_path_buf(),
+        }
     }
 
     /// Stop accepting, let requests and tunnels finish for up to the grace period, then close the rest.
@@ -160,8 +197,14 @@ impl Server {
             t.abort();
         }
         self.shared.tasks.close();
-        if tokio::time::timeout(grace, self.shared.tasks.wait()).await.is_err() {
-            tracing::warn!(open = self.shared.tasks.len(), "grace period over; closing what is left");
+        if tokio::time::timeout(grace, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.shared.tasks.len(),
+                "grace period over; closing what is left"
+            );
             self.shared.tunnels_cancel.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.tasks.wait()).await;
         }
@@ -170,7 +213,11 @@ impl Server {
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
@@ -217,11 +264,18 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx
     let _ = stream.set_nodelay(true);
     match &ctx.tls {
         None => {
-            let info = ConnInfo { peer, listener: ctx.idx, listener_name: ctx.name.clone(), tls: None };
+            let info = ConnInfo {
+                peer,
+                listener: ctx.idx,
+                listener_name: ctx.name.clone(),
+                tls: None,
+            };
             serve_http(TokioIo::new(stream), info, false, ctx).await;
         }
         Some(acceptor) => {
-            let tls = match tokio::time::timeout(ctx.header_read_timeout, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(ctx.header_read_timeout, acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, "TLS handshake failed: {e}");
@@ -233,7 +287,9 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx
                 }
             };
             let session = tls.get_ref().1;
-            let alpn = session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+            let alpn = session
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned());
             let h2 = alpn.as_deref() == Some("h2");
             let tls_info = TlsConn {
                 sni: session.server_name().map(str::to_string),
@@ -243,7 +299,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx
                     _ => "TLSv1.2",
                 },
             };
-            let info = ConnInfo { peer, listener: ctx.idx, listener_name: ctx.name.clone(), tls: Some(tls_info) };
+            let info = ConnInfo {
+                peer,
+                listener: ctx.idx,
+                listener_name: ctx.name.clone(),
+                tls: Some(tls_info),
+            };
             serve_http(TokioIo::new(tls), info, h2, ctx).await;
         }
     }
@@ -255,7 +316,8 @@ where
 {
     let conn_info = Arc::new(info);
     let shared = ctx.shared.clone();
-    let service = service_fn(move |req| crate::proxy::handle(shared.clone(), conn_info.clone(), req));
+    let service =
+        service_fn(move |req| crate::proxy::handle(shared.clone(), conn_info.clone(), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -270,7 +332,11 @@ where
         .max_header_list_size(ctx.max_header_bytes as u32);
     // Plain listeners speak HTTP/1.1 only (no h2c: an `Upgrade: h2c` is not honoured); TLS listeners
     // speak what ALPN chose.
-    let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
+    let builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     tokio::select! {

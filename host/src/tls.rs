@@ -27,14 +27,20 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, Strin
     if chain.is_empty() {
         return Err(format!("{}: no CERTIFICATE block found", cert.display()));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
     let signing = provider()
         .key_provider
         .load_private_key(key_der)
         .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
     let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match()
-        .map_err(|e| format!("{} and {} do not belong together: {e}", cert.display(), key.display()))?;
+    ck.keys_match().map_err(|e| {
+        format!(
+            "{} and {} do not belong together: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
     Ok(ck)
 }
 
@@ -65,13 +71,20 @@ pub fn server_config(runtime: SharedRuntime, listener: usize) -> Arc<ServerConfi
 }
 
 /// Client config for `https://`/`wss://` backends: the given CA bundle, or the web PKI roots.
-pub fn client_config(ca: Option<&Path>, alpn_http1: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn client_config(
+    ca: Option<&Path>,
+    alpn_http1: bool,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))? {
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+            {
                 let cert = cert.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
-                roots.add(cert).map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),

@@ -57,9 +57,9 @@ pub async fn proxy(
     if shared.draining.is_cancelled() {
         return Err(ProxyError::ShuttingDown);
     }
-    let slot = route
-        .try_open_tunnel()
-        .ok_or(ProxyError::TooManyTunnels(route.cfg.max_tunnels.unwrap_or(0)))?;
+    let slot = route.try_open_tunnel().ok_or(ProxyError::TooManyTunnels(
+        route.cfg.max_tunnels.unwrap_or(0),
+    ))?;
     let h2 = req.version() == Version::HTTP_2;
     let client_upgrade = hyper::upgrade::on(&mut req);
 
@@ -70,7 +70,10 @@ pub async fn proxy(
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let key = if h2 {
         let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
-        headers.insert(&SEC_WEBSOCKET_KEY, HeaderValue::from_str(&key).expect("base64 is a valid header"));
+        headers.insert(
+            &SEC_WEBSOCKET_KEY,
+            HeaderValue::from_str(&key).expect("base64 is a valid header"),
+        );
         headers
             .entry(header::SEC_WEBSOCKET_VERSION)
             .or_insert(HeaderValue::from_static("13"));
@@ -81,7 +84,12 @@ pub async fn proxy(
     let uri = backend_uri(route, state, "http")?;
     let mut breq = Request::new(Empty::<bytes::Bytes>::new());
     *breq.method_mut() = Method::GET;
-    *breq.uri_mut() = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").parse().expect("path is a URI");
+    *breq.uri_mut() = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .parse()
+        .expect("path is a URI");
     *breq.headers_mut() = headers;
 
     let backend = &route.cfg.backend;
@@ -90,14 +98,21 @@ pub async fn proxy(
         backend: backend.authority.clone(),
         cause: crate::error::Chain(&e).to_string(),
     };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(protocol_err)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(protocol_err)?;
     tokio::spawn(async move {
         // Drives the backend connection through the handshake; the upgrade hands the socket over.
         let _ = connection.with_upgrades().await;
     });
     let timeout = route.cfg.timeouts.response;
     let mut resp = match tokio::time::timeout(timeout, sender.send_request(breq)).await {
-        Err(_) => return Err(ProxyError::UpstreamTimeout { backend: backend.authority.clone(), after_ms: timeout.as_millis() }),
+        Err(_) => {
+            return Err(ProxyError::UpstreamTimeout {
+                backend: backend.authority.clone(),
+                after_ms: timeout.as_millis(),
+            })
+        }
         Ok(r) => r.map_err(protocol_err)?,
     };
 
@@ -113,7 +128,10 @@ pub async fn proxy(
     }
     if let Some(key) = &key {
         let expected = derive_accept_key(key.as_bytes());
-        let got = resp.headers().get(header::SEC_WEBSOCKET_ACCEPT).and_then(|v| v.to_str().ok());
+        let got = resp
+            .headers()
+            .get(header::SEC_WEBSOCKET_ACCEPT)
+            .and_then(|v| v.to_str().ok());
         if got != Some(expected.as_str()) {
             return Err(ProxyError::UpstreamProtocol {
                 backend: backend.authority.clone(),
@@ -150,7 +168,13 @@ pub async fn proxy(
                 return;
             }
         };
-        let stats = tunnel(TokioIo::new(client_io), TokioIo::new(backend_io), idle, cancel).await;
+        let stats = tunnel(
+            TokioIo::new(client_io),
+            TokioIo::new(backend_io),
+            idle,
+            cancel,
+        )
+        .await;
         record.emit_tunnel(stats.up, stats.down, stats.end.as_str());
     });
     Ok(client_resp)
@@ -196,7 +220,12 @@ const FIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Copy bytes both ways until both sides have closed, one fails, the tunnel has been silent for
 /// `idle`, or `cancel` fires. A side's EOF is passed on as a write shutdown (half-close).
-pub async fn tunnel<C, B>(client: C, backend: B, idle: Duration, cancel: CancellationToken) -> TunnelStats
+pub async fn tunnel<C, B>(
+    client: C,
+    backend: B,
+    idle: Duration,
+    cancel: CancellationToken,
+) -> TunnelStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -212,22 +241,29 @@ where
 
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let closed = |e: End| {
-        first_close.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+        first_close
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
         half_closed.notify_one();
     };
     let upstream = async {
-        copy(&mut cr, &mut bw, &up, &touch).await.map_err(|side| match side {
-            Fail::Read => End::ClientError,
-            Fail::Write => End::BackendError,
-        })?;
+        copy(&mut cr, &mut bw, &up, &touch)
+            .await
+            .map_err(|side| match side {
+                Fail::Read => End::ClientError,
+                Fail::Write => End::BackendError,
+            })?;
         closed(End::ClientClosed);
         Ok::<(), End>(())
     };
     let downstream = async {
-        copy(&mut br, &mut cw, &down, &touch).await.map_err(|side| match side {
-            Fail::Read => End::BackendError,
-            Fail::Write => End::ClientError,
-        })?;
+        copy(&mut br, &mut cw, &down, &touch)
+            .await
+            .map_err(|side| match side {
+                Fail::Read => End::BackendError,
+                Fail::Write => End::ClientError,
+            })?;
         closed(End::BackendClosed);
         Ok::<(), End>(())
     };
@@ -254,7 +290,11 @@ where
         _ = watchdog => End::IdleTimeout,
         _ = cancel.cancelled() => End::Shutdown,
     };
-    TunnelStats { up: up.load(Ordering::Relaxed), down: down.load(Ordering::Relaxed), end }
+    TunnelStats {
+        up: up.load(Ordering::Relaxed),
+        down: down.load(Ordering::Relaxed),
+        end,
+    }
 }
 
 enum Fail {

@@ -47,16 +47,46 @@ backend = "ws://{host}/socket"
 #[tokio::test]
 async fn check_prints_the_table_for_the_seed() {
     let dir = tempfile::tempdir().unwrap();
-    TestCa::new("ca").leaf(&["chat.example.org"]).write(&dir.path().join("certs"), "chat");
-    std::fs::write(dir.path().join("wasmgate.toml"), seed_config("http://127.0.0.1:3000")).unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(dir.path().join("wasmgate.toml")).output().await.unwrap();
+    TestCa::new("ca")
+        .leaf(&["chat.example.org"])
+        .write(&dir.path().join("certs"), "chat");
+    std::fs::write(
+        dir.path().join("wasmgate.toml"),
+        seed_config("http://127.0.0.1:3000"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.path().join("wasmgate.toml"))
+        .output()
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("chat  hosts: chat.example.org  listeners: tls"), "{stdout}");
-    let line = |prefix: &str| stdout.lines().find(|l| l.trim_start().starts_with(prefix)).unwrap_or_default().to_string();
-    assert!(line("/socket ").contains("-> ws://127.0.0.1:3000/socket"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("chat  hosts: chat.example.org  listeners: tls"),
+        "{stdout}"
+    );
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("/socket ").contains("-> ws://127.0.0.1:3000/socket"),
+        "{stdout}"
+    );
     assert!(line("/ ").contains("-> http://127.0.0.1:3000/"), "{stdout}");
-    assert!(line("/ ").contains("preserve_host reverse timeout=3600s"), "{stdout}");
+    assert!(
+        line("/ ").contains("preserve_host reverse timeout=3600s"),
+        "{stdout}"
+    );
     assert!(stdout.contains("configuration OK"));
 }
 
@@ -86,7 +116,12 @@ backend = "127.0.0.1:3000"
 "#,
     )
     .unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().await.unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let f = path.display().to_string();
@@ -102,14 +137,26 @@ backend = "127.0.0.1:3000"
     assert!(err.contains("error(s); the configuration was not accepted"));
 
     // Files that exist but do not parse are caught too, naming the file.
-    let text = std::fs::read_to_string(&path).unwrap()
-        .replace("nope.crt", "bad.crt").replace("nope.key", "bad.key")
-        .replace(", \"missing\"", "").replace("soon", "5s").replace("\"127.0.0.1:3000\"", "\"http://127.0.0.1:3000\"");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("nope.crt", "bad.crt")
+        .replace("nope.key", "bad.key")
+        .replace(", \"missing\"", "")
+        .replace("soon", "5s")
+        .replace("\"127.0.0.1:3000\"", "\"http://127.0.0.1:3000\"");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().await.unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("site[0].tls") && err.contains("bad.crt"), "{err}");
+    assert!(
+        err.contains("site[0].tls") && err.contains("bad.crt"),
+        "{err}"
+    );
 }
 
 /// A running `wasmgate run` with its log lines streamed to a channel.
@@ -131,7 +178,10 @@ impl Running {
             .spawn()
             .unwrap();
         let (tx, lines) = mpsc::unbounded_channel();
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut r = BufReader::new(stream).lines();
@@ -140,7 +190,11 @@ impl Running {
                 }
             });
         }
-        let mut me = Running { child, lines, addrs: Vec::new() };
+        let mut me = Running {
+            child,
+            lines,
+            addrs: Vec::new(),
+        };
         while me.addrs.is_empty() {
             let line = me.wait_for("listening ").await;
             if let Some(rest) = line.strip_prefix("listening ") {
@@ -159,14 +213,21 @@ impl Running {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
                 Ok(Some(l)) if l.contains(needle) => return l,
                 Ok(Some(l)) => skipped.push(l),
-                _ => panic!("no log line containing `{needle}`; saw:\n{}", skipped.join("\n")),
+                _ => panic!(
+                    "no log line containing `{needle}`; saw:\n{}",
+                    skipped.join("\n")
+                ),
             }
         }
     }
 
     fn signal(&self, sig: &str) {
         let pid = self.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
     }
 }
 
@@ -208,7 +269,15 @@ async fn run_logs_requests_and_tunnels_and_drains_on_sigterm() {
     let r = get(addr, "app.test", "/hello").await;
     assert_eq!(r.status, 200);
     let line = run.wait_for("GET /hello 200").await;
-    for field in ["site=app", "route=/ ", "status=200", "bytes_out=", "duration_ms=", "client=127.0.0.1", "complete=true"] {
+    for field in [
+        "site=app",
+        "route=/ ",
+        "status=200",
+        "bytes_out=",
+        "duration_ms=",
+        "client=127.0.0.1",
+        "complete=true",
+    ] {
         assert!(line.contains(field), "access line lacks {field}: {line}");
     }
     let r = get(addr, "nobody.test", "/").await;
@@ -216,12 +285,20 @@ async fn run_logs_requests_and_tunnels_and_drains_on_sigterm() {
     run.wait_for("GET / 404").await;
 
     let (mut ws, _) = ws_connect(addr, "app.test", "/socket", &[]).await.unwrap();
-    ws.send(tokio_tungstenite::tungstenite::Message::text("12345")).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text("12345"))
+        .await
+        .unwrap();
     ws.next().await.unwrap().unwrap();
     // The client goes away without a close handshake: its side ended the tunnel.
     drop(ws);
     let line = run.wait_for("websocket closed").await;
-    for field in ["status=101", "end=client_close", "bytes_in=11", "bytes_out=7", "duration_ms="] {
+    for field in [
+        "status=101",
+        "end=client_close",
+        "bytes_in=11",
+        "bytes_out=7",
+        "duration_ms=",
+    ] {
         assert!(line.contains(field), "tunnel line lacks {field}: {line}");
     }
     // A close handshake: the server side closes TCP first (RFC 6455 §7.1.1).
@@ -233,7 +310,10 @@ async fn run_logs_requests_and_tunnels_and_drains_on_sigterm() {
     assert!(line.contains("end=backend_close"), "{line}");
 
     run.signal("-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(10), run.child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), run.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status:?}");
 }
 
@@ -251,7 +331,14 @@ async fn config_changes_reload_live_and_broken_ones_are_refused() {
 
     // An editor-style save: write a temp file, rename it over the config.
     let tmp = dir.path().join(".wasmgate.toml.swp");
-    std::fs::write(&tmp, plain_config(&backend, "").replace("hosts = [\"app.test\"]", "hosts = [\"app.test\", \"new.test\"]")).unwrap();
+    std::fs::write(
+        &tmp,
+        plain_config(&backend, "").replace(
+            "hosts = [\"app.test\"]",
+            "hosts = [\"app.test\", \"new.test\"]",
+        ),
+    )
+    .unwrap();
     std::fs::rename(&tmp, &path).unwrap();
     run.wait_for("configuration reloaded").await;
     assert_eq!(get(addr, "new.test", "/").await.status, 200);
@@ -263,7 +350,10 @@ async fn config_changes_reload_live_and_broken_ones_are_refused() {
     if !detail.contains("timeout") {
         detail = run.wait_for("timeout").await;
     }
-    assert!(detail.contains("wasmgate.toml:") && detail.contains("site[0].timeout"), "{line}\n{detail}");
+    assert!(
+        detail.contains("wasmgate.toml:") && detail.contains("site[0].timeout"),
+        "{line}\n{detail}"
+    );
     assert_eq!(get(addr, "new.test", "/").await.status, 200);
 
     // SIGHUP reloads on demand.

@@ -57,7 +57,9 @@ impl Backend {
         let log = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let log = log.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| answer(req, log.clone()));
@@ -80,7 +82,10 @@ impl Backend {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen().last().cloned().expect("the backend saw no request")
+        self.seen()
+            .last()
+            .cloned()
+            .expect("the backend saw no request")
     }
 
     pub fn count(&self) -> usize {
@@ -97,12 +102,24 @@ impl Drop for Backend {
 fn query_param(uri: &http::Uri, key: &str) -> Option<String> {
     uri.query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| v.replace("%3A", ":").replace("%2F", "/").replace("%3F", "?").replace("%3D", "=").replace("%26", "&"))
+        (k == key).then(|| {
+            v.replace("%3A", ":")
+                .replace("%2F", "/")
+                .replace("%3F", "?")
+                .replace("%3D", "=")
+                .replace("%26", "&")
+        })
     })
 }
 
-async fn answer(req: Request<Incoming>, log: Arc<Mutex<Vec<Seen>>>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let is_ws = req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+async fn answer(
+    req: Request<Incoming>,
+    log: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let is_ws = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     if is_ws {
         log.lock().unwrap().push(Seen {
             method: req.method().to_string(),
@@ -113,7 +130,11 @@ async fn answer(req: Request<Incoming>, log: Arc<Mutex<Vec<Seen>>>) -> Result<Re
         return Ok(websocket(req));
     }
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     log.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
@@ -125,23 +146,34 @@ async fn answer(req: Request<Incoming>, log: Arc<Mutex<Vec<Seen>>>) -> Result<Re
     if path.contains("/redirect") {
         *resp.status_mut() = StatusCode::FOUND;
         let to = query_param(&parts.uri, "to").unwrap_or_else(|| "/".into());
-        resp.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&to).unwrap());
+        resp.headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_str(&to).unwrap());
     } else if path.contains("/slow") {
-        let ms = query_param(&parts.uri, "ms").and_then(|m| m.parse().ok()).unwrap_or(1000);
+        let ms = query_param(&parts.uri, "ms")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(1000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         *resp.body_mut() = Full::new(Bytes::from_static(b"slow"));
     } else if let Some(code) = path.split("/status/").nth(1) {
         *resp.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap();
     } else if path.contains("/cookie") {
         let p = query_param(&parts.uri, "path").unwrap_or_else(|| "/".into());
-        resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&format!("sid=1; Path={p}; HttpOnly")).unwrap());
+        resp.headers_mut().insert(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&format!("sid=1; Path={p}; HttpOnly")).unwrap(),
+        );
     } else if path.contains("/big") {
-        let n: usize = query_param(&parts.uri, "n").and_then(|m| m.parse().ok()).unwrap_or(1 << 20);
+        let n: usize = query_param(&parts.uri, "n")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(1 << 20);
         *resp.body_mut() = Full::new(Bytes::from(vec![b'x'; n]));
     } else {
         let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in &parts.headers {
-            headers.entry(k.to_string()).or_default().push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+            headers
+                .entry(k.to_string())
+                .or_default()
+                .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
         }
         let echo = serde_json::json!({
             "method": parts.method.as_str(),
@@ -149,10 +181,14 @@ async fn answer(req: Request<Incoming>, log: Arc<Mutex<Vec<Seen>>>) -> Result<Re
             "headers": headers,
             "body_len": body.len(),
         });
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         *resp.body_mut() = Full::new(Bytes::from(echo.to_string()));
     }
-    resp.headers_mut().insert("x-backend", HeaderValue::from_static("test"));
+    resp.headers_mut()
+        .insert("x-backend", HeaderValue::from_static("test"));
     Ok(resp)
 }
 
@@ -164,17 +200,38 @@ fn websocket(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
         *resp.body_mut() = Full::new(Bytes::from_static(b"no websocket for you"));
         return resp;
     }
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())).unwrap_or_default();
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     if !path.contains("bad101") {
-        resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        resp.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    resp.headers_mut().insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&key).unwrap());
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp.headers_mut().insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&key).unwrap(),
+    );
     // Subprotocols: pick the first offered one that is not a credential carrier.
-    let offered = req.headers().get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok()).map(str::to_string);
-    if let Some(p) = offered.and_then(|o| o.split(',').map(str::trim).find(|p| !p.starts_with("bearer")).map(str::to_string)) {
-        resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(&p).unwrap());
+    let offered = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(p) = offered.and_then(|o| {
+        o.split(',')
+            .map(str::trim)
+            .find(|p| !p.starts_with("bearer"))
+            .map(str::to_string)
+    }) {
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_str(&p).unwrap(),
+        );
     }
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -182,7 +239,8 @@ fn websocket(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
         let mut cfg = WebSocketConfig::default();
         cfg.max_message_size = Some(64 << 20);
         cfg.max_frame_size = Some(64 << 20);
-        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(cfg)).await;
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(cfg)).await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_text() || msg.is_binary() {
                 if ws.send(msg).await.is_err() {

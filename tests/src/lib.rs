@@ -5,6 +5,8 @@ pub mod backend;
 pub mod certs;
 pub mod client;
 pub mod proxy;
+pub mod raw_backend;
+pub mod wire;
 
 /// Log to the test output when `RUST_LOG` is set (`RUST_LOG=wasmgate=debug cargo test …`).
 pub fn init_logging() {
@@ -16,7 +18,8 @@ pub fn init_logging() {
 
 /// The compiled fixture plugin `fixture-<name>` (see `tests/plugins/`).
 pub fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("WASMGATE_FIXTURE_DIR")).join(format!("fixture_{}.wasm", name.replace('-', "_")))
+    std::path::Path::new(env!("WASMGATE_FIXTURE_DIR"))
+        .join(format!("fixture_{}.wasm", name.replace('-', "_")))
 }
 
 /// Capture log lines of everything running on this thread (a `#[tokio::test]` runs the proxy on the

@@ -28,8 +28,13 @@ impl Proxy {
         let path = dir.path().join("wasmgate.toml");
         std::fs::write(&path, config).unwrap();
         let cfg = Config::load(&path).unwrap_or_else(|e| panic!("config refused:\n{e}"));
-        let server = Server::start(cfg).await.unwrap_or_else(|e| panic!("proxy did not start: {e}"));
-        Proxy { server: Some(server), dir }
+        let server = Server::start(cfg)
+            .await
+            .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
+        Proxy {
+            server: Some(server),
+            dir,
+        }
     }
 
     pub fn server(&self) -> &Server {
@@ -37,7 +42,9 @@ impl Proxy {
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
-        self.server().addr(listener).unwrap_or_else(|| panic!("no listener `{listener}`"))
+        self.server()
+            .addr(listener)
+            .unwrap_or_else(|| panic!("no listener `{listener}`"))
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

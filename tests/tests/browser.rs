@@ -9,26 +9,46 @@ use wasmgate::demo::{prepare, ChatBackend, DemoOptions, DEMO_TOKEN};
 use wasmgate::{Config, Server};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|b| {
-        std::process::Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
-    })
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok()
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_chat_works_in_a_real_browser() {
-    let browser = chromium().expect("headless Chromium is needed: run scripts/test, or apt-get install chromium");
+    let browser = chromium()
+        .expect("headless Chromium is needed: run scripts/test, or apt-get install chromium");
     let backend = ChatBackend::start(DEMO_TOKEN).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let opts = DemoOptions { data_dir: dir.path().to_path_buf(), bind: "127.0.0.1".parse().unwrap(), http_port: free_port(), https_port: free_port() };
+    let opts = DemoOptions {
+        data_dir: dir.path().to_path_buf(),
+        bind: "127.0.0.1".parse().unwrap(),
+        http_port: free_port(),
+        https_port: free_port(),
+    };
     let path = prepare(&opts, backend.addr).unwrap();
     let server = Server::start(Config::load(&path).unwrap()).await.unwrap();
 
     let profile = tempfile::tempdir().unwrap();
-    let url = format!("https://localhost:{}/?auto=hello-from-chromium", opts.https_port);
+    let url = format!(
+        "https://localhost:{}/?auto=hello-from-chromium",
+        opts.https_port
+    );
     let mut child = tokio::process::Command::new(browser)
         .args([
             "--headless=new",
@@ -52,7 +72,13 @@ async fn the_demo_chat_works_in_a_real_browser() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let acked = loop {
-        if backend.acks.lock().unwrap().iter().any(|m| m == "hello-from-chromium") {
+        if backend
+            .acks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m == "hello-from-chromium")
+        {
             break true;
         }
         if Instant::now() > deadline {
@@ -62,5 +88,8 @@ async fn the_demo_chat_works_in_a_real_browser() {
     };
     let _ = child.kill().await;
     server.shutdown_with_grace(Duration::from_secs(1)).await;
-    assert!(acked, "the page did not see its message come back over wss:// within 30 s");
+    assert!(
+        acked,
+        "the page did not see its message come back over wss:// within 30 s"
+    );
 }

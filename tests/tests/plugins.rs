@@ -42,7 +42,15 @@ backend = "{b}/other"
 
 async fn start(b: &Backend, site_plugins: &str, route_plugins: &str) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
-    for f in ["add-header", "deny", "trap", "spin", "hog", "recurse", "init-fail"] {
+    for f in [
+        "add-header",
+        "deny",
+        "trap",
+        "spin",
+        "hog",
+        "recurse",
+        "init-fail",
+    ] {
         copy_fixture(dir.path(), f, &format!("plugins/{f}.wasm"));
     }
     copy_fixture(dir.path(), "trap", "plugins/live.wasm");
@@ -52,11 +60,16 @@ async fn start(b: &Backend, site_plugins: &str, route_plugins: &str) -> Proxy {
 #[tokio::test]
 async fn a_plugin_adds_headers_both_ways() {
     let b = Backend::start().await;
-    let p = start(&b, r#"
+    let p = start(
+        &b,
+        r#"
 [[site.plugin]]
 wasm = "plugins/add-header.wasm"
 config = { name = "x-added", value = "v1" }
-"#, "").await;
+"#,
+        "",
+    )
+    .await;
     let r = get(p.addr("web"), "app.test", "/x").await;
     assert_eq!(r.status, 200);
     assert_eq!(b.last().header("x-added"), Some("v1"));
@@ -66,29 +79,41 @@ config = { name = "x-added", value = "v1" }
 #[tokio::test]
 async fn a_plugin_can_deny_and_route_chains_have_their_own_config() {
     let b = Backend::start().await;
-    let p = start(&b, r#"
+    let p = start(
+        &b,
+        r#"
 [[site.plugin]]
 wasm = "plugins/add-header.wasm"
 config = { name = "x-site", value = "site" }
-"#, r#"
+"#,
+        r#"
 [[site.route.plugin]]
 wasm = "plugins/add-header.wasm"
 config = { name = "x-route", value = "route" }
 
 [[site.route.plugin]]
 wasm = "plugins/deny.wasm"
-"#).await;
+"#,
+    )
+    .await;
     let addr = p.addr("web");
     let r = get(addr, "app.test", "/x").await;
     assert_eq!(r.status, 200);
     assert_eq!(b.last().header("x-site"), Some("site"));
-    assert!(b.last().header("x-route").is_none(), "route plugins only run on their route");
+    assert!(
+        b.last().header("x-route").is_none(),
+        "route plugins only run on their route"
+    );
 
     let before = b.count();
     let r = get(addr, "app.test", "/other/x").await;
     assert_eq!(r.status, 401);
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
-    assert_eq!(b.count(), before, "a denied request never reaches the backend");
+    assert_eq!(
+        b.count(),
+        before,
+        "a denied request never reaches the backend"
+    );
     // on-response runs for the plugins that ran, last first: the route's add-header wrote last.
     assert_eq!(r.header("x-plugin-version"), Some("site"));
 }
@@ -102,24 +127,39 @@ async fn contained(path: &str, limits: &str, kind: &str) {
         "/hog" => "hog",
         _ => "recurse",
     };
-    let p = start(&b, &format!("[[site.plugin]]\nwasm = \"plugins/{plugin}.wasm\"\nlimits = {limits}\n"), "").await;
+    let p = start(
+        &b,
+        &format!("[[site.plugin]]\nwasm = \"plugins/{plugin}.wasm\"\nlimits = {limits}\n"),
+        "",
+    )
+    .await;
     let addr = p.addr("web");
     let started = Instant::now();
     let (bad, good) = tokio::join!(get(addr, "app.test", path), get(addr, "app.test", "/fine"));
     assert_eq!(bad.status, 500, "{path} must fail closed");
     assert_eq!(good.status, 200, "a concurrent request is unaffected");
-    assert!(started.elapsed() < Duration::from_secs(5), "{path} took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{path} took {:?}",
+        started.elapsed()
+    );
     // The plugin is still usable afterwards: its broken instance was discarded.
     assert_eq!(get(addr, "app.test", "/after").await.status, 200);
     let text = logs.text();
-    let line = text.lines().find(|l| l.contains("plugin failed")).unwrap_or_else(|| panic!("no failure logged:\n{text}"));
+    let line = text
+        .lines()
+        .find(|l| l.contains("plugin failed"))
+        .unwrap_or_else(|| panic!("no failure logged:\n{text}"));
     assert!(line.contains(&format!("plugin={plugin}")), "{line}");
     assert!(line.contains("digest="), "{line}");
     assert!(line.contains(&format!("kind={kind}")), "{line}");
     if kind != "memory" {
         assert!(text.contains("wasm backtrace"), "{text}");
         // Function names from the guest's name section, demangled.
-        assert!(text.contains(&format!("fixture_{plugin}::")), "no guest function names in:\n{text}");
+        assert!(
+            text.contains(&format!("fixture_{plugin}::")),
+            "no guest function names in:\n{text}"
+        );
     }
 }
 
@@ -146,7 +186,12 @@ async fn deep_recursion_hits_the_stack_limit() {
 #[tokio::test]
 async fn fail_open_skips_a_broken_plugin() {
     let b = Backend::start().await;
-    let p = start(&b, "[[site.plugin]]\nwasm = \"plugins/trap.wasm\"\non_error = \"allow\"\n", "").await;
+    let p = start(
+        &b,
+        "[[site.plugin]]\nwasm = \"plugins/trap.wasm\"\non_error = \"allow\"\n",
+        "",
+    )
+    .await;
     assert_eq!(get(p.addr("web"), "app.test", "/trap").await.status, 200);
 }
 
@@ -163,15 +208,23 @@ async fn plugins_that_cannot_start_are_refused_with_the_reason() {
         Err(e) => e.to_string(),
         Ok(_) => panic!("started with broken plugins"),
     };
-    assert!(err.contains("wasmgate.toml:10:1: plugin `init-fail`"), "{err}");
+    assert!(
+        err.contains("wasmgate.toml:10:1: plugin `init-fail`"),
+        "{err}"
+    );
     assert!(err.contains("fixture refuses to start"), "{err}");
-    assert!(err.contains("plugin `garbage`") && err.contains("does not compile"), "{err}");
+    assert!(
+        err.contains("plugin `garbage`") && err.contains("does not compile"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn reloading_a_plugin_twenty_times_under_load_drops_nothing() {
     let b = Backend::start().await;
-    let site = |v: usize| format!("[[site.plugin]]\nwasm = \"plugins/add-header.wasm\"\nconfig = {{ name = \"x-v\", value = \"v{v}\" }}\n");
+    let site = |v: usize| {
+        format!("[[site.plugin]]\nwasm = \"plugins/add-header.wasm\"\nconfig = {{ name = \"x-v\", value = \"v{v}\" }}\n")
+    };
     let p = Arc::new(start(&b, &site(0), "").await);
     let addr = p.addr("web");
     let stop = Arc::new(AtomicBool::new(false));
@@ -196,17 +249,31 @@ async fn reloading_a_plugin_twenty_times_under_load_drops_nothing() {
         bytes.extend_from_slice(&custom_section(&format!("v{v}")));
         write(p.dir.path(), "plugins/add-header.wasm", &bytes);
         let (proxy, cfg) = (p.clone(), config(&b, &site(v), ""));
-        tokio::task::spawn_blocking(move || proxy.reload(&cfg)).await.unwrap().unwrap();
+        tokio::task::spawn_blocking(move || proxy.reload(&cfg))
+            .await
+            .unwrap()
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;
         let r = get(addr, "app.test", "/check").await;
-        assert_eq!(r.header("x-plugin-version"), Some(format!("v{v}").as_str()), "the new version serves");
+        assert_eq!(
+            r.header("x-plugin-version"),
+            Some(format!("v{v}").as_str()),
+            "the new version serves"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for t in load {
         t.await.unwrap();
     }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during reloads");
-    assert!(ok.load(Ordering::Relaxed) > 20, "too little load to mean anything");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 20,
+        "too little load to mean anything"
+    );
 }
 
 /// A wasm custom section (id 0) named `name` with an empty payload.
@@ -235,7 +302,11 @@ async fn a_broken_wasm_dropped_in_is_refused_and_the_old_plugin_keeps_answering(
     wait_for(&logs, "reload refused").await;
     assert!(logs.text().contains("live.wasm"), "{}", logs.text());
     assert_eq!(get(addr, "app.test", "/").await.status, 200);
-    assert_eq!(get(addr, "app.test", "/trap").await.status, 500, "the old plugin still runs");
+    assert_eq!(
+        get(addr, "app.test", "/trap").await.status,
+        500,
+        "the old plugin still runs"
+    );
 
     // A working plugin dropped in replaces it.
     let tmp = p.path("plugins/.live.wasm.tmp");
@@ -248,7 +319,11 @@ async fn a_broken_wasm_dropped_in_is_refused_and_the_old_plugin_keeps_answering(
 async fn wait_for(logs: &wasmgate_tests::LogBuffer, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !logs.text().contains(needle) {
-        assert!(Instant::now() < deadline, "no `{needle}` in the log:\n{}", logs.text());
+        assert!(
+            Instant::now() < deadline,
+            "no `{needle}` in the log:\n{}",
+            logs.text()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

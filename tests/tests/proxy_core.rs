@@ -60,10 +60,18 @@ async fn longest_prefix_maps_path_and_query_like_proxypass() {
     assert_eq!(root.count(), 0, "the / route must not swallow /api/");
 
     get(addr, "app.test", "/apix").await;
-    assert_eq!(root.last().uri, "/apix", "/api/ matches on segment boundaries only");
+    assert_eq!(
+        root.last().uri,
+        "/apix",
+        "/api/ matches on segment boundaries only"
+    );
 
     get(addr, "APP.test:80", "/a/../b/./c").await;
-    assert_eq!(root.last().uri, "/b/c", "paths are normalised before routing");
+    assert_eq!(
+        root.last().uri,
+        "/b/c",
+        "paths are normalised before routing"
+    );
 
     get(addr, "x.app.test", "/wild").await;
     assert_eq!(root.last().uri, "/wild");
@@ -115,7 +123,10 @@ async fn forwarding_headers_are_set_and_spoofs_dropped() {
 #[tokio::test]
 async fn trusted_proxies_may_extend_the_chain() {
     let (root, api) = (Backend::start().await, Backend::start().await);
-    let cfg = format!("trusted_proxies = [\"127.0.0.1/32\"]\n{}", config(&root, &api, ""));
+    let cfg = format!(
+        "trusted_proxies = [\"127.0.0.1/32\"]\n{}",
+        config(&root, &api, "")
+    );
     let p = Proxy::start(&cfg, &[]).await;
     let req = Request::get("/h")
         .header("host", "app.test")
@@ -126,7 +137,10 @@ async fn trusted_proxies_may_extend_the_chain() {
         .unwrap();
     send(p.addr("web"), req).await;
     let seen = root.last();
-    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
     assert_eq!(seen.header("x-request-id"), Some("from-the-edge"));
 }
@@ -142,12 +156,20 @@ async fn backend_redirects_and_cookies_are_mapped_back() {
     assert_eq!(r.header("location"), Some("http://app.test/api/done?ok=1"));
 
     let r = get(addr, "app.test", "/redirect?to=http://elsewhere.test/x").await;
-    assert_eq!(r.header("location"), Some("http://elsewhere.test/x"), "foreign URLs stay");
+    assert_eq!(
+        r.header("location"),
+        Some("http://elsewhere.test/x"),
+        "foreign URLs stay"
+    );
 
     let r = get(addr, "app.test", "/api/cookie?path=/v1/").await;
     assert_eq!(r.header("set-cookie"), Some("sid=1; Path=/api/; HttpOnly"));
     let r = get(addr, "app.test", "/api/cookie?path=/other/").await;
-    assert_eq!(r.header("set-cookie"), Some("sid=1; Path=/other/; HttpOnly"), "paths outside the backend stay");
+    assert_eq!(
+        r.header("set-cookie"),
+        Some("sid=1; Path=/other/; HttpOnly"),
+        "paths outside the backend stay"
+    );
 }
 
 #[tokio::test]
@@ -180,7 +202,10 @@ async fn backend_refused_is_502_and_slow_is_504() {
     let started = std::time::Instant::now();
     let r = get(p.addr("web"), "app.test", "/api/slow?ms=3000").await;
     assert_eq!(r.status, 504);
-    assert!(started.elapsed() < Duration::from_secs(2), "the 300ms response timeout was not applied");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the 300ms response timeout was not applied"
+    );
 }
 
 #[tokio::test]
@@ -190,7 +215,10 @@ async fn bodies_stream_both_ways_and_are_limited() {
     let addr = p.addr("web");
 
     let body = Bytes::from(vec![b'a'; 60 * 1024]);
-    let req = Request::post("/upload").header("host", "app.test").body(Full::new(body.clone())).unwrap();
+    let req = Request::post("/upload")
+        .header("host", "app.test")
+        .body(Full::new(body.clone()))
+        .unwrap();
     let r = send(addr, req).await;
     assert_eq!(r.json()["body_len"], 60 * 1024);
     assert_eq!(root.last().body, body);
@@ -198,12 +226,16 @@ async fn bodies_stream_both_ways_and_are_limited() {
     let r = get(addr, "app.test", "/big?n=4194304").await;
     assert_eq!(r.body.len(), 4 << 20);
 
-    let req = Request::post("/upload").header("host", "app.test").body(Full::new(Bytes::from(vec![b'a'; 65 * 1024]))).unwrap();
+    let req = Request::post("/upload")
+        .header("host", "app.test")
+        .body(Full::new(Bytes::from(vec![b'a'; 65 * 1024])))
+        .unwrap();
     let r = send(addr, req).await;
     assert_eq!(r.status, 413);
 
     // Chunked, no Content-Length: the limit still holds while streaming.
-    let mut raw_req = b"POST /chunked HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut raw_req =
+        b"POST /chunked HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..70 {
         raw_req.extend_from_slice(b"400\r\n");
         raw_req.extend_from_slice(&[b'b'; 1024]);
@@ -220,16 +252,34 @@ async fn malformed_and_oversized_requests_get_400_and_431() {
     let (root, api) = (Backend::start().await, Backend::start().await);
     let p = Proxy::start(&config(&root, &api, ""), &[]).await;
     let addr = p.addr("web");
-    let out = raw(addr, b"GET / HTTP/1.1\r\nHost: app.test\r\nBad Header\r\n\r\n", Duration::from_secs(2)).await;
+    let out = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: app.test\r\nBad Header\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-    let big = format!("GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: {}\r\n\r\n", "y".repeat(40 * 1024));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: {}\r\n\r\n",
+        "y".repeat(40 * 1024)
+    );
     let out = raw(addr, big.as_bytes(), Duration::from_secs(2)).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
     let out = raw(addr, b"GET / HTTP/1.1\r\n\r\n", Duration::from_secs(2)).await;
     assert!(out.starts_with("HTTP/1.1 400"), "missing Host: {out}");
-    let out = raw(addr, b"GET /../etc/passwd HTTP/1.1\r\nHost: app.test\r\n\r\n", Duration::from_secs(2)).await;
+    let out = raw(
+        addr,
+        b"GET /../etc/passwd HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-    let out = raw(addr, b"GET / HTTP/1.1\r\nHost: app.test\r\nHost: other.test\r\n\r\n", Duration::from_secs(2)).await;
+    let out = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: app.test\r\nHost: other.test\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(root.count(), 0, "nothing malformed reached the backend");
 }
@@ -248,5 +298,8 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "slow");
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
 }

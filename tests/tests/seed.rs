@@ -20,7 +20,11 @@ struct Seed {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `examples/seed/wasmgate.toml` on test ports, in front of a test backend, with `edit` applied.
@@ -29,18 +33,41 @@ async fn seed(edit: impl Fn(String) -> String) -> Seed {
     let leaf = ca.leaf(&["chat.example.org", "localhost"]);
     let dir = tempfile::tempdir().unwrap();
     leaf.write(&dir.path().join("certs"), "chat");
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/seed/tokens.txt"), dir.path().join("tokens.txt")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/seed/tokens.txt"),
+        dir.path().join("tokens.txt"),
+    )
+    .unwrap();
     let backend = Backend::start().await;
     let (http, https) = (free_port(), free_port());
-    let opts = DemoOptions { data_dir: dir.path().to_path_buf(), bind: "127.0.0.1".parse().unwrap(), http_port: http, https_port: https };
+    let opts = DemoOptions {
+        data_dir: dir.path().to_path_buf(),
+        bind: "127.0.0.1".parse().unwrap(),
+        http_port: http,
+        https_port: https,
+    };
     let config = edit(seed_config(&opts, backend.addr));
     let proxy = Proxy::start_in(dir, &config).await;
-    Seed { ca, leaf, backend, proxy, https }
+    Seed {
+        ca,
+        leaf,
+        backend,
+        proxy,
+        https,
+    }
 }
 
 impl Seed {
     async fn https(&self, path: &str) -> wasmgate_tests::client::Reply {
-        https_get(self.proxy.addr("https"), "chat.example.org", &format!("chat.example.org:{}", self.https), path, self.ca.roots(), false).await
+        https_get(
+            self.proxy.addr("https"),
+            "chat.example.org",
+            &format!("chat.example.org:{}", self.https),
+            path,
+            self.ca.roots(),
+            false,
+        )
+        .await
     }
 }
 
@@ -49,14 +76,23 @@ async fn s8_plain_http_is_redirected_permanently_with_path_and_query() {
     let s = seed(|c| c).await;
     let r = get(s.proxy.addr("http"), "chat.example.org", "/socket?a=1").await;
     assert_eq!(r.status, 301);
-    assert_eq!(r.header("location").unwrap(), format!("https://chat.example.org:{}/socket?a=1", s.https));
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!("https://chat.example.org:{}/socket?a=1", s.https)
+    );
     assert_eq!(s.backend.count(), 0);
 }
 
 #[tokio::test]
 async fn s2_s3_tls_site_by_sni_with_its_certificate() {
     let s = seed(|c| c).await;
-    let tls = tls_connect(s.proxy.addr("https"), "chat.example.org", tls_config(s.ca.roots(), &[b"http/1.1"])).await.unwrap();
+    let tls = tls_connect(
+        s.proxy.addr("https"),
+        "chat.example.org",
+        tls_config(s.ca.roots(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
     assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], s.leaf.der);
     let r = s.https("/").await;
     assert_eq!(r.status, 200);
@@ -68,11 +104,24 @@ async fn s4_s5_s6_preserve_host_prefix_route_and_reverse_redirects() {
     let r = s.https("/app/page?x=1").await;
     assert_eq!(r.status, 200);
     let seen = s.backend.last();
-    assert_eq!(seen.uri, "/app/page?x=1", "ProxyPass / http://127.0.0.1:3000/");
-    assert_eq!(seen.header("host").unwrap(), format!("chat.example.org:{}", s.https), "ProxyPreserveHost On");
-    let r = s.https(&format!("/redirect?to=http://{}/login", s.backend.addr)).await;
+    assert_eq!(
+        seen.uri, "/app/page?x=1",
+        "ProxyPass / http://127.0.0.1:3000/"
+    );
+    assert_eq!(
+        seen.header("host").unwrap(),
+        format!("chat.example.org:{}", s.https),
+        "ProxyPreserveHost On"
+    );
+    let r = s
+        .https(&format!("/redirect?to=http://{}/login", s.backend.addr))
+        .await;
     assert_eq!(r.status, 302);
-    assert_eq!(r.header("location").unwrap(), format!("https://chat.example.org:{}/login", s.https), "ProxyPassReverse");
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!("https://chat.example.org:{}/login", s.https),
+        "ProxyPassReverse"
+    );
 }
 
 #[tokio::test]
@@ -83,20 +132,38 @@ async fn s7_s10_s11_websocket_needs_the_token_gets_101_and_is_logged() {
     match wss_connect(addr, "chat.example.org", "/socket", s.ca.roots(), &[]).await {
         Err(WsError::Http(r)) => {
             assert_eq!(r.status(), 401);
-            assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+            assert!(r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"));
         }
         other => panic!("expected 401 without a token, got {other:?}"),
     }
-    let (mut ws, resp) = wss_connect(addr, "chat.example.org", "/socket?token=demo-token", s.ca.roots(), &[]).await.unwrap();
+    let (mut ws, resp) = wss_connect(
+        addr,
+        "chat.example.org",
+        "/socket?token=demo-token",
+        s.ca.roots(),
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 101);
-    assert!(s.backend.last().uri.starts_with("/socket"), "ws://127.0.0.1:3000/socket");
+    assert!(
+        s.backend.last().uri.starts_with("/socket"),
+        "ws://127.0.0.1:3000/socket"
+    );
     ws.send(Message::text("hallo")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hallo"));
     drop(ws);
     wait_for(&logs, "websocket closed").await;
     let text = logs.text();
     assert!(text.contains("GET /socket 401"), "{text}");
-    assert!(text.lines().any(|l| l.contains("status=101") && l.contains("route=/socket")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("status=101") && l.contains("route=/socket")),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -104,16 +171,37 @@ async fn s9_proxy_timeout_is_honoured_both_ways() {
     // The seed's 3600s: a slow backend and a quiet tunnel both survive.
     let s = seed(|c| c).await;
     assert_eq!(s.https("/slow?ms=1200").await.status, 200);
-    let (mut ws, _) = wss_connect(s.proxy.addr("https"), "chat.example.org", "/socket?token=demo-token", s.ca.roots(), &[]).await.unwrap();
+    let (mut ws, _) = wss_connect(
+        s.proxy.addr("https"),
+        "chat.example.org",
+        "/socket?token=demo-token",
+        s.ca.roots(),
+        &[],
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     ws.send(Message::text("still here")).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("still here"));
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
 
     // The same config with ProxyTimeout 1: the slow answer is a 504 and the quiet tunnel is closed.
     let s = seed(|c| c.replace("timeout = \"3600s\"", "timeout = \"1s\"")).await;
     assert_eq!(s.https("/slow?ms=2500").await.status, 504);
-    let (mut ws, _) = wss_connect(s.proxy.addr("https"), "chat.example.org", "/socket?token=demo-token", s.ca.roots(), &[]).await.unwrap();
-    let end = tokio::time::timeout(Duration::from_secs(4), ws.next()).await.expect("idle tunnel stayed open");
+    let (mut ws, _) = wss_connect(
+        s.proxy.addr("https"),
+        "chat.example.org",
+        "/socket?token=demo-token",
+        s.ca.roots(),
+        &[],
+    )
+    .await
+    .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(4), ws.next())
+        .await
+        .expect("idle tunnel stayed open");
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
 }
 
@@ -124,12 +212,36 @@ async fn s1_token_file_changes_reload_the_plugin_live() {
     let path = s.proxy.path("wasmgate.toml");
     s.proxy.server().reloader(&path).watch().unwrap();
     let addr = s.proxy.addr("https");
-    assert!(wss_connect(addr, "chat.example.org", "/socket?token=new-token", s.ca.roots(), &[]).await.is_err());
+    assert!(wss_connect(
+        addr,
+        "chat.example.org",
+        "/socket?token=new-token",
+        s.ca.roots(),
+        &[]
+    )
+    .await
+    .is_err());
     std::fs::write(s.proxy.path("tokens.txt"), "new-token\n").unwrap();
     wait_for(&logs, "configuration reloaded").await;
-    let (_ws, resp) = wss_connect(addr, "chat.example.org", "/socket?token=new-token", s.ca.roots(), &[]).await.unwrap();
+    let (_ws, resp) = wss_connect(
+        addr,
+        "chat.example.org",
+        "/socket?token=new-token",
+        s.ca.roots(),
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 101);
-    match wss_connect(addr, "chat.example.org", "/socket?token=demo-token", s.ca.roots(), &[]).await {
+    match wss_connect(
+        addr,
+        "chat.example.org",
+        "/socket?token=demo-token",
+        s.ca.roots(),
+        &[],
+    )
+    .await
+    {
         Err(WsError::Http(r)) => assert_eq!(r.status(), 403, "the old token is gone"),
         other => panic!("expected 403, got {other:?}"),
     }
@@ -138,7 +250,11 @@ async fn s1_token_file_changes_reload_the_plugin_live() {
 async fn wait_for(logs: &LogBuffer, needle: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !logs.text().contains(needle) {
-        assert!(std::time::Instant::now() < deadline, "no `{needle}` in:\n{}", logs.text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{needle}` in:\n{}",
+            logs.text()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

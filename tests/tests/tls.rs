@@ -57,24 +57,54 @@ backend = "{b}/api/"
         b = backend.url()
     );
     let proxy = Proxy::start_in(dir, &config).await;
-    Setup { ca, chat, api, backend, proxy }
+    Setup {
+        ca,
+        chat,
+        api,
+        backend,
+        proxy,
+    }
 }
 
 #[tokio::test]
 async fn the_seed_vhost_terminates_tls_preserves_host_and_rewrites_redirects() {
     let s = setup().await;
     let addr = s.proxy.addr("tls");
-    let r = https_get(addr, "chat.example.org", "chat.example.org", "/hello?x=1", s.ca.roots(), false).await;
+    let r = https_get(
+        addr,
+        "chat.example.org",
+        "chat.example.org",
+        "/hello?x=1",
+        s.ca.roots(),
+        false,
+    )
+    .await;
     assert_eq!(r.status, 200);
     let seen = s.backend.last();
     assert_eq!(seen.uri, "/hello?x=1");
-    assert_eq!(seen.header("host"), Some("chat.example.org"), "ProxyPreserveHost On");
+    assert_eq!(
+        seen.header("host"),
+        Some("chat.example.org"),
+        "ProxyPreserveHost On"
+    );
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
 
     let to = format!("{}/login", s.backend.url());
-    let r = https_get(addr, "chat.example.org", "chat.example.org", &format!("/redirect?to={to}"), s.ca.roots(), false).await;
+    let r = https_get(
+        addr,
+        "chat.example.org",
+        "chat.example.org",
+        &format!("/redirect?to={to}"),
+        s.ca.roots(),
+        false,
+    )
+    .await;
     assert_eq!(r.status, 302);
-    assert_eq!(r.header("location"), Some("https://chat.example.org/login"), "ProxyPassReverse");
+    assert_eq!(
+        r.header("location"),
+        Some("https://chat.example.org/login"),
+        "ProxyPassReverse"
+    );
 }
 
 #[tokio::test]
@@ -82,20 +112,42 @@ async fn sni_picks_the_certificate_of_each_site() {
     let s = setup().await;
     let addr = s.proxy.addr("tls");
     for (name, leaf) in [("chat.example.org", &s.chat), ("api.example.org", &s.api)] {
-        let tls = tls_connect(addr, name, tls_config(s.ca.roots(), &[b"http/1.1"])).await.unwrap();
+        let tls = tls_connect(addr, name, tls_config(s.ca.roots(), &[b"http/1.1"]))
+            .await
+            .unwrap();
         let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
         assert_eq!(served, leaf.der, "wrong certificate for {name}");
     }
-    let r = https_get(addr, "api.example.org", "api.example.org", "/x", s.ca.roots(), false).await;
+    let r = https_get(
+        addr,
+        "api.example.org",
+        "api.example.org",
+        "/x",
+        s.ca.roots(),
+        false,
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(s.backend.last().uri, "/api/x");
-    assert_eq!(s.backend.last().header("host").unwrap(), s.backend.addr.to_string(), "preserve_host is off by default");
+    assert_eq!(
+        s.backend.last().header("host").unwrap(),
+        s.backend.addr.to_string(),
+        "preserve_host is off by default"
+    );
 }
 
 #[tokio::test]
 async fn http2_over_tls_works_and_reports_via_2() {
     let s = setup().await;
-    let r = https_get(s.proxy.addr("tls"), "chat.example.org", "chat.example.org", "/h2", s.ca.roots(), true).await;
+    let r = https_get(
+        s.proxy.addr("tls"),
+        "chat.example.org",
+        "chat.example.org",
+        "/h2",
+        s.ca.roots(),
+        true,
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.echoed("via").as_deref(), Some("2 wasmgate"));
     assert_eq!(s.backend.last().header("host"), Some("chat.example.org"));
@@ -104,7 +156,15 @@ async fn http2_over_tls_works_and_reports_via_2() {
 #[tokio::test]
 async fn sni_and_host_of_different_sites_get_421() {
     let s = setup().await;
-    let r = https_get(s.proxy.addr("tls"), "api.example.org", "chat.example.org", "/", s.ca.roots(), false).await;
+    let r = https_get(
+        s.proxy.addr("tls"),
+        "api.example.org",
+        "chat.example.org",
+        "/",
+        s.ca.roots(),
+        false,
+    )
+    .await;
     assert_eq!(r.status, 421);
     assert_eq!(s.backend.count(), 0);
 }
@@ -115,18 +175,32 @@ async fn unknown_server_names_fail_the_handshake_and_old_tls_is_refused() {
     let addr = s.proxy.addr("tls");
     let r = tokio::time::timeout(
         Duration::from_secs(5),
-        tls_connect(addr, "unknown.example.org", tls_config(s.ca.roots(), &[b"http/1.1"])),
+        tls_connect(
+            addr,
+            "unknown.example.org",
+            tls_config(s.ca.roots(), &[b"http/1.1"]),
+        ),
     )
     .await
     .unwrap();
-    assert!(r.is_err(), "a handshake for a name no site serves must fail");
+    assert!(
+        r.is_err(),
+        "a handshake for a name no site serves must fail"
+    );
     // TLS 1.2 is the floor: a 1.2-only client still gets in.
-    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .with_root_certificates(s.ca.roots())
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(s.ca.roots())
+    .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tls = tls_connect(addr, "chat.example.org", std::sync::Arc::new(cfg)).await.unwrap();
-    assert_eq!(tls.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    let tls = tls_connect(addr, "chat.example.org", std::sync::Arc::new(cfg))
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
 }

@@ -25,7 +25,8 @@ struct Setup {
 async fn setup(route_extra: &str) -> Setup {
     let ca = TestCa::new("ws test CA");
     let dir = tempfile::tempdir().unwrap();
-    ca.leaf(&["chat.example.org"]).write(&dir.path().join("certs"), "chat");
+    ca.leaf(&["chat.example.org"])
+        .write(&dir.path().join("certs"), "chat");
     let backend = Backend::start().await;
     let config = format!(
         r#"
@@ -70,22 +71,48 @@ websocket = false
 #[tokio::test]
 async fn wss_to_ws_echoes_text_binary_large_and_ping() {
     let s = setup("").await;
-    let (mut ws, resp) = wss_connect(s.proxy.addr("tls"), "chat.example.org", "/socket/room1", s.ca.roots(), &[]).await.unwrap();
+    let (mut ws, resp) = wss_connect(
+        s.proxy.addr("tls"),
+        "chat.example.org",
+        "/socket/room1",
+        s.ca.roots(),
+        &[],
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 101);
     assert_eq!(s.backend.last().uri, "/socket/room1");
     assert_eq!(s.backend.last().header("host"), Some("chat.example.org"));
 
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
-    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::binary(vec![0u8, 1, 2, 255])
+    );
     let big: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
     ws.send(Message::binary(big.clone())).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap().into_data(), Bytes::from(big));
-    ws.send(Message::Ping(Bytes::from_static(b"p"))).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong(Bytes::from_static(b"p")));
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_data(),
+        Bytes::from(big)
+    );
+    ws.send(Message::Ping(Bytes::from_static(b"p")))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Pong(Bytes::from_static(b"p"))
+    );
 
-    ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "bye".into() }))).await.unwrap();
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
     match ws.next().await.unwrap().unwrap() {
         Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::Away, "close code passed through"),
         other => panic!("expected close, got {other:?}"),
@@ -99,13 +126,20 @@ async fn subprotocols_and_origin_reach_the_backend() {
         s.proxy.addr("web"),
         "chat.example.org",
         "/socket",
-        &[("sec-websocket-protocol", "chat, superchat"), ("origin", "https://chat.example.org"), ("cookie", "sid=1")],
+        &[
+            ("sec-websocket-protocol", "chat, superchat"),
+            ("origin", "https://chat.example.org"),
+            ("cookie", "sid=1"),
+        ],
     )
     .await
     .unwrap();
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
     let seen = s.backend.last();
-    assert_eq!(seen.header("sec-websocket-protocol"), Some("chat, superchat"));
+    assert_eq!(
+        seen.header("sec-websocket-protocol"),
+        Some("chat, superchat")
+    );
     assert_eq!(seen.header("origin"), Some("https://chat.example.org"));
     assert_eq!(seen.header("cookie"), Some("sid=1"));
     assert_eq!(seen.header("upgrade"), Some("websocket"));
@@ -141,11 +175,17 @@ async fn refusals_pass_through_and_broken_backends_are_502() {
 
 #[tokio::test]
 async fn backend_down_is_502() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let s = setup("").await;
     let cfg = std::fs::read_to_string(s.proxy.path("wasmgate.toml"))
         .unwrap()
-        .replace(&format!("ws://{}/socket", s.backend.addr), &format!("ws://{dead}/socket"));
+        .replace(
+            &format!("ws://{}/socket", s.backend.addr),
+            &format!("ws://{dead}/socket"),
+        );
     s.proxy.reload(&cfg).unwrap();
     match ws_connect(s.proxy.addr("web"), "chat.example.org", "/socket", &[]).await {
         Err(WsError::Http(resp)) => assert_eq!(resp.status(), 502),
@@ -157,56 +197,104 @@ async fn backend_down_is_502() {
 async fn idle_tunnels_close_and_traffic_keeps_them_open() {
     let s = setup(r#"timeouts = { idle = "400ms" }"#).await;
     let addr = s.proxy.addr("web");
-    let (mut busy, _) = ws_connect(addr, "chat.example.org", "/socket", &[]).await.unwrap();
+    let (mut busy, _) = ws_connect(addr, "chat.example.org", "/socket", &[])
+        .await
+        .unwrap();
     for i in 0..8 {
         tokio::time::sleep(Duration::from_millis(150)).await;
         busy.send(Message::text(format!("{i}"))).await.unwrap();
-        assert_eq!(busy.next().await.unwrap().unwrap(), Message::text(format!("{i}")), "activity must keep the tunnel open");
+        assert_eq!(
+            busy.next().await.unwrap().unwrap(),
+            Message::text(format!("{i}")),
+            "activity must keep the tunnel open"
+        );
     }
-    let (mut quiet, _) = ws_connect(addr, "chat.example.org", "/socket", &[]).await.unwrap();
+    let (mut quiet, _) = ws_connect(addr, "chat.example.org", "/socket", &[])
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
-    let end = tokio::time::timeout(Duration::from_secs(3), quiet.next()).await.expect("idle tunnel was not closed");
+    let end = tokio::time::timeout(Duration::from_secs(3), quiet.next())
+        .await
+        .expect("idle tunnel was not closed");
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
-    assert!(started.elapsed() >= Duration::from_millis(350), "closed too early");
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "closed too early"
+    );
 }
 
 #[tokio::test]
 async fn origin_allow_list_and_tunnel_cap() {
-    let s = setup(r#"allowed_origins = ["https://chat.example.org"]
-max_tunnels = 2"#)
+    let s = setup(
+        r#"allowed_origins = ["https://chat.example.org"]
+max_tunnels = 2"#,
+    )
     .await;
     let addr = s.proxy.addr("web");
-    match ws_connect(addr, "chat.example.org", "/socket", &[("origin", "https://evil.example")]).await {
+    match ws_connect(
+        addr,
+        "chat.example.org",
+        "/socket",
+        &[("origin", "https://evil.example")],
+    )
+    .await
+    {
         Err(WsError::Http(resp)) => assert_eq!(resp.status(), 403),
         other => panic!("expected 403, got {other:?}"),
     }
     let ok = [("origin", "https://chat.example.org")];
-    let (a, _) = ws_connect(addr, "chat.example.org", "/socket", &ok).await.unwrap();
-    let (b, _) = ws_connect(addr, "chat.example.org", "/socket", &ok).await.unwrap();
+    let (a, _) = ws_connect(addr, "chat.example.org", "/socket", &ok)
+        .await
+        .unwrap();
+    let (b, _) = ws_connect(addr, "chat.example.org", "/socket", &ok)
+        .await
+        .unwrap();
     match ws_connect(addr, "chat.example.org", "/socket", &ok).await {
         Err(WsError::Http(resp)) => assert_eq!(resp.status(), 503),
         other => panic!("expected 503 past max_tunnels, got {other:?}"),
     }
     drop((a, b));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(ws_connect(addr, "chat.example.org", "/socket", &ok).await.is_ok(), "slots are freed when tunnels end");
+    assert!(
+        ws_connect(addr, "chat.example.org", "/socket", &ok)
+            .await
+            .is_ok(),
+        "slots are freed when tunnels end"
+    );
 }
 
 #[tokio::test]
 async fn rfc8441_websocket_over_http2() {
     let s = setup("").await;
-    let tls = tls_connect(s.proxy.addr("tls"), "chat.example.org", tls_config(s.ca.roots(), &[b"h2"])).await.unwrap();
+    let tls = tls_connect(
+        s.proxy.addr("tls"),
+        "chat.example.org",
+        tls_config(s.ca.roots(), &[b"h2"]),
+    )
+    .await
+    .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     // A first request makes sure the server's SETTINGS (ENABLE_CONNECT_PROTOCOL) have arrived.
-    let warm = sender.send_request(Request::get("https://chat.example.org/").body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
+    let warm = sender
+        .send_request(
+            Request::get("https://chat.example.org/")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(warm.status(), 200);
     let mut req = Request::connect("https://chat.example.org/socket/h2")
         .header("sec-websocket-version", "13")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(s.backend.last().uri, "/socket/h2");
@@ -223,7 +311,9 @@ async fn five_hundred_concurrent_tunnels_echo() {
     let mut tasks = Vec::new();
     for i in 0..500 {
         tasks.push(tokio::spawn(async move {
-            let (mut ws, _) = ws_connect(addr, "chat.example.org", "/socket", &[]).await.unwrap();
+            let (mut ws, _) = ws_connect(addr, "chat.example.org", "/socket", &[])
+                .await
+                .unwrap();
             for j in 0..3 {
                 let m = format!("{i}-{j}");
                 ws.send(Message::text(m.clone())).await.unwrap();
@@ -238,4 +328,3 @@ async fn five_hundred_concurrent_tunnels_echo() {
     }
     assert_eq!(open.len(), 500);
 }
-

@@ -7,7 +7,6 @@ mod raw;
 pub mod units;
 mod validate;
 
-
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use validate::normalise_host_pattern;

@@ -136,4 +136,3 @@ pub struct RawPluginLimits {
     /// Warm instances kept per plugin; instances beyond it are created on demand and dropped after use.
     pub instances: Option<Spanned<u64>>,
 }
-

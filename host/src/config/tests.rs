@@ -96,11 +96,20 @@ backend = "ftp://x/"
 "#;
     let errs = Config::parse(text, &d.path("w.toml")).unwrap_err().0;
     let all = ConfigErrors(errs.clone()).to_string();
-    assert!(all.contains("w.toml:4:8: listener[0].bind: `nonsense` is not an IP:port"), "{all}");
-    assert!(all.contains("site[0].listeners: no listener is named `nope`"), "{all}");
+    assert!(
+        all.contains("w.toml:4:8: listener[0].bind: `nonsense` is not an IP:port"),
+        "{all}"
+    );
+    assert!(
+        all.contains("site[0].listeners: no listener is named `nope`"),
+        "{all}"
+    );
     assert!(all.contains("site[0].hosts[1]"), "{all}");
     assert!(all.contains("site[0].timeout: `10` has no unit"), "{all}");
-    assert!(all.contains("w.toml:14:11: site[0].route[0].backend: `ftp://x/` must start with http://"), "{all}");
+    assert!(
+        all.contains("w.toml:14:11: site[0].route[0].backend: `ftp://x/` must start with http://"),
+        "{all}"
+    );
     assert!(errs.len() >= 5, "{all}");
 }
 
@@ -109,10 +118,16 @@ use tempdir::Dir;
 #[test]
 fn unknown_fields_and_syntax_errors_name_line_and_column() {
     let d = Dir::new();
-    let e = Config::parse("[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nport = 3\n", &d.path("x.toml"))
-        .unwrap_err()
-        .to_string();
-    assert!(e.starts_with(&format!("{}:4:1", d.path("x.toml").display())), "{e}");
+    let e = Config::parse(
+        "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nport = 3\n",
+        &d.path("x.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with(&format!("{}:4:1", d.path("x.toml").display())),
+        "{e}"
+    );
     assert!(e.contains("unknown field `port`"), "{e}");
 }
 
@@ -141,10 +156,15 @@ tls = { cert = "missing.crt", key = "missing.key" }
 path = "/"
 backend = "http://127.0.0.1:1"
 "#;
-    let e = Config::parse(text, &d.path("x.toml")).unwrap_err().to_string();
+    let e = Config::parse(text, &d.path("x.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("site[0].tls.cert: file"), "{e}");
     assert!(e.contains("does not exist"), "{e}");
-    assert!(e.contains("host `x.example` on listener `tls` is already claimed by site `a`"), "{e}");
+    assert!(
+        e.contains("host `x.example` on listener `tls` is already claimed by site `a`"),
+        "{e}"
+    );
 }
 
 #[test]

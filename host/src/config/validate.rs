@@ -34,7 +34,12 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn err<T>(&mut self, span: std::ops::Range<usize>, field: &str, msg: impl Into<String>) -> Option<T> {
+    fn err<T>(
+        &mut self,
+        span: std::ops::Range<usize>,
+        field: &str,
+        msg: impl Into<String>,
+    ) -> Option<T> {
         let e = self.loc.at(span, field, msg);
         self.errors.push(e);
         None
@@ -105,7 +110,11 @@ impl<'a> Validator<'a> {
             let l = l.get_ref();
             let field = format!("listener[{i}]");
             if !seen.insert(l.name.get_ref().clone()) {
-                self.err::<()>(l.name.span(), &format!("{field}.name"), "duplicate listener name");
+                self.err::<()>(
+                    l.name.span(),
+                    &format!("{field}.name"),
+                    "duplicate listener name",
+                );
             }
             let bind = match l.bind.get_ref().parse::<SocketAddr>() {
                 Ok(a) => a,
@@ -113,7 +122,10 @@ impl<'a> Validator<'a> {
                     self.err::<()>(
                         l.bind.span(),
                         &format!("{field}.bind"),
-                        format!("`{}` is not an IP:port address (e.g. \"0.0.0.0:443\")", l.bind.get_ref()),
+                        format!(
+                            "`{}` is not an IP:port address (e.g. \"0.0.0.0:443\")",
+                            l.bind.get_ref()
+                        ),
                     );
                     continue;
                 }
@@ -160,12 +172,18 @@ impl<'a> Validator<'a> {
                 self.err::<()>(
                     raw.span(),
                     &format!("{field}.tls"),
-                    format!("site `{name}` is on TLS listener `{l}` but has no tls = {{ cert, key }}"),
+                    format!(
+                        "site `{name}` is on TLS listener `{l}` but has no tls = {{ cert, key }}"
+                    ),
                 );
             }
         }
         if s.listeners.get_ref().is_empty() {
-            self.err::<()>(s.listeners.span(), &format!("{field}.listeners"), "a site needs at least one listener");
+            self.err::<()>(
+                s.listeners.span(),
+                &format!("{field}.listeners"),
+                "a site needs at least one listener",
+            );
         }
         let mut hosts = Vec::new();
         for (i, h) in s.hosts.iter().enumerate() {
@@ -187,10 +205,16 @@ impl<'a> Validator<'a> {
         let tls = s.tls.as_ref().and_then(|t| {
             let cert = self.existing_file(&t.cert, &format!("{field}.tls.cert"));
             let key = self.existing_file(&t.key, &format!("{field}.tls.key"));
-            Some(TlsFiles { cert: cert?, key: key? })
+            Some(TlsFiles {
+                cert: cert?,
+                key: key?,
+            })
         });
         let timeouts = self.timeouts(&s.timeout, &s.timeouts, defaults, field);
-        for (sub, v) in [("header_read", &s.timeouts.header_read), ("keepalive", &s.timeouts.keepalive)] {
+        for (sub, v) in [
+            ("header_read", &s.timeouts.header_read),
+            ("keepalive", &s.timeouts.keepalive),
+        ] {
             if let Some(v) = v {
                 self.err::<()>(
                     v.span(),
@@ -209,7 +233,11 @@ impl<'a> Validator<'a> {
             let rfield = format!("{field}.route[{i}]");
             if let Some(route) = self.route(r, &rfield, s.preserve_host, timeouts, max_body) {
                 if routes.iter().any(|o| o.path == route.path) {
-                    self.err::<()>(r.get_ref().path.span(), &format!("{rfield}.path"), "duplicate route path in this site");
+                    self.err::<()>(
+                        r.get_ref().path.span(),
+                        &format!("{rfield}.path"),
+                        "duplicate route path in this site",
+                    );
                 }
                 routes.push(route);
             }
@@ -244,9 +272,15 @@ impl<'a> Validator<'a> {
         let path = r.path.get_ref();
         let path_ok = path.starts_with('/') && !path.contains(['?', '#', ' ']);
         if !path_ok {
-            self.err::<()>(r.path.span(), &format!("{field}.path"), "a route path starts with `/` and has no query");
+            self.err::<()>(
+                r.path.span(),
+                &format!("{field}.path"),
+                "a route path starts with `/` and has no query",
+            );
         }
-        let ca = r.ca.as_ref().and_then(|c| self.existing_file(c, &format!("{field}.ca")));
+        let ca =
+            r.ca.as_ref()
+                .and_then(|c| self.existing_file(c, &format!("{field}.ca")));
         let backend = self.backend(&r.backend, &format!("{field}.backend"), ca);
         let allowed_origins = r.allowed_origins.as_ref().map(|list| {
             list.iter()
@@ -275,7 +309,12 @@ impl<'a> Validator<'a> {
         .filter(|_| path_ok)
     }
 
-    fn backend(&mut self, raw: &Spanned<String>, field: &str, ca: Option<PathBuf>) -> Option<Backend> {
+    fn backend(
+        &mut self,
+        raw: &Spanned<String>,
+        field: &str,
+        ca: Option<PathBuf>,
+    ) -> Option<Backend> {
         let text = raw.get_ref();
         let uri: Uri = match text.parse() {
             Ok(u) => u,
@@ -298,10 +337,18 @@ impl<'a> Validator<'a> {
             return self.err(raw.span(), field, format!("`{text}` has no host"));
         };
         if uri.query().is_some() || text.contains('#') {
-            return self.err(raw.span(), field, "a backend URL may not carry a query or fragment");
+            return self.err(
+                raw.span(),
+                field,
+                "a backend URL may not carry a query or fragment",
+            );
         }
         if auth.as_str().contains('@') {
-            return self.err(raw.span(), field, "credentials in the backend URL are not supported");
+            return self.err(
+                raw.span(),
+                field,
+                "credentials in the backend URL are not supported",
+            );
         }
         let host = auth.host().to_string();
         let port = auth.port_u16().unwrap_or(default_port);
@@ -317,7 +364,11 @@ impl<'a> Validator<'a> {
             authority,
             host,
             port,
-            path: if uri.path().is_empty() { "/".into() } else { uri.path().to_string() },
+            path: if uri.path().is_empty() {
+                "/".into()
+            } else {
+                uri.path().to_string()
+            },
             ca,
         })
     }
@@ -347,7 +398,13 @@ impl<'a> Validator<'a> {
                 PluginSource::Builtin(b.get_ref().clone())
             }
             (None, Some(w)) => PluginSource::Wasm(self.existing_file(w, &format!("{field}.wasm"))?),
-            _ => return self.err(raw.span(), field, "a plugin needs exactly one of builtin = \"…\" or wasm = \"…\""),
+            _ => {
+                return self.err(
+                    raw.span(),
+                    field,
+                    "a plugin needs exactly one of builtin = \"…\" or wasm = \"…\"",
+                )
+            }
         };
         let name = p.name.clone().unwrap_or_else(|| match &source {
             PluginSource::Builtin(n) => n.clone(),
@@ -356,31 +413,65 @@ impl<'a> Validator<'a> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "plugin".into()),
         });
-        let on_error = match p.on_error.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+        let on_error = match p
+            .on_error
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
             None | Some(("deny", _)) => OnError::Deny,
             Some(("allow", _)) => OnError::Allow,
             Some((other, span)) => {
-                return self.err(span, &format!("{field}.on_error"), format!("`{other}` is neither \"deny\" nor \"allow\""))
+                return self.err(
+                    span,
+                    &format!("{field}.on_error"),
+                    format!("`{other}` is neither \"deny\" nor \"allow\""),
+                )
             }
         };
         let d = PluginLimits::default();
         let limits = PluginLimits {
-            time: self.duration_opt(&p.limits.time, &format!("{field}.limits.time")).unwrap_or(d.time),
-            memory: self.size_opt(&p.limits.memory, &format!("{field}.limits.memory")).unwrap_or(d.memory),
-            stack: self.size_opt(&p.limits.stack, &format!("{field}.limits.stack")).unwrap_or(d.stack),
-            instances: p.limits.instances.as_ref().map_or(d.instances, |n| *n.get_ref() as usize),
+            time: self
+                .duration_opt(&p.limits.time, &format!("{field}.limits.time"))
+                .unwrap_or(d.time),
+            memory: self
+                .size_opt(&p.limits.memory, &format!("{field}.limits.memory"))
+                .unwrap_or(d.memory),
+            stack: self
+                .size_opt(&p.limits.stack, &format!("{field}.limits.stack"))
+                .unwrap_or(d.stack),
+            instances: p
+                .limits
+                .instances
+                .as_ref()
+                .map_or(d.instances, |n| *n.get_ref() as usize),
         };
         if limits.time.is_zero() || limits.time > Duration::from_secs(10) {
-            self.err::<()>(raw.span(), &format!("{field}.limits.time"), "must be between 1ms and 10s");
+            self.err::<()>(
+                raw.span(),
+                &format!("{field}.limits.time"),
+                "must be between 1ms and 10s",
+            );
         }
         if limits.memory < (1 << 20) || limits.memory > (256 << 20) {
-            self.err::<()>(raw.span(), &format!("{field}.limits.memory"), "must be between 1MiB and 256MiB");
+            self.err::<()>(
+                raw.span(),
+                &format!("{field}.limits.memory"),
+                "must be between 1MiB and 256MiB",
+            );
         }
         if limits.stack < (64 << 10) || limits.stack > (8 << 20) {
-            self.err::<()>(raw.span(), &format!("{field}.limits.stack"), "must be between 64KiB and 8MiB");
+            self.err::<()>(
+                raw.span(),
+                &format!("{field}.limits.stack"),
+                "must be between 64KiB and 8MiB",
+            );
         }
         if limits.instances == 0 || limits.instances > 64 {
-            self.err::<()>(raw.span(), &format!("{field}.limits.instances"), "must be between 1 and 64");
+            self.err::<()>(
+                raw.span(),
+                &format!("{field}.limits.instances"),
+                "must be between 1 and 64",
+            );
         }
         let config = match &p.config {
             Some(table) => serde_json::to_value(table).unwrap_or(serde_json::Value::Null),
@@ -398,11 +489,23 @@ impl<'a> Validator<'a> {
         })
     }
 
-    fn timeouts(&mut self, short: &Option<Spanned<String>>, raw: &RawTimeouts, base: Timeouts, field: &str) -> Timeouts {
-        let dot = if field.is_empty() { String::new() } else { format!("{field}.") };
+    fn timeouts(
+        &mut self,
+        short: &Option<Spanned<String>>,
+        raw: &RawTimeouts,
+        base: Timeouts,
+        field: &str,
+    ) -> Timeouts {
+        let dot = if field.is_empty() {
+            String::new()
+        } else {
+            format!("{field}.")
+        };
         let shorthand = self.duration_opt(short, &format!("{dot}timeout"));
         Timeouts {
-            connect: self.duration_opt(&raw.connect, &format!("{dot}timeouts.connect")).unwrap_or(base.connect),
+            connect: self
+                .duration_opt(&raw.connect, &format!("{dot}timeouts.connect"))
+                .unwrap_or(base.connect),
             response: self
                 .duration_opt(&raw.response, &format!("{dot}timeouts.response"))
                 .or(shorthand)
@@ -426,8 +529,13 @@ impl<'a> Validator<'a> {
         }
         Limits {
             max_header_bytes: max_header_bytes.max(8192) as usize,
-            max_body_bytes: self.size_opt(&raw.max_body_bytes, "limits.max_body_bytes").unwrap_or(d.max_body_bytes),
-            max_connections: raw.max_connections.as_ref().map_or(d.max_connections, |n| *n.get_ref() as usize),
+            max_body_bytes: self
+                .size_opt(&raw.max_body_bytes, "limits.max_body_bytes")
+                .unwrap_or(d.max_body_bytes),
+            max_connections: raw
+                .max_connections
+                .as_ref()
+                .map_or(d.max_connections, |n| *n.get_ref() as usize),
         }
     }
 
@@ -451,7 +559,13 @@ impl<'a> Validator<'a> {
         let text = raw.get_ref();
         text.parse::<IpNet>()
             .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| self.err::<()>(raw.span(), field, format!("`{text}` is not an IP address or CIDR")))
+            .map_err(|_| {
+                self.err::<()>(
+                    raw.span(),
+                    field,
+                    format!("`{text}` is not an IP address or CIDR"),
+                )
+            })
             .ok()
     }
 
@@ -460,7 +574,11 @@ impl<'a> Validator<'a> {
         if path.is_file() {
             Some(path)
         } else {
-            self.err(raw.span(), field, format!("file `{}` does not exist", path.display()))
+            self.err(
+                raw.span(),
+                field,
+                format!("file `{}` does not exist", path.display()),
+            )
         }
     }
 
@@ -482,7 +600,9 @@ impl<'a> Validator<'a> {
                         self.err::<()>(
                             span.clone(),
                             &format!("site `{}`", site.name),
-                            format!("host `{h}` on listener `{l}` is already claimed by site `{prev}`"),
+                            format!(
+                                "host `{h}` on listener `{l}` is already claimed by site `{prev}`"
+                            ),
                         );
                     }
                 }
@@ -502,6 +622,8 @@ pub fn normalise_host_pattern(h: &str) -> Result<String, String> {
     if valid || bare.parse::<std::net::IpAddr>().is_ok() {
         Ok(h)
     } else {
-        Err(format!("`{h}` is not a host name (write names without scheme or port; `*.` only in front)"))
+        Err(format!(
+            "`{h}` is not a host name (write names without scheme or port; `*.` only in front)"
+        ))
     }
 }

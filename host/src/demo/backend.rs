@@ -56,7 +56,9 @@ impl ChatBackend {
         });
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let room = room.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| answer(req, room.clone()));
@@ -74,15 +76,29 @@ impl ChatBackend {
 fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     r
 }
 
-async fn answer(req: Request<Incoming>, room: Arc<Room>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    room: Arc<Room>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
-    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    };
     Ok(match path.as_str() {
-        "/" => text(StatusCode::OK, "text/html; charset=utf-8", room.page.clone()),
+        "/" => text(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            room.page.clone(),
+        ),
         "/api/hello" => {
             let body = serde_json::json!({
                 "hello": "from the chat backend",
@@ -96,12 +112,23 @@ async fn answer(req: Request<Incoming>, room: Arc<Room>) -> Result<Response<Full
         "/login" => {
             let mut r = text(StatusCode::FOUND, "text/plain", "see the page\n");
             let loc = format!("http://{}/", room.addr);
-            r.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&loc).expect("address is ASCII"));
+            r.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_str(&loc).expect("address is ASCII"),
+            );
             r
         }
         "/api/ack" => {
-            let msg = req.uri().query().and_then(|q| q.strip_prefix("msg=")).unwrap_or("").to_string();
-            room.acks.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
+            let msg = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("msg="))
+                .unwrap_or("")
+                .to_string();
+            room.acks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(msg);
             text(StatusCode::NO_CONTENT, "text/plain", "")
         }
         "/socket" => upgrade(req, room),
@@ -110,8 +137,16 @@ async fn answer(req: Request<Incoming>, room: Arc<Room>) -> Result<Response<Full
 }
 
 fn upgrade(mut req: Request<Incoming>, room: Arc<Room>) -> Response<Full<Bytes>> {
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())) else {
-        return text(StatusCode::BAD_REQUEST, "text/plain", "this is a WebSocket endpoint\n");
+    let Some(key) = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "this is a WebSocket endpoint\n",
+        );
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -140,6 +175,9 @@ fn upgrade(mut req: Request<Incoming>, room: Arc<Room>) -> Response<Full<Bytes>>
     let h = r.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&key).expect("base64 is ASCII"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&key).expect("base64 is ASCII"),
+    );
     r
 }

@@ -32,7 +32,8 @@ pub fn default_data_dir() -> PathBuf {
 /// Write a self-signed certificate and key as `<out>.crt` / `<out>.key` (for trying things out; use a
 /// real CA in production).
 pub fn write_self_signed(out: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), String> {
-    let ck = rcgen::generate_simple_self_signed(hosts.to_vec()).map_err(|e| format!("cannot make a certificate: {e}"))?;
+    let ck = rcgen::generate_simple_self_signed(hosts.to_vec())
+        .map_err(|e| format!("cannot make a certificate: {e}"))?;
     let crt = out.with_extension("crt");
     let key = out.with_extension("key");
     if let Some(dir) = crt.parent() {
@@ -53,7 +54,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .mode(0o600)
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(bytes).map_err(|e| format!("{}: {e}", path.display()))
+    f.write_all(bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Lay out the demo's data dir (certificate, tokens, config for `backend`) and return the config path.
@@ -64,8 +66,11 @@ pub fn prepare(opts: &DemoOptions, backend: std::net::SocketAddr) -> Result<Path
         let hosts = ["chat.example.org", "localhost", "127.0.0.1"].map(String::from);
         write_self_signed(&dir.join("certs/chat"), &hosts)?;
     }
-    std::fs::write(dir.join("tokens.txt"), format!("# tokens for the demo chat\n{DEMO_TOKEN}\n"))
-        .map_err(|e| format!("tokens.txt: {e}"))?;
+    std::fs::write(
+        dir.join("tokens.txt"),
+        format!("# tokens for the demo chat\n{DEMO_TOKEN}\n"),
+    )
+    .map_err(|e| format!("tokens.txt: {e}"))?;
     let config = seed_config(opts, backend);
     let path = dir.join("wasmgate.toml");
     std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -80,8 +85,14 @@ pub fn seed_config(opts: &DemoOptions, backend: std::net::SocketAddr) -> String 
     };
     SEED_CONFIG
         .replace("\"0.0.0.0:8080\"", &format!("\"{}\"", bind(opts.http_port)))
-        .replace("\"0.0.0.0:8443\"", &format!("\"{}\"", bind(opts.https_port)))
-        .replace("https://chat.example.org:8443/", &format!("https://chat.example.org:{}/", opts.https_port))
+        .replace(
+            "\"0.0.0.0:8443\"",
+            &format!("\"{}\"", bind(opts.https_port)),
+        )
+        .replace(
+            "https://chat.example.org:8443/",
+            &format!("https://chat.example.org:{}/", opts.https_port),
+        )
         .replace("127.0.0.1:3000", &backend.to_string())
 }
 

@@ -29,7 +29,10 @@ pub fn is_forbidden(name: &str) -> bool {
 
 pub fn headers(map: &HeaderMap) -> Vec<Header> {
     map.iter()
-        .map(|(n, v)| Header { name: n.as_str().to_string(), value: String::from_utf8_lossy(v.as_bytes()).into_owned() })
+        .map(|(n, v)| Header {
+            name: n.as_str().to_string(),
+            value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        })
         .collect()
 }
 
@@ -53,7 +56,11 @@ pub fn request(s: &RequestState, map: &HeaderMap) -> Request {
         info: info(s),
         version: s.version.to_string(),
         headers: headers(map),
-        tls: s.tls.as_ref().map(|t| TlsInfo { sni: t.sni.clone(), alpn: t.alpn.clone(), version: t.version.to_string() }),
+        tls: s.tls.as_ref().map(|t| TlsInfo {
+            sni: t.sni.clone(),
+            alpn: t.alpn.clone(),
+            version: t.version.to_string(),
+        }),
     }
 }
 

@@ -30,7 +30,10 @@ static ENGINES: OnceLock<Mutex<HashMap<u64, Engine>>> = OnceLock::new();
 static COMPONENTS: OnceLock<Mutex<HashMap<(u64, String), Component>>> = OnceLock::new();
 
 pub fn engine(stack: u64) -> Result<Engine, String> {
-    let mut engines = ENGINES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    let mut engines = ENGINES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     if let Some(e) = engines.get(&stack) {
         return Ok(e.clone());
     }
@@ -70,7 +73,13 @@ fn start_ticker(engine: &Engine) {
 }
 
 /// Compile `bytes` (or fetch them compiled from memory or the disk cache).
-pub fn component(engine: &Engine, stack: u64, digest: &str, bytes: &[u8], cache_dir: Option<&Path>) -> Result<Component, String> {
+pub fn component(
+    engine: &Engine,
+    stack: u64,
+    digest: &str,
+    bytes: &[u8],
+    cache_dir: Option<&Path>,
+) -> Result<Component, String> {
     let key = (stack, digest.to_string());
     let memory = COMPONENTS.get_or_init(Default::default);
     if let Some(c) = memory.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
@@ -84,20 +93,31 @@ pub fn component(engine: &Engine, stack: u64, digest: &str, bytes: &[u8], cache_
             // by wasmtime's header checks, and then we fall back to compiling.
             match unsafe { Component::deserialize_file(engine, path) } {
                 Ok(c) => {
-                    memory.lock().unwrap_or_else(|p| p.into_inner()).insert(key, c.clone());
+                    memory
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key, c.clone());
                     return Ok(c);
                 }
-                Err(e) => tracing::warn!(file = %path.display(), "ignoring unusable cached plugin: {e}"),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "ignoring unusable cached plugin: {e}")
+                }
             }
         }
     }
-    let compiled = engine.precompile_component(bytes).map_err(|e| format!("does not compile: {e:#}"))?;
+    let compiled = engine
+        .precompile_component(bytes)
+        .map_err(|e| format!("does not compile: {e:#}"))?;
     if let Some(path) = &cached {
         write_atomically(path, &compiled);
     }
     // SAFETY: `compiled` was produced by `precompile_component` on this very engine just now.
-    let c = unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| format!("does not load: {e:#}"))?;
-    memory.lock().unwrap_or_else(|p| p.into_inner()).insert(key, c.clone());
+    let c = unsafe { Component::deserialize(engine, &compiled) }
+        .map_err(|e| format!("does not load: {e:#}"))?;
+    memory
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, c.clone());
     Ok(c)
 }
 
@@ -112,7 +132,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) {
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    let tmp = dir.join(format!(".{}.{}", std::process::id(), path.file_name().unwrap_or_default().to_string_lossy()));
+    let tmp = dir.join(format!(
+        ".{}.{}",
+        std::process::id(),
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
     if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -53,7 +53,11 @@ pub struct LoadedPlugin {
 impl LoadedPlugin {
     /// Compile (or fetch from cache), link, instantiate once and `init` — so a plugin that cannot start
     /// is refused at load time, never on a request.
-    pub async fn load(cfg: &PluginConfig, site: &str, cache_dir: Option<&std::path::Path>) -> Result<LoadedPlugin, String> {
+    pub async fn load(
+        cfg: &PluginConfig,
+        site: &str,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<LoadedPlugin, String> {
         let bytes: std::borrow::Cow<'static, [u8]> = match &cfg.source {
             PluginSource::Builtin(name) => super::builtin::bytes(name)
                 .ok_or_else(|| format!("no built-in plugin `{name}`"))?
@@ -62,18 +66,27 @@ impl LoadedPlugin {
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?
                 .into(),
         };
-        let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let digest: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let engine = engine::engine(cfg.limits.stack)?;
         let component = engine::component(&engine, cfg.limits.stack, &digest, &bytes, cache_dir)?;
         let mut linker: Linker<State> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("linking WASI: {e}"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| format!("linking WASI: {e}"))?;
         bindings::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(|e| format!("linking the host interface: {e}"))?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| format!("does not link against wasmgate:plugin@0.1.0: {e:#}"))?;
-        let pre = PluginPre::new(pre).map_err(|e| format!("is not a wasmgate plugin (world `plugin`): {e:#}"))?;
-        let who = Identity { name: cfg.name.as_str().into(), site: site.into(), digest: digest[..12].into() };
+        let pre = PluginPre::new(pre)
+            .map_err(|e| format!("is not a wasmgate plugin (world `plugin`): {e:#}"))?;
+        let who = Identity {
+            name: cfg.name.as_str().into(),
+            site: site.into(),
+            digest: digest[..12].into(),
+        };
         let mut plugin = LoadedPlugin {
             name: cfg.name.clone(),
             who,
@@ -82,7 +95,10 @@ impl LoadedPlugin {
             on_error: cfg.on_error,
             limits: cfg.limits,
             hooks: HookSet::empty(),
-            files: Arc::new(ConfigFiles { base_dir: cfg.base_dir.clone(), read: Default::default() }),
+            files: Arc::new(ConfigFiles {
+                base_dir: cfg.base_dir.clone(),
+                read: Default::default(),
+            }),
             engine,
             pre,
             config_json: cfg.config.to_string(),
@@ -90,7 +106,11 @@ impl LoadedPlugin {
         };
         let (warm, hooks) = plugin.instantiate().await.map_err(|f| f.detail)?;
         plugin.hooks = hooks;
-        plugin.pool.get_mut().unwrap_or_else(|p| p.into_inner()).push(warm);
+        plugin
+            .pool
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(warm);
         Ok(plugin)
     }
 
@@ -103,16 +123,36 @@ impl LoadedPlugin {
     }
 
     async fn instantiate(&self) -> Result<(Warm, HookSet), Failure> {
-        let mut store = Store::new(&self.engine, State::new(self.who.clone(), self.files.clone(), self.limits.memory));
+        let mut store = Store::new(
+            &self.engine,
+            State::new(self.who.clone(), self.files.clone(), self.limits.memory),
+        );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks());
-        let plugin = self.pre.instantiate_async(&mut store).await.map_err(|e| failure(e, "instantiate"))?;
+        let plugin = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| failure(e, "instantiate"))?;
         store.data_mut().in_init = true;
-        let init = plugin.wasmgate_plugin_hooks().call_init(&mut store, &self.config_json).await;
+        let init = plugin
+            .wasmgate_plugin_hooks()
+            .call_init(&mut store, &self.config_json)
+            .await;
         store.data_mut().in_init = false;
         match init {
-            Ok(Ok(hooks)) => Ok((Warm { store, plugin, uses: 0 }, hooks)),
-            Ok(Err(msg)) => Err(Failure { kind: "init", detail: format!("init refused: {msg}") }),
+            Ok(Ok(hooks)) => Ok((
+                Warm {
+                    store,
+                    plugin,
+                    uses: 0,
+                },
+                hooks,
+            )),
+            Ok(Err(msg)) => Err(Failure {
+                kind: "init",
+                detail: format!("init refused: {msg}"),
+            }),
             Err(e) => Err(failure(e, "init")),
         }
     }
@@ -148,9 +188,16 @@ impl LoadedPlugin {
         self.limits.time * 2 + std::time::Duration::from_millis(5)
     }
 
-    pub async fn on_request(&self, request_id: &str, req: &bindings::Request) -> Result<RequestAction, Failure> {
+    pub async fn on_request(
+        &self,
+        request_id: &str,
+        req: &bindings::Request,
+    ) -> Result<RequestAction, Failure> {
         let mut warm = self.checkout(request_id).await?;
-        let call = warm.plugin.wasmgate_plugin_hooks().call_on_request(&mut warm.store, req);
+        let call = warm
+            .plugin
+            .wasmgate_plugin_hooks()
+            .call_on_request(&mut warm.store, req);
         let result = tokio::time::timeout(self.wall_limit(), call).await;
         self.finish(warm, result)
     }
@@ -162,19 +209,29 @@ impl LoadedPlugin {
         head: &bindings::ResponseHead,
     ) -> Result<Vec<bindings::HeaderOp>, Failure> {
         let mut warm = self.checkout(request_id).await?;
-        let call = warm.plugin.wasmgate_plugin_hooks().call_on_response(&mut warm.store, info, head);
+        let call =
+            warm.plugin
+                .wasmgate_plugin_hooks()
+                .call_on_response(&mut warm.store, info, head);
         let result = tokio::time::timeout(self.wall_limit(), call).await;
         self.finish(warm, result)
     }
 
-    fn finish<R>(&self, warm: Warm, result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>) -> Result<R, Failure> {
+    fn finish<R>(
+        &self,
+        warm: Warm,
+        result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+    ) -> Result<R, Failure> {
         match result {
             Ok(Ok(v)) => {
                 self.checkin(warm);
                 Ok(v)
             }
             Ok(Err(e)) => Err(failure(e, "trap")),
-            Err(_) => Err(Failure { kind: "deadline", detail: format!("still running after {:?}", self.wall_limit()) }),
+            Err(_) => Err(Failure {
+                kind: "deadline",
+                detail: format!("still running after {:?}", self.wall_limit()),
+            }),
         }
     }
 
@@ -193,7 +250,11 @@ fn failure(e: wasmtime::Error, default: &'static str) -> Failure {
         None if format!("{e}").contains("memory") => "memory",
         None => default,
     };
-    let kind = if kind == default && format!("{e:?}").contains("growing memory") { "memory" } else { kind };
+    let kind = if kind == default && format!("{e:?}").contains("growing memory") {
+        "memory"
+    } else {
+        kind
+    };
     let mut detail = format!("{e}");
     if let Some(bt) = e.downcast_ref::<WasmBacktrace>() {
         detail.push_str(&format!("\nwasm backtrace:\n{bt}"));

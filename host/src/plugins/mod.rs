@@ -51,7 +51,10 @@ pub struct RequestState {
 /// What a chain decided.
 pub enum Flow {
     Continue,
-    Respond { response: Response<ProxyBody>, plugin: String },
+    Respond {
+        response: Response<ProxyBody>,
+        plugin: String,
+    },
 }
 
 /// The plugins of one site or one route, in order.
@@ -75,7 +78,14 @@ impl Chain {
             if let PluginSource::Wasm(path) = &p.source {
                 out.push(path.clone());
             }
-            out.extend(p.files.read.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned());
+            out.extend(
+                p.files
+                    .read
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys()
+                    .cloned(),
+            );
         }
     }
 
@@ -104,12 +114,18 @@ impl Chain {
                     let (response, refused) = convert::response(r);
                     complain(p, &state.id, refused);
                     ran.push(p.clone());
-                    return Ok(Flow::Respond { response, plugin: p.name.clone() });
+                    return Ok(Flow::Respond {
+                        response,
+                        plugin: p.name.clone(),
+                    });
                 }
                 Err(f) => {
                     log_failure(p, &state.id, "on-request", &f);
                     if p.on_error == OnError::Deny {
-                        return Err(ProxyError::Plugin { plugin: p.name.clone(), cause: f.kind.to_string() });
+                        return Err(ProxyError::Plugin {
+                            plugin: p.name.clone(),
+                            cause: f.kind.to_string(),
+                        });
                     }
                 }
             }
@@ -119,20 +135,34 @@ impl Chain {
 }
 
 /// Run `on-response` of the plugins in `ran`, last first.
-pub async fn on_response(ran: &[Arc<LoadedPlugin>], state: &RequestState, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
-    let wanted: Vec<&Arc<LoadedPlugin>> = ran.iter().rev().filter(|p| p.hooks.contains(HookSet::ON_RESPONSE)).collect();
+pub async fn on_response(
+    ran: &[Arc<LoadedPlugin>],
+    state: &RequestState,
+    mut response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let wanted: Vec<&Arc<LoadedPlugin>> = ran
+        .iter()
+        .rev()
+        .filter(|p| p.hooks.contains(HookSet::ON_RESPONSE))
+        .collect();
     if wanted.is_empty() {
         return response;
     }
     let info = convert::info(state);
     for p in wanted {
-        let head = bindings::ResponseHead { status: response.status().as_u16(), headers: convert::headers(response.headers()) };
+        let head = bindings::ResponseHead {
+            status: response.status().as_u16(),
+            headers: convert::headers(response.headers()),
+        };
         match p.on_response(&state.id, &info, &head).await {
             Ok(ops) => complain(p, &state.id, convert::apply(ops, response.headers_mut())),
             Err(f) => {
                 log_failure(p, &state.id, "on-response", &f);
                 if p.on_error == OnError::Deny {
-                    let err = ProxyError::Plugin { plugin: p.name.clone(), cause: f.kind.to_string() };
+                    let err = ProxyError::Plugin {
+                        plugin: p.name.clone(),
+                        cause: f.kind.to_string(),
+                    };
                     return err.to_response();
                 }
             }
@@ -141,7 +171,11 @@ pub async fn on_response(ran: &[Arc<LoadedPlugin>], state: &RequestState, mut re
     response
 }
 
-fn rewrite_path(p: &LoadedPlugin, state: &mut RequestState, target: &str) -> Result<(), ProxyError> {
+fn rewrite_path(
+    p: &LoadedPlugin,
+    state: &mut RequestState,
+    target: &str,
+) -> Result<(), ProxyError> {
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q.to_string())),
         None => (target, None),
@@ -154,7 +188,10 @@ fn rewrite_path(p: &LoadedPlugin, state: &mut RequestState, target: &str) -> Res
         }
         Err(_) => {
             tracing::warn!(plugin = %p.name, id = %state.id, "plugin asked for an invalid path `{target}`");
-            Err(ProxyError::Plugin { plugin: p.name.clone(), cause: "invalid path rewrite".into() })
+            Err(ProxyError::Plugin {
+                plugin: p.name.clone(),
+                cause: "invalid path rewrite".into(),
+            })
         }
     }
 }
@@ -194,7 +231,9 @@ impl Default for PluginHost {
 
 impl PluginHost {
     pub fn new(cache_dir: Option<PathBuf>) -> Self {
-        PluginHost { cache_dir: cache_dir.or_else(engine::default_cache_dir) }
+        PluginHost {
+            cache_dir: cache_dir.or_else(engine::default_cache_dir),
+        }
     }
 
     /// Load every plugin of a chain; errors name the config entry and the reason.
@@ -225,7 +264,11 @@ impl PluginHost {
 
 /// Loading is called from synchronous config code (often on a blocking thread); it runs the async
 /// instantiate + init on a small runtime of its own, never nested in the caller's.
-fn load_blocking(c: &PluginConfig, site: &str, cache: Option<&std::path::Path>) -> Result<LoadedPlugin, String> {
+fn load_blocking(
+    c: &PluginConfig,
+    site: &str,
+    cache: Option<&std::path::Path>,
+) -> Result<LoadedPlugin, String> {
     let run = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -235,7 +278,11 @@ fn load_blocking(c: &PluginConfig, site: &str, cache: Option<&std::path::Path>) 
     };
     if tokio::runtime::Handle::try_current().is_ok() {
         // Inside a runtime (e.g. `Server::start` in an async fn): load on a plain thread.
-        std::thread::scope(|s| s.spawn(run).join().unwrap_or_else(|_| Err("plugin loader panicked".into())))
+        std::thread::scope(|s| {
+            s.spawn(run)
+                .join()
+                .unwrap_or_else(|_| Err("plugin loader panicked".into()))
+        })
     } else {
         run()
     }

@@ -35,13 +35,21 @@ pub struct ConfigFiles {
 impl ConfigFiles {
     fn read(&self, rel: &str) -> Result<Vec<u8>, String> {
         let rel_path = Path::new(rel);
-        if rel_path.is_absolute() || rel_path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(format!("`{rel}` must be a relative path inside the config directory"));
+        if rel_path.is_absolute()
+            || rel_path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "`{rel}` must be a relative path inside the config directory"
+            ));
         }
         let path = self.base_dir.join(rel_path);
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
         read.entry(path.clone())
-            .or_insert_with(|| std::fs::read(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display())))
+            .or_insert_with(|| {
+                std::fs::read(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+            })
             .clone()
     }
 }
@@ -62,13 +70,22 @@ pub struct State {
 impl State {
     pub fn new(who: Identity, files: Arc<ConfigFiles>, memory: u64) -> State {
         let wasi = WasiCtx::builder()
-            .stdout(LogOutput { who: who.clone(), stream: "stdout" })
-            .stderr(LogOutput { who: who.clone(), stream: "stderr" })
+            .stdout(LogOutput {
+                who: who.clone(),
+                stream: "stdout",
+            })
+            .stderr(LogOutput {
+                who: who.clone(),
+                stream: "stderr",
+            })
             .build();
         State {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(memory as usize).trap_on_grow_failure(true).build(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory as usize)
+                .trap_on_grow_failure(true)
+                .build(),
             who,
             files,
             in_init: false,
@@ -80,7 +97,10 @@ impl State {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -92,11 +112,21 @@ impl bindings::wasmgate::plugin::host::Host for State {
         let id = self.request_id.as_deref().unwrap_or("-");
         let message: String = message.chars().take(4096).collect();
         match level {
-            Level::Trace => tracing::trace!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}"),
-            Level::Debug => tracing::debug!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}"),
-            Level::Info => tracing::info!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}"),
-            Level::Warn => tracing::warn!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}"),
-            Level::Error => tracing::error!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+            }
         }
     }
 
@@ -133,7 +163,11 @@ impl IsTerminal for LogOutput {
 
 impl StdoutStream for LogOutput {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LogStream { who: self.who.clone(), stream: self.stream, line: Vec::new() })
+        Box::new(LogStream {
+            who: self.who.clone(),
+            stream: self.stream,
+            line: Vec::new(),
+        })
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {

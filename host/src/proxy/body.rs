@@ -14,7 +14,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 pub fn empty() -> ProxyBody {
@@ -36,7 +38,12 @@ pub struct Metered<B> {
 
 impl<B> Metered<B> {
     pub fn new(inner: B, counter: Arc<AtomicU64>, limit: Option<u64>) -> Self {
-        Metered { inner, counter, seen: 0, limit }
+        Metered {
+            inner,
+            counter,
+            seen: 0,
+            limit,
+        }
     }
 }
 
@@ -48,7 +55,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -88,7 +98,10 @@ pub struct OnDone<B: Body, F: FnOnce(bool)> {
 
 impl<B: Body, F: FnOnce(bool)> OnDone<B, F> {
     pub fn new(inner: B, on_done: F) -> Self {
-        OnDone { inner, on_done: Some(on_done) }
+        OnDone {
+            inner,
+            on_done: Some(on_done),
+        }
     }
 }
 
@@ -100,7 +113,10 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let res = Pin::new(&mut this.inner).poll_frame(cx);
         match &res {

@@ -36,7 +36,11 @@ pub struct UpstreamCache {
 }
 
 impl UpstreamCache {
-    pub fn get(&self, connect_timeout: Duration, ca: Option<&PathBuf>) -> Result<Arc<Upstream>, String> {
+    pub fn get(
+        &self,
+        connect_timeout: Duration,
+        ca: Option<&PathBuf>,
+    ) -> Result<Arc<Upstream>, String> {
         let key = (connect_timeout, ca.cloned());
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(u) = map.get(&key) {
@@ -61,7 +65,11 @@ impl UpstreamCache {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(https);
-        let up = Arc::new(Upstream { client, connect_timeout, tls });
+        let up = Arc::new(Upstream {
+            client,
+            connect_timeout,
+            tls,
+        });
         map.insert(key, up.clone());
         Ok(up)
     }
@@ -75,17 +83,23 @@ impl Upstream {
     /// Open a dedicated connection (for a WebSocket upgrade) within the connect timeout.
     pub async fn connect(&self, backend: &Backend) -> Result<TokioIo<Box<dyn Stream>>, ProxyError> {
         let attempt = async {
-            let tcp = TcpStream::connect(&backend.authority).await.map_err(|e| ProxyError::UpstreamConnect {
-                backend: backend.authority.clone(),
-                cause: e.to_string(),
+            let tcp = TcpStream::connect(&backend.authority).await.map_err(|e| {
+                ProxyError::UpstreamConnect {
+                    backend: backend.authority.clone(),
+                    cause: e.to_string(),
+                }
             })?;
             let _ = tcp.set_nodelay(true);
             if !backend.tls {
                 return Ok(TokioIo::new(Box::new(tcp) as Box<dyn Stream>));
             }
-            let name = rustls::pki_types::ServerName::try_from(backend.host.clone()).map_err(|e| {
-                ProxyError::UpstreamConnect { backend: backend.authority.clone(), cause: e.to_string() }
-            })?;
+            let name =
+                rustls::pki_types::ServerName::try_from(backend.host.clone()).map_err(|e| {
+                    ProxyError::UpstreamConnect {
+                        backend: backend.authority.clone(),
+                        cause: e.to_string(),
+                    }
+                })?;
             let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
                 .connect(name, tcp)
                 .await
@@ -106,7 +120,11 @@ impl Upstream {
 }
 
 /// Classify a pooled-client error: refused/reset → 502, connect timeout → 504, our body limit → 413.
-pub fn classify(err: hyper_util::client::legacy::Error, backend: &Backend, connect_timeout: Duration) -> ProxyError {
+pub fn classify(
+    err: hyper_util::client::legacy::Error,
+    backend: &Backend,
+    connect_timeout: Duration,
+) -> ProxyError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = src {
         if let Some(t) = e.downcast_ref::<crate::proxy::body::TooLarge>() {
@@ -124,8 +142,14 @@ pub fn classify(err: hyper_util::client::legacy::Error, backend: &Backend, conne
     }
     let cause = crate::error::Chain(&err).to_string();
     if err.is_connect() {
-        ProxyError::UpstreamConnect { backend: backend.authority.clone(), cause }
+        ProxyError::UpstreamConnect {
+            backend: backend.authority.clone(),
+            cause,
+        }
     } else {
-        ProxyError::UpstreamProtocol { backend: backend.authority.clone(), cause }
+        ProxyError::UpstreamProtocol {
+            backend: backend.authority.clone(),
+            cause,
+        }
     }
 }

@@ -162,7 +162,11 @@ pub fn join_cookies(headers: &mut HeaderMap) {
     if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
         return;
     }
-    let joined: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect();
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     let joined = joined.join(&b"; "[..]);
     if let Ok(v) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, v);
@@ -182,7 +186,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (n, v) in pairs {
-            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -206,10 +213,21 @@ mod tests {
     #[test]
     fn untrusted_peers_cannot_spoof_forwarding() {
         let t = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=1.2.3.4"), ("x-forwarded-proto", "http")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+        ]);
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
         assert_eq!(t.client_addr(peer, &h), peer);
-        let f = Forwarding { peer, peer_trusted: false, scheme: "https", authority: "chat.example.org", request_id: "r1", via_version: "1.1" };
+        let f = Forwarding {
+            peer,
+            peer_trusted: false,
+            scheme: "https",
+            authority: "chat.example.org",
+            request_id: "r1",
+            via_version: "1.1",
+        };
         add_forwarding(&mut h, &f);
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -221,10 +239,23 @@ mod tests {
     #[test]
     fn trusted_peers_extend_the_chain() {
         let t = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
-        let mut h = map(&[("x-forwarded-for", "198.51.100.1, 10.1.1.1"), ("x-forwarded-proto", "https")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.1, 10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(t.client_addr(peer, &h), "198.51.100.1".parse::<IpAddr>().unwrap());
-        let f = Forwarding { peer, peer_trusted: true, scheme: "http", authority: "x", request_id: "r", via_version: "2" };
+        assert_eq!(
+            t.client_addr(peer, &h),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+        let f = Forwarding {
+            peer,
+            peer_trusted: true,
+            scheme: "http",
+            authority: "x",
+            request_id: "r",
+            via_version: "2",
+        };
         add_forwarding(&mut h, &f);
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.1.1.1, 10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");

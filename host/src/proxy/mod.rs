@@ -67,11 +67,15 @@ pub struct Routed {
 }
 
 /// hyper's entry point. Never fails: errors become responses here.
-pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let rt = shared.runtime.load_full();
     let peer_trusted = rt.trusted.contains(conn.peer.ip());
-    let request_id =
-        headers::incoming_request_id(req.headers(), peer_trusted).unwrap_or_else(|| shared.ids.next());
+    let request_id = headers::incoming_request_id(req.headers(), peer_trusted)
+        .unwrap_or_else(|| shared.ids.next());
     let client = rt.trusted.client_addr(conn.peer.ip(), req.headers());
     let version = version_name(req.version());
     let mut access = AccessRecord::new(
@@ -88,7 +92,17 @@ pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incom
     };
     // Every response from here on — backend, plugin or error — passes the plugins' on-response.
     let mut ran = Vec::new();
-    let response = match serve(&shared, &conn, &mut routed, req, peer_trusted, &mut ran, &mut access).await {
+    let response = match serve(
+        &shared,
+        &conn,
+        &mut routed,
+        req,
+        peer_trusted,
+        &mut ran,
+        &mut access,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(err) => error_response(err, &mut access),
     };
@@ -106,20 +120,28 @@ fn error_response(err: ProxyError, access: &mut AccessRecord) -> Response<ProxyB
 /// Attach the access-log line to the end of the response body.
 fn finish(response: Response<ProxyBody>, mut access: AccessRecord) -> Response<ProxyBody> {
     access.status = response.status().as_u16();
-    if response.extensions().get::<crate::websocket::Tunnelled>().is_some() {
+    if response
+        .extensions()
+        .get::<crate::websocket::Tunnelled>()
+        .is_some()
+    {
         // The tunnel writes its own line when it closes.
         return response;
     }
     let (parts, body) = response.into_parts();
     let out = Arc::new(AtomicU64::new(0));
     let counted = Metered::new(body, out.clone(), None);
-    let logged = OnDone::new(counted, move |complete| access.emit(out.load(Ordering::Relaxed), complete));
+    let logged = OnDone::new(counted, move |complete| {
+        access.emit(out.load(Ordering::Relaxed), complete)
+    });
     Response::from_parts(parts, logged.boxed_unsync())
 }
 
 fn log_error(err: &ProxyError, access: &AccessRecord) {
     match err.side() {
-        crate::error::Side::Downstream => tracing::debug!(id = %access.request_id, kind = err.kind(), "{err}"),
+        crate::error::Side::Downstream => {
+            tracing::debug!(id = %access.request_id, kind = err.kind(), "{err}")
+        }
         _ => tracing::warn!(
             id = %access.request_id,
             site = access.site.as_deref().unwrap_or("-"),
@@ -149,13 +171,16 @@ fn route_request(
     access: &mut AccessRecord,
 ) -> Result<Routed, ProxyError> {
     let authority = request_authority(req)?;
-    let path = normalize::normalize_path(req.uri().path()).map_err(|_| ProxyError::BadRequest("invalid request path"))?;
+    let path = normalize::normalize_path(req.uri().path())
+        .map_err(|_| ProxyError::BadRequest("invalid request path"))?;
     let (site, route) = select(rt, conn, &authority, &path)?;
     access.site = Some(site.name.clone());
     access.route = route.as_ref().map(|r| r.name.clone());
     let websocket = is_websocket_request(req);
     if req.method() == Method::CONNECT && !websocket {
-        return Err(ProxyError::BadRequest("CONNECT is only accepted for WebSockets (RFC 8441)"));
+        return Err(ProxyError::BadRequest(
+            "CONNECT is only accepted for WebSockets (RFC 8441)",
+        ));
     }
     Ok(Routed {
         state: RequestState {
@@ -167,7 +192,10 @@ fn route_request(
             query: req.uri().query().map(str::to_string),
             client,
             site: site.name.clone(),
-            route: route.as_ref().map(|r| r.name.clone()).unwrap_or_else(|| "".into()),
+            route: route
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_else(|| "".into()),
             websocket,
             version: version_name(req.version()),
             tls: conn.tls.clone(),
@@ -189,9 +217,15 @@ async fn serve(
     access: &mut AccessRecord,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let site = routed.site.clone();
-    let chains = [Some(&site.plugins), routed.route.as_ref().map(|r| &r.plugins)];
+    let chains = [
+        Some(&site.plugins),
+        routed.route.as_ref().map(|r| &r.plugins),
+    ];
     for chain in chains.into_iter().flatten() {
-        match chain.on_request(&mut routed.state, req.headers_mut(), ran).await? {
+        match chain
+            .on_request(&mut routed.state, req.headers_mut(), ran)
+            .await?
+        {
             Flow::Continue => {}
             Flow::Respond { response, plugin } => {
                 access.answered_by = Some(plugin);
@@ -204,11 +238,22 @@ async fn serve(
     access.upstream = Some(route.cfg.backend.authority.clone());
     if routed.websocket {
         if route.cfg.websocket {
-            return crate::websocket::proxy(shared, conn, &route, &routed.state, req, peer_trusted, access).await;
+            return crate::websocket::proxy(
+                shared,
+                conn,
+                &route,
+                &routed.state,
+                req,
+                peer_trusted,
+                access,
+            )
+            .await;
         }
         tracing::info!(id = %access.request_id, route = %route.name, "WebSocket upgrade refused: websocket = false on this route");
         if req.method() == Method::CONNECT {
-            return Err(ProxyError::BadRequest("WebSockets are switched off on this route"));
+            return Err(ProxyError::BadRequest(
+                "WebSockets are switched off on this route",
+            ));
         }
     }
     forward(conn, &route, &routed.state, req, peer_trusted, access).await
@@ -226,14 +271,18 @@ fn request_authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
         // RFC 9112 §3.2.2: the absolute-form target wins; a disagreeing Host is a smuggling attempt.
         if let Some(h) = host.and_then(|h| h.to_str().ok()) {
             if req.version() != Version::HTTP_2 && !h.eq_ignore_ascii_case(a.as_str()) {
-                return Err(ProxyError::BadRequest("Host header disagrees with the request target"));
+                return Err(ProxyError::BadRequest(
+                    "Host header disagrees with the request target",
+                ));
             }
         }
         return Ok(a.as_str().to_string());
     }
     match host {
         Some(h) => {
-            let h = h.to_str().map_err(|_| ProxyError::BadRequest("Host header is not ASCII"))?;
+            let h = h
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("Host header is not ASCII"))?;
             if h.is_empty() || h.contains(['/', ' ', '@']) {
                 return Err(ProxyError::BadRequest("invalid Host header"));
             }
@@ -245,13 +294,24 @@ fn request_authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
 }
 
 /// Site by Host (agreeing with SNI on TLS listeners), then route by longest prefix.
-fn select(rt: &Runtime, conn: &ConnInfo, authority: &str, path: &str) -> Result<(Arc<Site>, Option<Arc<Route>>), ProxyError> {
+fn select(
+    rt: &Runtime,
+    conn: &ConnInfo,
+    authority: &str,
+    path: &str,
+) -> Result<(Arc<Site>, Option<Arc<Route>>), ProxyError> {
     let listener = &rt.listeners[conn.listener];
     let host = normalise_host(authority);
-    let site_idx = listener.hosts.lookup(&host).ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
+    let site_idx = listener
+        .hosts
+        .lookup(&host)
+        .ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
     if let Some(sni) = conn.tls.as_ref().and_then(|t| t.sni.as_deref()) {
         if listener.hosts.lookup(&normalise_host(sni)) != Some(site_idx) {
-            return Err(ProxyError::Misdirected { sni: sni.to_string(), host });
+            return Err(ProxyError::Misdirected {
+                sni: sni.to_string(),
+                host,
+            });
         }
     }
     let site = rt.sites[site_idx].clone();
@@ -302,7 +362,11 @@ pub fn upstream_headers(
     headers::strip_hop_by_hop(headers);
     headers.remove(header::EXPECT);
     headers::join_cookies(headers);
-    let host = if route.cfg.preserve_host { state.authority.as_str() } else { route.cfg.backend.authority.as_str() };
+    let host = if route.cfg.preserve_host {
+        state.authority.as_str()
+    } else {
+        route.cfg.backend.authority.as_str()
+    };
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.insert(header::HOST, v);
     }
@@ -314,7 +378,11 @@ pub fn upstream_headers(
             scheme: conn.scheme(),
             authority: &state.authority,
             request_id: &state.id,
-            via_version: if state.version == "HTTP/2" { "2" } else { "1.1" },
+            via_version: if state.version == "HTTP/2" {
+                "2"
+            } else {
+                "1.1"
+            },
         },
     );
 }
@@ -347,18 +415,26 @@ async fn forward(
 
     let timeout = route.cfg.timeouts.response;
     let backend = &route.cfg.backend;
-    let resp = match tokio::time::timeout(timeout, route.upstream.client.request(upstream_req)).await {
-        Err(_) => {
-            return Err(ProxyError::UpstreamTimeout { backend: backend.authority.clone(), after_ms: timeout.as_millis() })
-        }
-        Ok(Err(e)) => return Err(client::classify(e, backend, route.upstream.connect_timeout)),
-        Ok(Ok(r)) => r,
-    };
+    let resp =
+        match tokio::time::timeout(timeout, route.upstream.client.request(upstream_req)).await {
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    backend: backend.authority.clone(),
+                    after_ms: timeout.as_millis(),
+                })
+            }
+            Ok(Err(e)) => return Err(client::classify(e, backend, route.upstream.connect_timeout)),
+            Ok(Ok(r)) => r,
+        };
     Ok(downstream_response(resp, route, state))
 }
 
 /// The backend's response as the client must see it: hop-by-hop headers gone, backend URLs mapped back.
-pub fn downstream_response<B>(resp: Response<B>, route: &Route, state: &RequestState) -> Response<ProxyBody>
+pub fn downstream_response<B>(
+    resp: Response<B>,
+    route: &Route,
+    state: &RequestState,
+) -> Response<ProxyBody>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,

@@ -20,7 +20,8 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
         return Err(PathError::NotAbsolute);
     }
     // Fast path: nothing to decode, no dot segments, no doubled slashes.
-    let simple = !raw.contains('%') && !raw.contains("//") && !raw.split('/').any(|s| s == "." || s == "..");
+    let simple =
+        !raw.contains('%') && !raw.contains("//") && !raw.split('/').any(|s| s == "." || s == "..");
     if simple {
         if raw.bytes().any(|b| b < 0x20 || b == 0x7f) {
             return Err(PathError::BadEncoding);
@@ -124,7 +125,10 @@ mod tests {
     #[test]
     fn hostile_paths_are_refused() {
         assert_eq!(normalize_path("/.."), Err(PathError::EscapesRoot));
-        assert_eq!(normalize_path("/a/../../etc/passwd"), Err(PathError::EscapesRoot));
+        assert_eq!(
+            normalize_path("/a/../../etc/passwd"),
+            Err(PathError::EscapesRoot)
+        );
         assert_eq!(normalize_path("/%2e%2e/x"), Err(PathError::EscapesRoot));
         assert_eq!(normalize_path("/a%00b"), Err(PathError::BadEncoding));
         assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEncoding));

@@ -61,7 +61,9 @@ impl ReverseMap<'_> {
         } else {
             self.strip_backend_origin(url)?
         };
-        let split = path_and_rest.find(['?', '#']).unwrap_or(path_and_rest.len());
+        let split = path_and_rest
+            .find(['?', '#'])
+            .unwrap_or(path_and_rest.len());
         let (path, tail) = path_and_rest.split_at(split);
         let path = if path.is_empty() { "/" } else { path };
         if !prefix_matches(&self.backend.path, path) {
@@ -71,7 +73,10 @@ impl ReverseMap<'_> {
         if url.starts_with('/') {
             return (public_path != path).then(|| format!("{public_path}{tail}"));
         }
-        Some(format!("{}://{}{public_path}{tail}", self.public_scheme, self.public_authority))
+        Some(format!(
+            "{}://{}{public_path}{tail}",
+            self.public_scheme, self.public_authority
+        ))
     }
 
     /// `http://127.0.0.1:3000/x` → `/x` if that origin is the backend's.
@@ -91,7 +96,10 @@ impl ReverseMap<'_> {
         let host_port = |a: &str| -> (String, Option<u16>) {
             if let Some(v6) = a.strip_prefix('[') {
                 let (h, rest) = v6.split_once(']').unwrap_or((v6, ""));
-                return (h.to_string(), rest.strip_prefix(':').and_then(|p| p.parse().ok()));
+                return (
+                    h.to_string(),
+                    rest.strip_prefix(':').and_then(|p| p.parse().ok()),
+                );
             }
             match a.rsplit_once(':') {
                 Some((h, p)) => (h.to_string(), p.parse().ok()),
@@ -99,11 +107,14 @@ impl ReverseMap<'_> {
             }
         };
         let (host, port) = host_port(&authority);
-        let is_backend =
-            scheme_is_backends && host == b.host.to_ascii_lowercase() && port.unwrap_or(default_port) == b.port;
+        let is_backend = scheme_is_backends
+            && host == b.host.to_ascii_lowercase()
+            && port.unwrap_or(default_port) == b.port;
         // With preserve_host the backend knows the public host; only the scheme and port may be off.
         let public_host = crate::router::normalise_host(self.public_authority);
-        let is_public_host = self.preserve_host && matches!(scheme.as_str(), "http" | "https") && host == public_host;
+        let is_public_host = self.preserve_host
+            && matches!(scheme.as_str(), "http" | "https")
+            && host == public_host;
         (is_backend || is_public_host).then_some(if tail.is_empty() { "/" } else { tail })
     }
 
@@ -114,9 +125,15 @@ impl ReverseMap<'_> {
             .map(|part| {
                 let trimmed = part.trim_start();
                 match trimmed.split_once('=') {
-                    Some((k, v)) if k.trim().eq_ignore_ascii_case("path") && prefix_matches(&self.backend.path, v.trim()) => {
+                    Some((k, v))
+                        if k.trim().eq_ignore_ascii_case("path")
+                            && prefix_matches(&self.backend.path, v.trim()) =>
+                    {
                         changed = true;
-                        format!(" Path={}", map_path(&self.backend.path, self.route_path, v.trim()))
+                        format!(
+                            " Path={}",
+                            map_path(&self.backend.path, self.route_path, v.trim())
+                        )
                     }
                     _ => part.to_string(),
                 }
@@ -145,15 +162,28 @@ mod tests {
     }
 
     fn map<'a>(b: &'a Backend, route: &'a str, preserve: bool) -> ReverseMap<'a> {
-        ReverseMap { backend: b, route_path: route, public_scheme: "https", public_authority: "chat.example.org", preserve_host: preserve }
+        ReverseMap {
+            backend: b,
+            route_path: route,
+            public_scheme: "https",
+            public_authority: "chat.example.org",
+            preserve_host: preserve,
+        }
     }
 
     #[test]
     fn seed_redirect_is_rewritten() {
         let b = backend("http://127.0.0.1:3000/", "/");
         let m = map(&b, "/", false);
-        assert_eq!(m.rewrite_url("http://127.0.0.1:3000/login?next=/x").unwrap(), "https://chat.example.org/login?next=/x");
-        assert_eq!(m.rewrite_url("http://127.0.0.1:3000").unwrap(), "https://chat.example.org/");
+        assert_eq!(
+            m.rewrite_url("http://127.0.0.1:3000/login?next=/x")
+                .unwrap(),
+            "https://chat.example.org/login?next=/x"
+        );
+        assert_eq!(
+            m.rewrite_url("http://127.0.0.1:3000").unwrap(),
+            "https://chat.example.org/"
+        );
         assert_eq!(m.rewrite_url("http://127.0.0.1:3001/login"), None);
         assert_eq!(m.rewrite_url("https://127.0.0.1:3000/login"), None);
         assert_eq!(m.rewrite_url("https://elsewhere.example/"), None);
@@ -165,7 +195,10 @@ mod tests {
     fn prefixes_map_both_ways() {
         let b = backend("http://10.0.0.5/app/", "/app/");
         let m = map(&b, "/shop/", false);
-        assert_eq!(m.rewrite_url("http://10.0.0.5:80/app/cart").unwrap(), "https://chat.example.org/shop/cart");
+        assert_eq!(
+            m.rewrite_url("http://10.0.0.5:80/app/cart").unwrap(),
+            "https://chat.example.org/shop/cart"
+        );
         assert_eq!(m.rewrite_url("/app/cart#top").unwrap(), "/shop/cart#top");
         assert_eq!(m.rewrite_url("http://10.0.0.5/other"), None);
     }
@@ -173,8 +206,16 @@ mod tests {
     #[test]
     fn preserved_host_with_wrong_scheme_is_fixed() {
         let b = backend("http://127.0.0.1:3000/", "/");
-        assert_eq!(map(&b, "/", true).rewrite_url("http://chat.example.org/x").unwrap(), "https://chat.example.org/x");
-        assert_eq!(map(&b, "/", false).rewrite_url("http://chat.example.org/x"), None);
+        assert_eq!(
+            map(&b, "/", true)
+                .rewrite_url("http://chat.example.org/x")
+                .unwrap(),
+            "https://chat.example.org/x"
+        );
+        assert_eq!(
+            map(&b, "/", false).rewrite_url("http://chat.example.org/x"),
+            None
+        );
     }
 
     #[test]
@@ -191,7 +232,14 @@ mod tests {
         assert_eq!(h[LOCATION], "https://chat.example.org/a");
         assert_eq!(h[CONTENT_LOCATION], "/b");
         assert_eq!(h["uri"], "https://chat.example.org/c");
-        let cookies: Vec<_> = h.get_all(SET_COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
-        assert_eq!(cookies, vec!["sid=1; Path=/; HttpOnly", "other=2; Path=/elsewhere"]);
+        let cookies: Vec<_> = h
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            cookies,
+            vec!["sid=1; Path=/; HttpOnly", "other=2; Path=/elsewhere"]
+        );
     }
 }
