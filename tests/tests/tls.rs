@@ -204,3 +204,79 @@ async fn unknown_server_names_fail_the_handshake_and_old_tls_is_refused() {
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
 }
+
+#[tokio::test]
+async fn https_and_wss_backends_are_verified_against_the_configured_ca() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ca = TestCa::new("backend CA");
+    let backend = Backend::start_tls(&ca.leaf(&["localhost"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    ca.write(&dir.path().join("backend-ca.pem"));
+    let other = TestCa::new("someone else");
+    other.write(&dir.path().join("wrong-ca.pem"));
+    let port = backend.addr.port();
+    let config = format!(
+        r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+
+[[site]]
+name = "a"
+listeners = ["web"]
+hosts = ["a.test"]
+
+[[site.route]]
+path = "/"
+backend = "https://localhost:{port}/"
+ca = "backend-ca.pem"
+
+[[site.route]]
+path = "/ws"
+backend = "wss://localhost:{port}/ws"
+ca = "backend-ca.pem"
+
+[[site.route]]
+path = "/untrusted"
+backend = "https://localhost:{port}/"
+ca = "wrong-ca.pem"
+"#
+    );
+    let proxy = Proxy::start_in(dir, &config).await;
+    let addr = proxy.addr("web");
+    let r = wasmgate_tests::client::get(addr, "a.test", "/over-tls").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(backend.last().uri, "/over-tls");
+    let (mut ws, _) = wasmgate_tests::client::ws_connect(addr, "a.test", "/ws", &[]).await.unwrap();
+    ws.send(Message::text("through wss")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("through wss"));
+    let r = wasmgate_tests::client::get(addr, "a.test", "/untrusted").await;
+    assert_eq!(r.status, 502, "a backend certificate from another CA is refused");
+}
+
+#[tokio::test]
+async fn certificates_rotate_on_reload_without_touching_open_connections() {
+    let s = setup().await;
+    let addr = s.proxy.addr("tls");
+    let before = tls_connect(addr, "chat.example.org", tls_config(s.ca.roots(), &[b"http/1.1"])).await.unwrap();
+    let renewed = s.ca.leaf(&["chat.example.org"]);
+    renewed.write(&s.proxy.path("certs"), "chat");
+    let cfg = std::fs::read_to_string(s.proxy.path("wasmgate.toml")).unwrap();
+    s.proxy.reload(&cfg).unwrap();
+    let after = tls_connect(addr, "chat.example.org", tls_config(s.ca.roots(), &[b"http/1.1"])).await.unwrap();
+    assert_eq!(after.get_ref().1.peer_certificates().unwrap()[0], renewed.der, "new handshakes get the new certificate");
+    assert_eq!(before.get_ref().1.peer_certificates().unwrap()[0], s.chat.der);
+    // The connection opened before the rotation still works.
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(before)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/still").header("host", "chat.example.org").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+
+    // A key that does not match its certificate is refused; the renewed pair keeps serving.
+    std::fs::write(s.proxy.path("certs/chat.key"), s.ca.leaf(&["chat.example.org"]).key_pem).unwrap();
+    let err = s.proxy.reload(&cfg).unwrap_err().to_string();
+    assert!(err.contains("do not belong together") || err.contains("chat.key"), "{err}");
+    let again = tls_connect(addr, "chat.example.org", tls_config(s.ca.roots(), &[b"http/1.1"])).await.unwrap();
+    assert_eq!(again.get_ref().1.peer_certificates().unwrap()[0], renewed.der);
+}
