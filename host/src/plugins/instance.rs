@@ -5,20 +5,29 @@
 //! instances per plugin cover every worker thread), is discarded after any trap or limit hit — wasmtime
 //! refuses further calls into it anyway — and is recycled after `MAX_USES` calls so a slow leak in a
 //! guest cannot grow forever. Instances belong to one chain entry of one site: tenants never share.
+//!
+//! Deadlines: every epoch tick (1 ms) that a call is still running, the store's epoch callback either
+//! yields to the tokio scheduler (so a busy plugin cannot monopolise a worker thread and starve other
+//! sites' requests) or, once the plugin's time limit has passed, interrupts it with a trap. Short calls
+//! (the normal case, microseconds) never reach a tick and pay nothing for this.
 
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Engine, Store, Trap, WasmBacktrace};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline, WasmBacktrace};
 
 use super::bindings::{self, HookSet, PluginPre, RequestAction};
-use super::engine::{self, TICK};
+use super::engine;
 use super::state::{ConfigFiles, Identity, State};
 use crate::config::{OnError, PluginConfig, PluginLimits, PluginSource};
 
 /// Calls after which a warm instance is replaced by a fresh one.
 const MAX_USES: u32 = 10_000;
+
+/// `init` runs at load time, off the request path: it may take longer than a hook (parsing a large
+/// tokens file, say), but not forever.
+const INIT_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Warm {
     store: Store<State>,
@@ -118,17 +127,21 @@ impl LoadedPlugin {
         &self.who.digest
     }
 
-    fn deadline_ticks(&self) -> u64 {
-        (self.limits.time.as_micros() / TICK.as_micros()).max(1) as u64 + 1
-    }
-
     async fn instantiate(&self) -> Result<(Warm, HookSet), Failure> {
         let mut store = Store::new(
             &self.engine,
             State::new(self.who.clone(), self.files.clone(), self.limits.memory),
         );
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.epoch_deadline_callback(|ctx| {
+            let s = ctx.data();
+            Ok(if s.call_started.elapsed() >= s.time_limit {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        arm(&mut store, INIT_TIME);
         let plugin = self
             .pre
             .instantiate_async(&mut store)
@@ -164,7 +177,7 @@ impl LoadedPlugin {
             Some(w) => w,
             None => self.instantiate().await?.0,
         };
-        warm.store.set_epoch_deadline(self.deadline_ticks());
+        arm(&mut warm.store, self.limits.time);
         warm.store.data_mut().request_id = Some(request_id.to_string());
         Ok(warm)
     }
@@ -239,6 +252,14 @@ impl LoadedPlugin {
     pub fn warm_instances(&self) -> usize {
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+}
+
+/// Start the clock for one call of at most `limit`.
+fn arm(store: &mut Store<State>, limit: std::time::Duration) {
+    let data = store.data_mut();
+    data.call_started = std::time::Instant::now();
+    data.time_limit = limit;
+    store.set_epoch_deadline(1);
 }
 
 /// Classify a wasmtime error and render it with its wasm backtrace.

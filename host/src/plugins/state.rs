@@ -64,6 +64,9 @@ pub struct State {
     pub in_init: bool,
     /// The request being handled, for log lines.
     pub request_id: Option<String>,
+    /// When the current call began, and how long it may run (see `instance.rs` on deadlines).
+    pub call_started: Instant,
+    pub time_limit: std::time::Duration,
     started: Instant,
 }
 
@@ -90,6 +93,8 @@ impl State {
             files,
             in_init: false,
             request_id: None,
+            call_started: Instant::now(),
+            time_limit: std::time::Duration::from_secs(1),
             started: Instant::now(),
         }
     }

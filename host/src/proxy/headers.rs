@@ -13,12 +13,16 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Headers that describe one connection, never the message: they must not cross the proxy.
-const HOP_BY_HOP: [&HeaderName; 7] = [
+/// `HTTP2-Settings` belongs to an `Upgrade: h2c` (RFC 7540 §3.2.1) and is connection-specific even when
+/// the client forgot to list it in `Connection`; a backend must never see half of an h2c upgrade.
+const HOP_BY_HOP: [&HeaderName; 8] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
+    &HTTP2_SETTINGS,
     &header::TE,
     &header::TRAILER,
     &header::TRANSFER_ENCODING,

@@ -174,6 +174,7 @@ fn route_request(
     let path = normalize::normalize_path(req.uri().path())
         .map_err(|_| ProxyError::BadRequest("invalid request path"))?;
     let (site, route) = select(rt, conn, &authority, &path)?;
+    ensure_unambiguous_route(&site, route.as_ref(), &path)?;
     access.site = Some(site.name.clone());
     access.route = route.as_ref().map(|r| r.name.clone());
     let websocket = is_websocket_request(req);
@@ -317,6 +318,25 @@ fn select(
     let site = rt.sites[site_idx].clone();
     let route = site.route_for(path).cloned();
     Ok((site, route))
+}
+
+/// Refuse a path that a lenient backend would read as belonging to another route (see
+/// [`normalize::lenient_reading`]): `/admin%2Fusers` or `/x;a/../admin` must not reach the `/` route's
+/// backend, which may decode them into `/admin/users`, past the `/admin` route's plugins. Paths that stay
+/// on their route under that reading (`/api/projects/group%2Fname`) pass unchanged.
+fn ensure_unambiguous_route(site: &Site, route: Option<&Arc<Route>>, path: &str) -> Result<(), ProxyError> {
+    let lenient = normalize::lenient_reading(path);
+    if lenient == path {
+        return Ok(());
+    }
+    let same = normalize::normalize_path(&lenient)
+        .ok()
+        .is_some_and(|n| site.route_for(&n).map(Arc::as_ptr) == route.map(Arc::as_ptr));
+    if same {
+        Ok(())
+    } else {
+        Err(ProxyError::BadRequest("the path reaches another route when %2F, %5C or ;parameters are decoded"))
+    }
 }
 
 /// HTTP/1.1 `Upgrade: websocket` or HTTP/2 extended CONNECT with `:protocol websocket`. Other upgrade
