@@ -47,6 +47,8 @@ pub enum ProxyError {
     TooManyTunnels(usize),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("tenant `{tenant}` is at its limit of {max} concurrent {what}")]
+    TenantLimit { tenant: String, what: &'static str, max: usize },
 }
 
 impl ProxyError {
@@ -61,7 +63,7 @@ impl ProxyError {
             UpstreamConnectTimeout { .. } | UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Plugin { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             OriginRefused(_) => StatusCode::FORBIDDEN,
-            TooManyTunnels(_) | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            TooManyTunnels(_) | ShuttingDown | TenantLimit { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -78,7 +80,7 @@ impl ProxyError {
             | UpstreamConnectTimeout { .. }
             | UpstreamTimeout { .. }
             | UpstreamProtocol { .. } => Side::Upstream,
-            Plugin { .. } | TooManyTunnels(_) | ShuttingDown => Side::Internal,
+            Plugin { .. } | TooManyTunnels(_) | ShuttingDown | TenantLimit { .. } => Side::Internal,
         }
     }
 
@@ -99,6 +101,7 @@ impl ProxyError {
             OriginRefused(_) => "origin_refused",
             TooManyTunnels(_) => "too_many_tunnels",
             ShuttingDown => "shutting_down",
+            TenantLimit { .. } => "tenant_limit",
         }
     }
 

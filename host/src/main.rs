@@ -117,14 +117,20 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let builders = wasmgate::runtime::Builders {
-        upstreams: Default::default(),
-        plugins: wasmgate::plugins::PluginHost::new(config.cache_dir.clone()),
-    };
-    let build =
-        tokio::task::spawn_blocking(move || wasmgate::runtime::Runtime::build(config, &builders))
-            .await?;
+    let builders = wasmgate::runtime::Builders::new(config.cache_dir.clone());
+    let build = tokio::task::spawn_blocking(move || {
+        wasmgate::runtime::Runtime::build(config, &builders, None)
+    })
+    .await?;
     match build {
+        Ok(rt) if !rt.tenant_errors.is_empty() => {
+            print!("{}", rt.describe());
+            for (tenant, why) in &rt.tenant_errors {
+                eprintln!("tenant `{tenant}` refused:\n{why}");
+            }
+            eprintln!("{} tenant(s) refused", rt.tenant_errors.len());
+            Ok(ExitCode::FAILURE)
+        }
         Ok(rt) => {
             print!("{}", rt.describe());
             println!("configuration OK");

@@ -33,8 +33,12 @@ impl Reloader {
     pub async fn reload(&self) -> Result<String, ConfigErrors> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let config = Config::load(&this.path)?;
-            this.shared.reload(config)?;
+            let result = Config::load(&this.path).and_then(|config| this.shared.reload(config));
+            if result.is_err() && this.shared.runtime.load().config.tenants.is_some() {
+                // The operator's file is refused, but tenants reload on their own regardless.
+                let _ = this.shared.reload_tenants();
+            }
+            result?;
             Ok(fingerprint(&this.path, &this.shared.runtime.load()))
         })
         .await
@@ -112,6 +116,14 @@ impl Reloader {
 }
 
 fn watch_dirs(w: &mut impl Watcher, watched: &mut BTreeSet<PathBuf>, config: &Path, rt: &Runtime) {
+    if let Some(t) = &rt.config.tenants {
+        // Recursively: a tenant directory created later is seen too.
+        if watched.insert(t.dir.clone()) {
+            if let Err(e) = w.watch(&t.dir, RecursiveMode::Recursive) {
+                tracing::warn!(dir = %t.dir.display(), "cannot watch: {e}");
+            }
+        }
+    }
     for file in std::iter::once(config.to_path_buf()).chain(rt.inputs()) {
         let dir = file
             .parent()

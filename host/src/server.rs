@@ -1,24 +1,26 @@
 //! Listeners and connections: bind once, accept, terminate TLS, serve HTTP/1.1 and HTTP/2 with hyper,
 //! and drain gracefully. The live [`Runtime`] is swapped underneath without touching sockets.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigErrors};
-use crate::plugins::PluginHost;
-use crate::proxy::client::UpstreamCache;
 use crate::proxy::{ConnInfo, TlsConn};
 use crate::runtime::{Builders, Runtime, SharedRuntime};
 
@@ -36,6 +38,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Reload tenants against the running operator config (used when the operator's file is broken:
+    /// tenants keep reloading on their own).
+    pub(crate) fn reload_tenants(&self) -> Result<(), ConfigErrors> {
+        let current = self.runtime.load();
+        let config = (*current.config).clone();
+        let next = Runtime::build(config, &self.builders, Some(&current))?;
+        self.runtime.store(Arc::new(next));
+        Ok(())
+    }
+
     pub(crate) fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
         let current = self.runtime.load();
         if config.listeners != current.config.listeners {
@@ -45,7 +57,7 @@ impl Shared {
                 "listeners changed (name, bind or tls): that needs a restart",
             ));
         }
-        let next = Runtime::build(config, &self.builders)?;
+        let next = Runtime::build(config, &self.builders, Some(&current))?;
         self.runtime.store(Arc::new(next));
         Ok(())
     }
@@ -100,11 +112,8 @@ pub struct Server {
 impl Server {
     /// Validate and build `config`, bind every listener and start serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        let builders = Builders {
-            upstreams: UpstreamCache::default(),
-            plugins: PluginHost::new(config.cache_dir.clone()),
-        };
-        let runtime = Runtime::build(config, &builders)?;
+        let builders = Builders::new(config.cache_dir.clone());
+        let runtime = Runtime::build(config, &builders, None)?;
         let listeners = runtime.config.listeners.clone();
         let limits = runtime.config.limits.clone();
         let timeouts = (
@@ -143,6 +152,7 @@ impl Server {
                 tls,
                 shared: shared.clone(),
                 header_read_timeout: timeouts.0,
+                keepalive_timeout: timeouts.1,
                 max_header_bytes: limits.max_header_bytes,
                 connections: Arc::new(Semaphore::new(limits.max_connections)),
             };
@@ -230,6 +240,7 @@ struct ListenerCtx {
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     header_read_timeout: Duration,
+    keepalive_timeout: Duration,
     max_header_bytes: usize,
     connections: Arc<Semaphore>,
 }
@@ -270,7 +281,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx
                 listener_name: ctx.name.clone(),
                 tls: None,
             };
-            serve_http(TokioIo::new(stream), info, false, ctx).await;
+            serve_http(stream, info, false, ctx).await;
         }
         Some(acceptor) => {
             let tls = match tokio::time::timeout(ctx.header_read_timeout, acceptor.accept(stream))
@@ -305,49 +316,251 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx
                 listener_name: ctx.name.clone(),
                 tls: Some(tls_info),
             };
-            serve_http(TokioIo::new(tls), info, h2, ctx).await;
+            serve_http(tls, info, h2, ctx).await;
         }
     }
 }
 
-async fn serve_http<I>(io: I, info: ConnInfo, h2: bool, ctx: &ListenerCtx)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let conn_info = Arc::new(info);
-    let shared = ctx.shared.clone();
-    let service =
-        service_fn(move |req| crate::proxy::handle(shared.clone(), conn_info.clone(), req));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(ctx.header_read_timeout)
-        .max_buf_size(ctx.max_header_bytes)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .enable_connect_protocol()
-        .max_header_list_size(ctx.max_header_bytes as u32);
-    // Plain listeners speak HTTP/1.1 only (no h2c: an `Upgrade: h2c` is not honoured); TLS listeners
-    // speak what ALPN chose.
-    let builder = if h2 {
-        builder.http2_only()
-    } else {
-        builder.http1_only()
-    };
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!("connection ended with an error: {e}");
+/// After an idle timeout, how long a connection gets to close gracefully (h2 GOAWAY; an h1 connection
+/// whose response is done but whose request body is still trickling in) before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// Drive one hyper connection until it ends, the idle watchdog fires, or the server drains.
+macro_rules! drive {
+    ($conn:expr, $watchdog:expr, $ctx:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        let watchdog = $watchdog;
+        tokio::pin!(watchdog);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!("connection ended with an error: {e}");
+                }
+            }
+            _ = &mut watchdog => {
+                tracing::debug!("idle or header-read timeout: closing the connection");
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
+            }
+            _ = $ctx.shared.draining.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
             }
         }
-        _ = ctx.shared.draining.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    }};
+}
+
+async fn serve_http<S>(stream: S, info: ConnInfo, h2: bool, ctx: &ListenerCtx)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let conn_info = Arc::new(info);
+    let shared = ctx.shared.clone();
+    let tracked = activity.clone();
+    let service = service_fn(move |req| {
+        // Counted from the parsed head until the response body is sent or dropped.
+        let in_flight = InFlight::start(tracked.clone());
+        let handled = crate::proxy::handle(shared.clone(), conn_info.clone(), req);
+        async move {
+            let resp = handled.await?;
+            Ok::<_, Infallible>(resp.map(|body| {
+                crate::proxy::body::OnDone::new(body, move |_| drop(in_flight)).boxed_unsync()
+            }))
         }
+    });
+    let watchdog = idle_watchdog(
+        activity.clone(),
+        ctx.header_read_timeout,
+        ctx.keepalive_timeout,
+        h2,
+    );
+    // Each connection gets exactly one protocol: plain listeners HTTP/1.1 only (no h2c, neither by
+    // `Upgrade: h2c` nor by prior knowledge), TLS listeners what ALPN chose. hyper-util's
+    // `auto::Builder::serve_connection_with_upgrades` sniffs the preface and ignores `http1_only()`,
+    // so the version-specific hyper builders are used directly.
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .enable_connect_protocol()
+            .max_header_list_size(ctx.max_header_bytes as u32);
+        drive!(builder.serve_connection(io, service), watchdog, ctx);
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            // The watchdog enforces header_read and keepalive; hyper's own timer (which starts when the
+            // connection goes idle, so it would cap keepalive at header_read) stays as a backstop.
+            .header_read_timeout(ctx.header_read_timeout.saturating_add(ctx.keepalive_timeout))
+            // `max_buf_size` alone is no header limit: a head that arrives in few large reads can
+            // outgrow it before the check runs. `max_header_size` counts the parsed head exactly.
+            .max_header_size(ctx.max_header_bytes)
+            .max_buf_size(ctx.max_header_bytes)
+            .keep_alive(true);
+        drive!(
+            builder.serve_connection(io, service).with_upgrades(),
+            watchdog,
+            ctx
+        );
+    }
+}
+
+/// What one connection's idle watchdog knows. Times are milliseconds since `start`.
+struct Activity {
+    start: Instant,
+    /// Requests whose response has not been sent completely (or dropped).
+    in_flight: AtomicUsize,
+    /// When the connection last had nothing in flight.
+    idle_since: AtomicU64,
+    /// When the first byte arrived while idle (a request head being read), or `NOTHING`.
+    first_byte: AtomicU64,
+    /// A request has been answered: later idle periods are keep-alive waits.
+    served: AtomicBool,
+    wake: Notify,
+}
+
+const NOTHING: u64 = u64::MAX;
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            first_byte: AtomicU64::new(NOTHING),
+            served: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+}
+
+/// One request in flight on a connection.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(a: Arc<Activity>) -> Self {
+        a.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(a)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        // Reset the idle clock before the count drops, so a byte read right after is not lost.
+        a.idle_since.store(a.now(), Ordering::SeqCst);
+        a.first_byte.store(NOTHING, Ordering::SeqCst);
+        a.served.store(true, Ordering::SeqCst);
+        a.in_flight.fetch_sub(1, Ordering::SeqCst);
+        a.wake.notify_one();
+    }
+}
+
+/// Resolves when the connection must be closed:
+/// - the first request's head is not complete `header_read` after accept (slowloris);
+/// - after a response, no byte of a next request within `keepalive` (idle keep-alive);
+/// - a next request's head (or a request body still trickling in after its response was sent) is not
+///   complete `header_read` after its first byte.
+///
+/// While a request is in flight nothing here applies: the route's `timeouts.response` bounds the wait
+/// for the backend, and with it a request body the backend is still waiting for. HTTP/2 connections
+/// only get the idle rule (their bytes include PINGs and SETTINGS, not just request heads).
+async fn idle_watchdog(a: Arc<Activity>, header_read: Duration, keepalive: Duration, h2: bool) {
+    let (header_read, keepalive) = (header_read.as_millis() as u64, keepalive.as_millis() as u64);
+    loop {
+        let deadline = if a.in_flight.load(Ordering::SeqCst) > 0 {
+            None
+        } else if !a.served.load(Ordering::SeqCst) {
+            Some(header_read)
+        } else {
+            let first = a.first_byte.load(Ordering::SeqCst);
+            if first != NOTHING && !h2 {
+                Some(first.saturating_add(header_read))
+            } else {
+                Some(a.idle_since.load(Ordering::SeqCst).saturating_add(keepalive))
+            }
+        };
+        match deadline {
+            None => a.wake.notified().await,
+            Some(at) => {
+                if a.now() >= at {
+                    return;
+                }
+                let when = tokio::time::Instant::from_std(a.start + Duration::from_millis(at));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(when) => {}
+                    _ = a.wake.notified() => {}
+                }
+            }
+        }
+    }
+}
+
+/// The client stream, noting the first byte that arrives while nothing is in flight.
+struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let a = &self.activity;
+            if a.in_flight.load(Ordering::SeqCst) == 0
+                && a.first_byte.load(Ordering::SeqCst) == NOTHING
+                && a.first_byte
+                    .compare_exchange(NOTHING, a.now(), Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                a.wake.notify_one();
+            }
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

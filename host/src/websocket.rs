@@ -24,7 +24,7 @@ use crate::plugins::RequestState;
 use crate::proxy::body::{empty, ProxyBody};
 use crate::proxy::headers::{has_token, strip_hop_by_hop};
 use crate::proxy::{backend_uri, downstream_response, upstream_headers, ConnInfo};
-use crate::runtime::Route;
+use crate::runtime::{Route, TenantHandle};
 use crate::server::Shared;
 
 /// Marks a response whose exchange continues as a tunnel (the tunnel logs it when it ends).
@@ -37,6 +37,7 @@ pub async fn proxy(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     route: &Arc<Route>,
+    tenant: Option<&TenantHandle>,
     state: &RequestState,
     mut req: Request<Incoming>,
     peer_trusted: bool,
@@ -57,6 +58,7 @@ pub async fn proxy(
     if shared.draining.is_cancelled() {
         return Err(ProxyError::ShuttingDown);
     }
+    let tenant_slot = tenant.map(TenantHandle::begin_tunnel).transpose()?;
     let slot = route.try_open_tunnel().ok_or(ProxyError::TooManyTunnels(
         route.cfg.max_tunnels.unwrap_or(0),
     ))?;
@@ -160,7 +162,7 @@ pub async fn proxy(
     let idle = route.cfg.timeouts.idle;
     let cancel = shared.tunnels_cancel.clone();
     shared.tasks.spawn(async move {
-        let _slot = slot;
+        let _slots = (slot, tenant_slot);
         let (client_io, backend_io) = match tokio::try_join!(client_upgrade, backend_upgrade) {
             Ok(pair) => pair,
             Err(e) => {

@@ -43,5 +43,32 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Read and validate tenant `name`'s `tenant.toml` in `dir` against the operator's config.
+    pub fn load_tenant(&self, dir: &Path, name: &str) -> Result<Vec<SiteConfig>, ConfigErrors> {
+        let path = dir.join("tenant.toml");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigErrors::single(&path, "", format!("cannot read the file: {e}")))?;
+        let raw: raw::RawTenant = toml::from_str(&text).map_err(|e| {
+            let loc = error::Locator::new(&path, &text);
+            ConfigErrors(vec![ConfigError {
+                file: path.clone(),
+                position: e.span().map(|s| loc.position(s.start)),
+                field: String::new(),
+                message: e.message().trim().to_string(),
+            }])
+        })?;
+        let caps = self.tenants.as_ref().map(|t| t.limits_for(name)).unwrap_or_default();
+        let mut v = validate::Validator::for_tenant(&path, &text, name);
+        let sites = v.tenant_sites(raw, self, caps);
+        let errors = v.finish();
+        if errors.is_empty() {
+            Ok(sites)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -18,6 +18,48 @@ pub struct Config {
     pub keepalive_timeout: Duration,
     pub shutdown_grace: Duration,
     pub cache_dir: Option<PathBuf>,
+    /// The top-level timeouts every site inherits (tenants' sites too).
+    pub default_timeouts: Timeouts,
+    pub tenants: Option<TenantsConfig>,
+}
+
+/// Where tenants live and what they may use. Set by the operator only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantsConfig {
+    pub dir: PathBuf,
+    pub defaults: TenantLimits,
+    /// Fully resolved limits (defaults applied) for tenants the operator named.
+    pub overrides: std::collections::BTreeMap<String, TenantLimits>,
+}
+
+impl TenantsConfig {
+    pub fn limits_for(&self, tenant: &str) -> TenantLimits {
+        self.overrides.get(tenant).copied().unwrap_or(self.defaults)
+    }
+}
+
+/// What one tenant may use. Plugin limits and body size cap what the tenant's own config asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantLimits {
+    pub plugin_time: Duration,
+    pub plugin_memory: u64,
+    /// Requests in flight at once (503 beyond).
+    pub max_requests: usize,
+    /// Open WebSocket tunnels at once (503 beyond).
+    pub max_tunnels: usize,
+    pub max_body_bytes: u64,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        TenantLimits {
+            plugin_time: Duration::from_millis(50),
+            plugin_memory: 16 << 20,
+            max_requests: 1024,
+            max_tunnels: 1024,
+            max_body_bytes: 16 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +116,8 @@ pub struct SiteConfig {
     pub tls: Option<TlsFiles>,
     pub routes: Vec<RouteConfig>,
     pub plugins: Vec<PluginConfig>,
+    /// The tenant that declared this site; `None` for the operator's own sites.
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,6 +26,30 @@ pub struct RawConfig {
     pub cache_dir: Option<String>,
     /// Grace period for in-flight requests and tunnels on shutdown.
     pub shutdown_grace: Option<Spanned<String>>,
+    /// A directory of tenant directories, each with a `tenant.toml` declaring that tenant's sites.
+    pub tenants_dir: Option<Spanned<String>>,
+    /// Limits per tenant: `default` for all, then one table per tenant name overriding it.
+    #[serde(default)]
+    pub tenant_limits: std::collections::BTreeMap<String, Spanned<RawTenantLimits>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantLimits {
+    pub plugin_time: Option<Spanned<String>>,
+    pub plugin_memory: Option<Spanned<SizeValue>>,
+    pub max_requests: Option<Spanned<u64>>,
+    pub max_tunnels: Option<Spanned<u64>>,
+    pub max_body_bytes: Option<Spanned<SizeValue>>,
+}
+
+/// A tenant's `tenant.toml`: sites only. Listeners, trusted proxies, global timeouts and limits are
+/// the operator's; a tenant cannot name them (unknown fields are refused).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    #[serde(default, rename = "site")]
+    pub sites: Vec<Spanned<RawSite>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -64,7 +64,7 @@ impl LoadedPlugin {
     /// is refused at load time, never on a request.
     pub async fn load(
         cfg: &PluginConfig,
-        site: &str,
+        owner: super::PluginOwner<'_>,
         cache_dir: Option<&std::path::Path>,
     ) -> Result<LoadedPlugin, String> {
         let bytes: std::borrow::Cow<'static, [u8]> = match &cfg.source {
@@ -93,7 +93,8 @@ impl LoadedPlugin {
             .map_err(|e| format!("is not a wasmgate plugin (world `plugin`): {e:#}"))?;
         let who = Identity {
             name: cfg.name.as_str().into(),
-            site: site.into(),
+            site: owner.site.into(),
+            tenant: owner.tenant.map(Into::into),
             digest: digest[..12].into(),
         };
         let mut plugin = LoadedPlugin {

@@ -207,6 +207,7 @@ fn log_failure(p: &LoadedPlugin, id: &str, hook: &str, f: &instance::Failure) {
         target: "wasmgate::plugin",
         plugin = %p.name,
         site = %p.who.site,
+        tenant = %p.who.tenant.as_deref().unwrap_or("-"),
         digest = %p.digest(),
         config = %p.location,
         id = %id,
@@ -216,6 +217,13 @@ fn log_failure(p: &LoadedPlugin, id: &str, hook: &str, f: &instance::Failure) {
         detail = %f.detail,
         "plugin failed"
     );
+}
+
+/// Whose chain a plugin belongs to (for its log lines and its isolation).
+#[derive(Clone, Copy)]
+pub struct PluginOwner<'a> {
+    pub site: &'a str,
+    pub tenant: Option<&'a str>,
 }
 
 /// Loads plugin chains. Lives as long as the server.
@@ -237,13 +245,13 @@ impl PluginHost {
     }
 
     /// Load every plugin of a chain; errors name the config entry and the reason.
-    pub fn chain(&self, configs: &[PluginConfig], site: &str) -> Result<Chain, Vec<ConfigError>> {
+    pub fn chain(&self, configs: &[PluginConfig], owner: PluginOwner<'_>) -> Result<Chain, Vec<ConfigError>> {
         let mut plugins = Vec::new();
         let mut errors = Vec::new();
         for c in configs {
-            match load_blocking(c, site, self.cache_dir.as_deref()) {
+            match load_blocking(c, owner, self.cache_dir.as_deref()) {
                 Ok(p) => {
-                    tracing::info!(plugin = %p.name, site, digest = %p.digest(), "plugin loaded");
+                    tracing::info!(plugin = %p.name, site = owner.site, tenant = owner.tenant.unwrap_or("-"), digest = %p.digest(), "plugin loaded");
                     plugins.push(Arc::new(p));
                 }
                 Err(message) => errors.push(ConfigError {
@@ -266,7 +274,7 @@ impl PluginHost {
 /// instantiate + init on a small runtime of its own, never nested in the caller's.
 fn load_blocking(
     c: &PluginConfig,
-    site: &str,
+    owner: PluginOwner<'_>,
     cache: Option<&std::path::Path>,
 ) -> Result<LoadedPlugin, String> {
     let run = || {
@@ -274,7 +282,7 @@ fn load_blocking(
             .enable_time()
             .build()
             .map_err(|e| format!("cannot start a loader runtime: {e}"))?
-            .block_on(LoadedPlugin::load(c, site, cache))
+            .block_on(LoadedPlugin::load(c, owner, cache))
     };
     if tokio::runtime::Handle::try_current().is_ok() {
         // Inside a runtime (e.g. `Server::start` in an async fn): load on a plain thread.

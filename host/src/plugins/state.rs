@@ -21,6 +21,7 @@ use super::bindings::{self, Level};
 pub struct Identity {
     pub name: Arc<str>,
     pub site: Arc<str>,
+    pub tenant: Option<Arc<str>>,
     pub digest: Arc<str>,
 }
 
@@ -45,6 +46,12 @@ impl ConfigFiles {
             ));
         }
         let path = self.base_dir.join(rel_path);
+        // A symlink may not lead out of the directory either (a tenant's files are its own).
+        if let (Ok(real), Ok(root)) = (path.canonicalize(), self.base_dir.canonicalize()) {
+            if !real.starts_with(&root) {
+                return Err(format!("`{rel}` leads outside the config directory"));
+            }
+        }
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
         read.entry(path.clone())
             .or_insert_with(|| {

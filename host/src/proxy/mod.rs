@@ -88,26 +88,21 @@ pub async fn handle(
     );
     let mut routed = match route_request(&rt, &conn, &req, client, &mut access) {
         Ok(r) => r,
-        Err(err) => return Ok(finish(error_response(err, &mut access), access)),
+        Err(err) => return Ok(finish(error_response(err, &mut access), access, None)),
+    };
+    // A tenant's request counts against its limit until the response body is done.
+    let slot = match routed.site.tenant.as_ref().map(|t| t.begin_request()).transpose() {
+        Ok(slot) => slot,
+        Err(err) => return Ok(finish(error_response(err, &mut access), access, None)),
     };
     // Every response from here on — backend, plugin or error — passes the plugins' on-response.
     let mut ran = Vec::new();
-    let response = match serve(
-        &shared,
-        &conn,
-        &mut routed,
-        req,
-        peer_trusted,
-        &mut ran,
-        &mut access,
-    )
-    .await
-    {
+    let response = match serve(&shared, &conn, &mut routed, req, peer_trusted, &mut ran, &mut access).await {
         Ok(resp) => resp,
         Err(err) => error_response(err, &mut access),
     };
     let response = crate::plugins::on_response(&ran, &routed.state, response).await;
-    Ok(finish(response, access))
+    Ok(finish(response, access, slot))
 }
 
 /// The one place an error becomes a response (and a log line, and a field of the access log).
@@ -117,8 +112,8 @@ fn error_response(err: ProxyError, access: &mut AccessRecord) -> Response<ProxyB
     err.to_response()
 }
 
-/// Attach the access-log line to the end of the response body.
-fn finish(response: Response<ProxyBody>, mut access: AccessRecord) -> Response<ProxyBody> {
+/// Attach the access-log line (and the tenant's request slot) to the end of the response body.
+fn finish(response: Response<ProxyBody>, mut access: AccessRecord, slot: Option<crate::runtime::TenantSlot>) -> Response<ProxyBody> {
     access.status = response.status().as_u16();
     if response
         .extensions()
@@ -132,7 +127,8 @@ fn finish(response: Response<ProxyBody>, mut access: AccessRecord) -> Response<P
     let out = Arc::new(AtomicU64::new(0));
     let counted = Metered::new(body, out.clone(), None);
     let logged = OnDone::new(counted, move |complete| {
-        access.emit(out.load(Ordering::Relaxed), complete)
+        access.emit(out.load(Ordering::Relaxed), complete);
+        drop(slot);
     });
     Response::from_parts(parts, logged.boxed_unsync())
 }
@@ -176,6 +172,7 @@ fn route_request(
     let (site, route) = select(rt, conn, &authority, &path)?;
     ensure_unambiguous_route(&site, route.as_ref(), &path)?;
     access.site = Some(site.name.clone());
+    access.tenant = site.tenant.as_ref().map(|t| t.name.clone());
     access.route = route.as_ref().map(|r| r.name.clone());
     let websocket = is_websocket_request(req);
     if req.method() == Method::CONNECT && !websocket {
@@ -243,6 +240,7 @@ async fn serve(
                 shared,
                 conn,
                 &route,
+                routed.site.tenant.as_ref(),
                 &routed.state,
                 req,
                 peer_trusted,

@@ -1,0 +1,330 @@
+//! The live state built from one validated config: host tables, certificates, routes with their
+//! upstreams and plugin chains. A reload builds a whole new `Runtime` off the request path and swaps
+//! it in atomically; requests already running keep the `Arc` they started with.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::sign::CertifiedKey;
+
+mod tenants;
+
+pub use tenants::{TenantHandle, TenantRuntime, TenantShared, TenantSlot};
+
+use crate::config::{Config, ConfigError, ConfigErrors, RouteConfig, SiteConfig};
+use crate::plugins::{Chain, PluginHost, PluginOwner};
+use crate::proxy::client::{Upstream, UpstreamCache};
+use crate::proxy::headers::TrustedProxies;
+use crate::router::{longest_prefix, HostTable};
+
+pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+
+pub struct Runtime {
+    pub config: Arc<Config>,
+    /// Listener order is the config's; listeners themselves are bound once at start.
+    pub listeners: Vec<ListenerRuntime>,
+    /// The operator's sites, then each live tenant's.
+    pub sites: Vec<Arc<Site>>,
+    pub trusted: TrustedProxies,
+    pub tenants: Vec<Arc<TenantRuntime>>,
+    /// Why a tenant's latest files were refused (it serves its previous version, if it had one).
+    pub tenant_errors: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("sites", &self.sites.len())
+            .finish()
+    }
+}
+
+pub struct ListenerRuntime {
+    pub name: Arc<str>,
+    pub tls: bool,
+    pub hosts: HostTable,
+    /// Sites in this table are indices into `Runtime::sites`; kept here for SNI.
+    site_certs: Vec<Option<Arc<CertifiedKey>>>,
+}
+
+impl ListenerRuntime {
+    pub fn certificate_for(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let site = match sni {
+            Some(name) => self.hosts.lookup(&crate::router::normalise_host(name)),
+            None => self.hosts.lookup(""),
+        }?;
+        self.site_certs.get(site)?.clone()
+    }
+}
+
+pub struct Site {
+    pub name: Arc<str>,
+    /// The tenant that owns this site, with its limits and counters; `None` for the operator's.
+    pub tenant: Option<TenantHandle>,
+    pub routes: Vec<Arc<Route>>,
+    pub plugins: Chain,
+}
+
+impl Site {
+    pub fn route_for(&self, path: &str) -> Option<&Arc<Route>> {
+        longest_prefix(self.routes.iter().map(|r| r.cfg.path.as_str()), path)
+            .map(|i| &self.routes[i])
+    }
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub cfg: RouteConfig,
+    pub upstream: Arc<Upstream>,
+    pub plugins: Chain,
+    /// Open WebSocket tunnels, for `max_tunnels`.
+    pub tunnels: Arc<AtomicUsize>,
+}
+
+impl Route {
+    /// Reserve a tunnel slot, or `None` when the route is at its limit.
+    pub fn try_open_tunnel(&self) -> Option<TunnelSlot> {
+        let n = self.tunnels.fetch_add(1, Ordering::AcqRel);
+        if let Some(max) = self.cfg.max_tunnels {
+            if n >= max {
+                self.tunnels.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+        }
+        Some(TunnelSlot(self.tunnels.clone()))
+    }
+}
+
+/// Frees its tunnel slot when dropped.
+pub struct TunnelSlot(Arc<AtomicUsize>);
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What outlives one runtime: connection pools, the plugin engine, tenants' counters.
+pub struct Builders {
+    pub upstreams: UpstreamCache,
+    pub plugins: PluginHost,
+    pub tenants: tenants::TenantCounters,
+}
+
+impl Builders {
+    pub fn new(cache_dir: Option<std::path::PathBuf>) -> Builders {
+        Builders { upstreams: UpstreamCache::default(), plugins: PluginHost::new(cache_dir), tenants: Default::default() }
+    }
+}
+
+/// One site, built: its runtime form plus what the host tables and SNI need.
+#[derive(Clone)]
+pub struct BuiltSite {
+    pub cfg: SiteConfig,
+    pub site: Arc<Site>,
+    pub cert: Option<Arc<CertifiedKey>>,
+}
+
+/// Build sites: parse certificates, get upstream clients, load plugin chains. `field` names the
+/// sites in error messages (`site[0]`…); every error is collected.
+pub fn build_sites(
+    configs: &[SiteConfig],
+    b: &Builders,
+    file: &std::path::Path,
+    tenant: Option<&TenantHandle>,
+) -> Result<Vec<BuiltSite>, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let err = |field: String, message: String| ConfigError { file: file.to_path_buf(), position: None, field, message };
+    let mut built = Vec::new();
+    for (si, sc) in configs.iter().enumerate() {
+        let cert = match &sc.tls {
+            Some(t) => match crate::tls::load_certified_key(&t.cert, &t.key) {
+                Ok(ck) => Some(Arc::new(ck)),
+                Err(m) => {
+                    errors.push(err(format!("site[{si}].tls"), m));
+                    None
+                }
+            },
+            None => None,
+        };
+        let owner = PluginOwner { site: &sc.name, tenant: sc.tenant.as_deref() };
+        let site_plugins = b.plugins.chain(&sc.plugins, owner).unwrap_or_else(|e| {
+            errors.extend(e);
+            Chain::default()
+        });
+        let mut routes = Vec::new();
+        for (ri, rc) in sc.routes.iter().enumerate() {
+            let upstream = match b.upstreams.get(rc.timeouts.connect, rc.backend.ca.as_ref()) {
+                Ok(u) => u,
+                Err(m) => {
+                    errors.push(err(format!("site[{si}].route[{ri}].ca"), m));
+                    continue;
+                }
+            };
+            let plugins = b.plugins.chain(&rc.plugins, owner).unwrap_or_else(|e| {
+                errors.extend(e);
+                Chain::default()
+            });
+            routes.push(Arc::new(Route {
+                name: rc.path.as_str().into(),
+                cfg: rc.clone(),
+                upstream,
+                plugins,
+                tunnels: Arc::new(AtomicUsize::new(0)),
+            }));
+        }
+        let site = Arc::new(Site { name: sc.name.as_str().into(), tenant: tenant.cloned(), routes, plugins: site_plugins });
+        built.push(BuiltSite { cfg: sc.clone(), site, cert });
+    }
+    if errors.is_empty() {
+        Ok(built)
+    } else {
+        Err(errors)
+    }
+}
+
+impl Runtime {
+    /// Build everything `run` needs from `config`: certificates are parsed, upstream clients made and
+    /// plugins compiled and initialised. Errors in the operator's config are all reported at once and
+    /// refuse the whole config; a tenant's errors refuse only that tenant's change (see `tenants.rs`).
+    /// `previous` is the running runtime, whose unchanged tenants are reused as they are.
+    pub fn build(config: Config, b: &Builders, previous: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
+        let operator = build_sites(&config.sites, b, &config.path, None).map_err(ConfigErrors)?;
+        let tenants = tenants::build_all(&config, b, previous, &operator);
+        let all: Vec<&BuiltSite> = operator.iter().chain(tenants.live.iter().flat_map(|t| t.sites.iter())).collect();
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let mut hosts = HostTable::default();
+                let mut site_certs = vec![None; all.len()];
+                for (si, bs) in all.iter().enumerate() {
+                    if !bs.cfg.listeners.contains(&l.name) {
+                        continue;
+                    }
+                    for h in &bs.cfg.hosts {
+                        hosts.insert(h, si);
+                    }
+                    if bs.cfg.default {
+                        hosts.set_default(si);
+                    }
+                    site_certs[si] = bs.cert.clone();
+                }
+                ListenerRuntime { name: l.name.as_str().into(), tls: l.tls, hosts, site_certs }
+            })
+            .collect();
+        let sites = all.iter().map(|bs| bs.site.clone()).collect();
+        Ok(Runtime {
+            trusted: TrustedProxies(config.trusted_proxies.clone()),
+            config: Arc::new(config),
+            listeners,
+            sites,
+            tenants: tenants.live,
+            tenant_errors: tenants.errors,
+        })
+    }
+
+    pub fn tenant(&self, name: &str) -> Option<&Arc<TenantRuntime>> {
+        self.tenants.iter().find(|t| &*t.name == name)
+    }
+
+    /// Every file this runtime was built from besides the config file itself.
+    pub fn inputs(&self) -> Vec<std::path::PathBuf> {
+        let c = &self.config;
+        let mut files = Vec::new();
+        for s in &c.sites {
+            if let Some(t) = &s.tls {
+                files.push(t.cert.clone());
+                files.push(t.key.clone());
+            }
+            for r in &s.routes {
+                files.extend(r.backend.ca.clone());
+            }
+        }
+        for site in &self.sites {
+            site.plugins.inputs(&mut files);
+            for r in &site.routes {
+                r.plugins.inputs(&mut files);
+            }
+        }
+        if let Some(t) = &c.tenants {
+            // Everything under the tenants directory, as it is now: a new tenant is a change too.
+            files.extend(tenants::walk(&t.dir));
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    /// A human-readable table of sites and routes, for `wasmgate check`.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let c = &self.config;
+        out.push_str("listeners:\n");
+        for l in &c.listeners {
+            out.push_str(&format!(
+                "  {:<12} {:<22} {}\n",
+                l.name,
+                l.bind,
+                if l.tls { "tls" } else { "plain" }
+            ));
+        }
+        out.push_str("sites:\n");
+        for s in &c.sites {
+            describe_site(&mut out, s);
+        }
+        if let Some(t) = &c.tenants {
+            out.push_str(&format!("tenants ({}):\n", t.dir.display()));
+            for tenant in &self.tenants {
+                out.push_str(&format!("  tenant {}  digest {}\n", tenant.name, &tenant.fingerprint[..12]));
+                for bs in &tenant.sites {
+                    describe_site(&mut out, &bs.cfg);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn describe_site(out: &mut String, s: &SiteConfig) {
+    let hosts = if s.hosts.is_empty() {
+        "-".to_string()
+    } else {
+        s.hosts.join(", ")
+    };
+    let default = if s.default { " (default)" } else { "" };
+    out.push_str(&format!(
+        "  {}{default}  hosts: {hosts}  listeners: {}\n",
+        s.name,
+        s.listeners.join(", ")
+    ));
+    for p in &s.plugins {
+        out.push_str(&format!("    plugin {}\n", p.name));
+    }
+    let mut routes: Vec<_> = s.routes.iter().collect();
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+    for r in routes {
+        let mut flags = Vec::new();
+        if r.preserve_host {
+            flags.push("preserve_host".to_string());
+        }
+        if r.reverse {
+            flags.push("reverse".into());
+        }
+        if !r.websocket {
+            flags.push("no-websocket".into());
+        }
+        flags.push(format!("timeout={}s", r.timeouts.response.as_secs_f64()));
+        let plugins: Vec<&str> = r.plugins.iter().map(|p| p.name.as_str()).collect();
+        if !plugins.is_empty() {
+            flags.push(format!("plugins=[{}]", plugins.join(", ")));
+        }
+        out.push_str(&format!(
+            "    {:<16} -> {:<36} {}\n",
+            r.path,
+            r.backend.url,
+            flags.join(" ")
+        ));
+    }
+}
