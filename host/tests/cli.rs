@@ -362,3 +362,28 @@ async fn config_changes_reload_live_and_broken_ones_are_refused() {
     run.wait_for("configuration reloaded").await;
     assert_eq!(get(addr, "new.test", "/").await.status, 404);
 }
+
+#[tokio::test]
+async fn the_examples_pass_check() {
+    let tenants = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/tenants/wasmgate.toml");
+    let out = Command::new(BIN).args(["check", "--config", tenants]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("tenant acme") && stdout.contains("tenant globex"), "{stdout}");
+
+    // The seed example, with a certificate made by `wasmgate cert`.
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["wasmgate.toml", "tokens.txt"] {
+        std::fs::copy(format!("{}/../examples/seed/{f}", env!("CARGO_MANIFEST_DIR")), dir.path().join(f)).unwrap();
+    }
+    let cert = Command::new(BIN)
+        .args(["cert", "--host", "chat.example.org", "--host", "localhost", "--out"])
+        .arg(dir.path().join("certs/chat"))
+        .output()
+        .await
+        .unwrap();
+    assert!(cert.status.success());
+    let out = Command::new(BIN).args(["check", "--config"]).arg(dir.path().join("wasmgate.toml")).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("plugins=[token-auth]"));
+}
