@@ -3,10 +3,12 @@
 //! The library is what the `wasmgate` binary runs and what the end-to-end tests start:
 //! [`config::Config::load`] → [`Server::start`] → [`Server::reload`] / [`Server::shutdown`].
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod log;
+pub mod metrics;
 pub mod plugins;
 pub mod proxy;
 pub mod reload;

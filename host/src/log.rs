@@ -56,8 +56,37 @@ impl AccessRecord {
         }
     }
 
+    fn site_labels(&self) -> crate::metrics::SiteLabels {
+        crate::metrics::SiteLabels {
+            site: self.site.as_deref().unwrap_or("-").to_string(),
+            tenant: self.tenant.as_deref().unwrap_or("-").to_string(),
+        }
+    }
+
+    fn record(&self, bytes_in: u64, bytes_out: u64) {
+        let m = crate::metrics::get();
+        let site = self.site_labels();
+        m.requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                site: site.site.clone(),
+                route: self.route.as_deref().unwrap_or("-").to_string(),
+                tenant: site.tenant.clone(),
+                class: crate::metrics::status_class(self.status),
+            })
+            .inc();
+        m.latency.get_or_create(&site).observe(self.start.elapsed().as_secs_f64());
+        m.bytes_in.get_or_create(&site).inc_by(bytes_in);
+        m.bytes_out.get_or_create(&site).inc_by(bytes_out);
+    }
+
+    /// Count a tunnel as open (`+1`) or closed (`-1`) in the metrics.
+    pub fn tunnel_gauge(&self, delta: i64) {
+        crate::metrics::get().tunnels_open.get_or_create(&self.site_labels()).inc_by(delta);
+    }
+
     /// Write the line for an HTTP exchange.
     pub fn emit(&self, bytes_out: u64, complete: bool) {
+        self.record(self.bytes_in.load(Ordering::Relaxed), bytes_out);
         tracing::info!(
             target: "wasmgate::access",
             id = %self.request_id,
@@ -83,6 +112,7 @@ impl AccessRecord {
 
     /// Write the line for a finished WebSocket tunnel.
     pub fn emit_tunnel(&self, up: u64, down: u64, end: &str) {
+        self.record(up, down);
         tracing::info!(
             target: "wasmgate::access",
             id = %self.request_id,

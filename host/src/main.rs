@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use wasmgate::config::LogFormat;
 use wasmgate::{Config, Server};
 
 #[derive(Parser)]
@@ -61,19 +62,24 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // `run` reads its config first: it says how to log.
+    let (format, loaded) = match &cli.command {
+        Command::Run { config } => match Config::load(config) {
+            Ok(c) => (c.log_format, Some(c)),
+            Err(errors) => {
+                eprintln!("{errors}\n{} error(s); not started", errors.0.len());
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => (LogFormat::Text, None),
+    };
+    init_logging(format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let result = match cli.command {
-        Command::Run { config } => rt.block_on(run(config)),
+        Command::Run { config } => rt.block_on(run(config, loaded.expect("loaded above"))),
         Command::Check { config } => rt.block_on(check(config)),
         Command::Demo {
             data_dir,
@@ -102,6 +108,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr, as text or as one JSON object per line; `RUST_LOG` filters (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
     }
 }
 
@@ -158,8 +174,7 @@ async fn demo(opts: wasmgate::demo::DemoOptions) -> anyhow::Result<ExitCode> {
     serve(server, path).await
 }
 
-async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+async fn run(path: PathBuf, config: Config) -> anyhow::Result<ExitCode> {
     let server = Server::start(config).await.context("starting wasmgate")?;
     serve(server, path).await
 }

@@ -51,9 +51,23 @@ impl Reloader {
         })
     }
 
-    /// Reload and log the outcome.
+    /// Reload and log the outcome (and count it for `/status` and `/metrics`).
     pub async fn reload_and_log(&self, why: &str) -> bool {
-        match self.reload().await {
+        let result = self.reload().await;
+        self.shared.publish(result.as_ref().ok().cloned());
+        {
+            let mut st = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
+            match &result {
+                Ok(_) => st.reloads_ok += 1,
+                Err(e) => {
+                    st.reloads_failed += 1;
+                    st.last_error = Some(e.to_string());
+                }
+            }
+        }
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        crate::metrics::get().reloads.get_or_create(&crate::metrics::ResultLabels { result: outcome }).inc();
+        match result {
             Ok(digest) => {
                 tracing::info!(config = %self.path.display(), digest = %&digest[..12], trigger = why, "configuration reloaded");
                 true

@@ -35,9 +35,46 @@ pub struct Shared {
     pub tunnels_cancel: CancellationToken,
     /// Connections and tunnels, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// What `/status` reports about the configuration and reloads.
+    pub status: std::sync::Mutex<ReloadStatus>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    /// Digest of the live config file and every file it references.
+    pub digest: String,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last_error: Option<String>,
 }
 
 impl Shared {
+    /// Record the live plugin versions, and the config digest when a new config went live, for
+    /// `/status` and `/metrics`.
+    pub(crate) fn publish(&self, digest: Option<String>) {
+        let rt = self.runtime.load();
+        let m = crate::metrics::get();
+        if let Some(digest) = digest {
+            m.config_info.clear();
+            m.config_info.get_or_create(&crate::metrics::DigestLabels { digest: digest.clone() }).set(1);
+            self.status.lock().unwrap_or_else(|p| p.into_inner()).digest = digest;
+        }
+        m.plugin_info.clear();
+        for site in &rt.sites {
+            for chain in std::iter::once(&site.plugins).chain(site.routes.iter().map(|r| &r.plugins)) {
+                for p in chain.plugins() {
+                    let labels = crate::metrics::PluginInfoLabels {
+                        plugin: p.name.clone(),
+                        site: site.name.to_string(),
+                        tenant: site.tenant.as_ref().map_or("-".to_string(), |t| t.name.to_string()),
+                        digest: p.digest().to_string(),
+                    };
+                    m.plugin_info.get_or_create(&labels).set(1);
+                }
+            }
+        }
+    }
+
     /// Reload tenants against the running operator config (used when the operator's file is broken:
     /// tenants keep reloading on their own).
     pub(crate) fn reload_tenants(&self) -> Result<(), ConfigErrors> {
@@ -107,6 +144,8 @@ pub struct Server {
     shared: Arc<Shared>,
     addrs: Vec<(String, SocketAddr)>,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Serves until the very end: `/readyz` must be able to say "draining".
+    admin_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -115,6 +154,7 @@ impl Server {
         let builders = Builders::new(config.cache_dir.clone());
         let runtime = Runtime::build(config, &builders, None)?;
         let listeners = runtime.config.listeners.clone();
+        let admin = runtime.config.admin;
         let limits = runtime.config.limits.clone();
         let timeouts = (
             runtime.config.header_read_timeout,
@@ -127,7 +167,10 @@ impl Server {
             draining: CancellationToken::new(),
             tunnels_cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            status: Default::default(),
         });
+        let digest = crate::reload::fingerprint(&shared.runtime.load().config.path, &shared.runtime.load());
+        shared.publish(Some(digest));
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
         for (idx, l) in listeners.iter().enumerate() {
@@ -158,10 +201,23 @@ impl Server {
             };
             accept_tasks.push(tokio::spawn(accept_loop(socket, Arc::new(ctx))));
         }
+        let mut admin_task = None;
+        if let Some(addr) = admin {
+            let socket = crate::admin::bind(addr).await.map_err(|source| StartError::Bind {
+                name: "admin".into(),
+                addr,
+                source,
+            })?;
+            let local = socket.local_addr().map_err(|source| StartError::Bind { name: "admin".into(), addr, source })?;
+            tracing::info!(addr = %local, "admin endpoint listening (/metrics /healthz /readyz /status)");
+            addrs.push(("admin".to_string(), local));
+            admin_task = Some(tokio::spawn(crate::admin::serve(socket, shared.clone())));
+        }
         Ok(Server {
             shared,
             addrs,
             accept_tasks,
+            admin_task,
         })
     }
 
@@ -218,6 +274,9 @@ impl Server {
             self.shared.tunnels_cancel.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.tasks.wait()).await;
         }
+        if let Some(t) = &self.admin_task {
+            t.abort();
+        }
         tracing::info!("shut down");
     }
 }
@@ -271,7 +330,26 @@ async fn accept_loop(socket: TcpListener, ctx: Arc<ListenerCtx>) {
     }
 }
 
+/// Keeps `connections_open` right however a connection ends.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        let m = crate::metrics::get();
+        m.connections_open.inc();
+        m.connections_total.inc();
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        crate::metrics::get().connections_open.dec();
+    }
+}
+
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx) {
+    let _open = OpenConnection::new();
     let _ = stream.set_nodelay(true);
     match &ctx.tls {
         None => {

@@ -163,6 +163,7 @@ pub async fn proxy(
     let cancel = shared.tunnels_cancel.clone();
     shared.tasks.spawn(async move {
         let _slots = (slot, tenant_slot);
+        record.tunnel_gauge(1);
         let (client_io, backend_io) = match tokio::try_join!(client_upgrade, backend_upgrade) {
             Ok(pair) => pair,
             Err(e) => {
@@ -177,6 +178,7 @@ pub async fn proxy(
             cancel,
         )
         .await;
+        record.tunnel_gauge(-1);
         record.emit_tunnel(stats.up, stats.down, stats.end.as_str());
     });
     Ok(client_resp)

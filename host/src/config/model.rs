@@ -21,6 +21,15 @@ pub struct Config {
     /// The top-level timeouts every site inherits (tenants' sites too).
     pub default_timeouts: Timeouts,
     pub tenants: Option<TenantsConfig>,
+    pub admin: Option<SocketAddr>,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Where tenants live and what they may use. Set by the operator only.

@@ -26,11 +26,24 @@ pub struct RawConfig {
     pub cache_dir: Option<String>,
     /// Grace period for in-flight requests and tunnels on shutdown.
     pub shutdown_grace: Option<Spanned<String>>,
+    /// The admin listener (metrics, health, status). Off unless configured.
+    pub admin: Option<RawAdmin>,
+    /// `text` (default) or `json`: one JSON object per log line.
+    pub log_format: Option<Spanned<String>>,
     /// A directory of tenant directories, each with a `tenant.toml` declaring that tenant's sites.
     pub tenants_dir: Option<Spanned<String>>,
     /// Limits per tenant: `default` for all, then one table per tenant name overriding it.
     #[serde(default)]
     pub tenant_limits: std::collections::BTreeMap<String, Spanned<RawTenantLimits>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub bind: Spanned<String>,
+    /// The admin listener exposes metrics and status; binding it beyond loopback must be explicit.
+    #[serde(default)]
+    pub allow_public: bool,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

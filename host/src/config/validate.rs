@@ -133,6 +133,15 @@ impl<'a> Validator<'a> {
         self.host_conflicts(&raw.sites, &sites);
         let cache_dir = raw.cache_dir.as_ref().map(|d| self.base_dir.join(d));
         let tenants = self.tenants(&raw);
+        let admin = self.admin(&raw, &listeners);
+        let log_format = match raw.log_format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+            None | Some(("text", _)) => LogFormat::Text,
+            Some(("json", _)) => LogFormat::Json,
+            Some((other, span)) => {
+                self.err::<()>(span, "log_format", format!("`{other}` is neither \"text\" nor \"json\""));
+                LogFormat::Text
+            }
+        };
 
         Config {
             path: self.loc.file.to_path_buf(),
@@ -146,7 +155,27 @@ impl<'a> Validator<'a> {
             cache_dir,
             default_timeouts: defaults,
             tenants,
+            admin,
+            log_format,
         }
+    }
+
+    fn admin(&mut self, raw: &RawConfig, listeners: &[ListenerConfig]) -> Option<SocketAddr> {
+        let a = raw.admin.as_ref()?;
+        let Ok(addr) = a.bind.get_ref().parse::<SocketAddr>() else {
+            return self.err(a.bind.span(), "admin.bind", format!("`{}` is not an IP:port address", a.bind.get_ref()));
+        };
+        if listeners.iter().any(|l| l.bind == addr && addr.port() != 0) {
+            return self.err(a.bind.span(), "admin.bind", "the admin endpoint cannot share a proxy listener's address");
+        }
+        if !addr.ip().is_loopback() && !a.allow_public {
+            return self.err(
+                a.bind.span(),
+                "admin.bind",
+                "the admin endpoint exposes metrics and status: bind it to loopback, or set allow_public = true",
+            );
+        }
+        Some(addr)
     }
 
     fn tenants(&mut self, raw: &RawConfig) -> Option<TenantsConfig> {

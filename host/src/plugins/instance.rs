@@ -57,6 +57,8 @@ pub struct LoadedPlugin {
     pre: PluginPre<State>,
     config_json: String,
     pool: Mutex<Vec<Warm>>,
+    calls: prometheus_client::metrics::counter::Counter,
+    latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl LoadedPlugin {
@@ -91,6 +93,11 @@ impl LoadedPlugin {
             .map_err(|e| format!("does not link against wasmgate:plugin@0.1.0: {e:#}"))?;
         let pre = PluginPre::new(pre)
             .map_err(|e| format!("is not a wasmgate plugin (world `plugin`): {e:#}"))?;
+        let labels = crate::metrics::PluginLabels {
+            plugin: cfg.name.clone(),
+            site: owner.site.to_string(),
+            tenant: owner.tenant.unwrap_or("-").to_string(),
+        };
         let who = Identity {
             name: cfg.name.as_str().into(),
             site: owner.site.into(),
@@ -113,6 +120,8 @@ impl LoadedPlugin {
             pre,
             config_json: cfg.config.to_string(),
             pool: Mutex::new(Vec::new()),
+            calls: crate::metrics::get().plugin_calls.get_or_create(&labels).clone(),
+            latency: crate::metrics::get().plugin_latency.get_or_create(&labels).clone(),
         };
         let (warm, hooks) = plugin.instantiate().await.map_err(|f| f.detail)?;
         plugin.hooks = hooks;
@@ -207,13 +216,14 @@ impl LoadedPlugin {
         request_id: &str,
         req: &bindings::Request,
     ) -> Result<RequestAction, Failure> {
+        let started = std::time::Instant::now();
         let mut warm = self.checkout(request_id).await?;
         let call = warm
             .plugin
             .wasmgate_plugin_hooks()
             .call_on_request(&mut warm.store, req);
         let result = tokio::time::timeout(self.wall_limit(), call).await;
-        self.finish(warm, result)
+        self.finish(warm, result, started)
     }
 
     pub async fn on_response(
@@ -222,21 +232,25 @@ impl LoadedPlugin {
         info: &bindings::RequestInfo,
         head: &bindings::ResponseHead,
     ) -> Result<Vec<bindings::HeaderOp>, Failure> {
+        let started = std::time::Instant::now();
         let mut warm = self.checkout(request_id).await?;
         let call =
             warm.plugin
                 .wasmgate_plugin_hooks()
                 .call_on_response(&mut warm.store, info, head);
         let result = tokio::time::timeout(self.wall_limit(), call).await;
-        self.finish(warm, result)
+        self.finish(warm, result, started)
     }
 
     fn finish<R>(
         &self,
         warm: Warm,
         result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+        started: std::time::Instant,
     ) -> Result<R, Failure> {
-        match result {
+        self.calls.inc();
+        self.latency.observe(started.elapsed().as_secs_f64());
+        let result = match result {
             Ok(Ok(v)) => {
                 self.checkin(warm);
                 Ok(v)
@@ -246,7 +260,17 @@ impl LoadedPlugin {
                 kind: "deadline",
                 detail: format!("still running after {:?}", self.wall_limit()),
             }),
+        };
+        if let Err(f) = &result {
+            let labels = crate::metrics::PluginErrorLabels {
+                plugin: self.name.clone(),
+                site: self.who.site.to_string(),
+                tenant: self.who.tenant.as_deref().unwrap_or("-").to_string(),
+                kind: f.kind,
+            };
+            crate::metrics::get().plugin_errors.get_or_create(&labels).inc();
         }
+        result
     }
 
     /// Warm instances right now (for tests and metrics).

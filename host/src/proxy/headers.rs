@@ -31,6 +31,13 @@ const HOP_BY_HOP: [&HeaderName; 8] = [
 
 /// Remove hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // RFC 9112 §6.3: with Transfer-Encoding present, Content-Length is wrong and an intermediary must
+    // drop it before forwarding. hyper's client keeps a backend's `Content-Length` next to
+    // `Transfer-Encoding: chunked`; passed on, the client would be told 50 bytes and get a chunked body's
+    // worth, a truncated (or, behind another hop, desynchronised) response.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     // All `Connection` values, comma-separated, may name further hop-by-hop headers.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -211,6 +218,10 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 2, "{h:?}");
+
+        let mut h = map(&[("transfer-encoding", "chunked"), ("content-length", "50"), ("x-keep", "yes")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "Content-Length goes with Transfer-Encoding: {h:?}");
         assert!(h.contains_key("x-keep") && h.contains_key("host"));
     }
 

@@ -108,6 +108,9 @@ pub async fn handle(
 /// The one place an error becomes a response (and a log line, and a field of the access log).
 fn error_response(err: ProxyError, access: &mut AccessRecord) -> Response<ProxyBody> {
     log_error(&err, access);
+    if err.side() == crate::error::Side::Upstream {
+        crate::metrics::get().upstream_errors.get_or_create(&crate::metrics::KindLabels { kind: err.kind() }).inc();
+    }
     access.error = Some(err.kind().to_string());
     err.to_response()
 }
@@ -444,6 +447,14 @@ async fn forward(
             Ok(Err(e)) => return Err(client::classify(e, backend, route.upstream.connect_timeout)),
             Ok(Ok(r)) => r,
         };
+    // A 101 to a request that asked for no upgrade (WebSockets take the other path) would switch the
+    // client's connection to a protocol nobody agreed on: the backend is broken (RFC 9110 §15.2.2).
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::UpstreamProtocol {
+            backend: backend.authority.clone(),
+            cause: "101 Switching Protocols to a request without an upgrade".into(),
+        });
+    }
     Ok(downstream_response(resp, route, state))
 }
 

@@ -79,6 +79,11 @@ impl TenantHandle {
         if c.fetch_add(1, Ordering::AcqRel) >= max {
             c.fetch_sub(1, Ordering::AcqRel);
             refused.fetch_add(1, Ordering::Relaxed);
+            let what = if tunnel { "tunnels" } else { "requests" };
+            crate::metrics::get()
+                .tenant_refused
+                .get_or_create(&crate::metrics::TenantLabels { tenant: self.name.to_string(), what })
+                .inc();
             return Err(ProxyError::TenantLimit { tenant: self.name.to_string(), what: if tunnel { "tunnels" } else { "requests" }, max });
         }
         Ok(TenantSlot { shared: self.shared.clone(), tunnel })

@@ -1,0 +1,169 @@
+//! Prometheus metrics (served by the admin listener at `/metrics`), recorded at a handful of places:
+//! the access-log line (requests, latency, bytes), connection and tunnel open/close, upstream errors,
+//! plugin calls, reloads. Process-wide, like the log.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub site: String,
+    pub route: String,
+    pub tenant: String,
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SiteLabels {
+    pub site: String,
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub plugin: String,
+    pub site: String,
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginErrorLabels {
+    pub plugin: String,
+    pub site: String,
+    pub tenant: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DigestLabels {
+    pub digest: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginInfoLabels {
+    pub plugin: String,
+    pub site: String,
+    pub tenant: String,
+    pub digest: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+    pub what: &'static str,
+}
+
+type Hist = Family<SiteLabels, Histogram, fn() -> Histogram>;
+type PluginHist = Family<PluginLabels, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Hist,
+    pub bytes_in: Family<SiteLabels, Counter>,
+    pub bytes_out: Family<SiteLabels, Counter>,
+    pub connections_open: Gauge,
+    pub connections_total: Counter,
+    pub tunnels_open: Family<SiteLabels, Gauge>,
+    pub upstream_errors: Family<KindLabels, Counter>,
+    pub plugin_calls: Family<PluginLabels, Counter>,
+    pub plugin_errors: Family<PluginErrorLabels, Counter>,
+    pub plugin_latency: PluginHist,
+    pub reloads: Family<ResultLabels, Counter>,
+    pub config_info: Family<DigestLabels, Gauge>,
+    pub plugin_info: Family<PluginInfoLabels, Gauge>,
+    pub tenant_refused: Family<TenantLabels, Counter>,
+}
+
+fn request_buckets() -> Histogram {
+    // 0.25 ms … 16 s
+    Histogram::new(exponential_buckets(0.00025, 2.0, 17))
+}
+
+fn plugin_buckets() -> Histogram {
+    // 1 µs … 4 s
+    Histogram::new(exponential_buckets(0.000001, 4.0, 12))
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+pub fn get() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("wasmgate");
+        let m = Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(request_buckets),
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            connections_open: Gauge::default(),
+            connections_total: Counter::default(),
+            tunnels_open: Family::default(),
+            upstream_errors: Family::default(),
+            plugin_calls: Family::default(),
+            plugin_errors: Family::default(),
+            plugin_latency: Family::new_with_constructor(plugin_buckets),
+            reloads: Family::default(),
+            config_info: Family::default(),
+            plugin_info: Family::default(),
+            tenant_refused: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "Requests by site, route, tenant and status class", m.requests.clone());
+        registry.register("request_duration_seconds", "Request duration, to the last body byte", m.latency.clone());
+        registry.register("request_bytes", "Request body bytes received", m.bytes_in.clone());
+        registry.register("response_bytes", "Response body bytes sent", m.bytes_out.clone());
+        registry.register("connections_open", "Client connections open now", m.connections_open.clone());
+        registry.register("connections", "Client connections accepted", m.connections_total.clone());
+        registry.register("websocket_tunnels_open", "WebSocket tunnels open now", m.tunnels_open.clone());
+        registry.register("upstream_errors", "Backend failures by kind", m.upstream_errors.clone());
+        registry.register("plugin_calls", "Plugin hook calls", m.plugin_calls.clone());
+        registry.register("plugin_errors", "Plugin failures by kind (trap, deadline, memory, stack)", m.plugin_errors.clone());
+        registry.register("plugin_call_duration_seconds", "Plugin hook call duration", m.plugin_latency.clone());
+        registry.register("reloads", "Configuration reloads by result", m.reloads.clone());
+        registry.register("config_info", "The live configuration's digest (value 1)", m.config_info.clone());
+        registry.register("plugin_info", "Live plugins and their digests (value 1)", m.plugin_info.clone());
+        registry.register("tenant_refused", "Requests and tunnels refused by tenant limits", m.tenant_refused.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+pub fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
