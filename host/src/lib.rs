@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod handover;
 pub mod log;
 pub mod metrics;
 pub mod plugins;

@@ -191,11 +191,22 @@ async fn serve(server: Server, path: PathBuf) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    wasmgate::handover::release_predecessor();
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: handing over; draining");
+                break;
+            }
             _ = hup.recv() => { reloader.reload_and_log("SIGHUP").await; }
+            _ = usr2.recv() => match server.spawn_successor() {
+                Ok(pid) => tracing::info!(successor = pid, "SIGUSR2: started a successor with the listening sockets"),
+                Err(e) => tracing::error!("SIGUSR2: cannot start a successor: {e}"),
+            },
         }
     }
     tracing::info!("draining");

@@ -146,6 +146,8 @@ pub struct Server {
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Serves until the very end: `/readyz` must be able to say "draining".
     admin_task: Option<tokio::task::JoinHandle<()>>,
+    /// The listening sockets, for a handover to a successor.
+    fds: Vec<(String, std::os::fd::RawFd)>,
 }
 
 impl Server {
@@ -173,12 +175,19 @@ impl Server {
         shared.publish(Some(digest));
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
+        let mut fds = Vec::new();
         for (idx, l) in listeners.iter().enumerate() {
-            let socket = bind(l.bind).map_err(|source| StartError::Bind {
+            let socket = match crate::handover::take_inherited(&l.name) {
+                // A predecessor passed this listener's socket (see `handover.rs`).
+                Some(inherited) => TcpListener::from_std(inherited),
+                None => bind(l.bind),
+            }
+            .map_err(|source| StartError::Bind {
                 name: l.name.clone(),
                 addr: l.bind,
                 source,
             })?;
+            fds.push((l.name.clone(), std::os::fd::AsRawFd::as_raw_fd(&socket)));
             let local = socket.local_addr().map_err(|source| StartError::Bind {
                 name: l.name.clone(),
                 addr: l.bind,
@@ -218,6 +227,7 @@ impl Server {
             addrs,
             accept_tasks,
             admin_task,
+            fds,
         })
     }
 
@@ -241,6 +251,12 @@ impl Server {
     /// Compiling plugins can take a while: call this from a blocking-friendly context.
     pub fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
         self.shared.reload(config)
+    }
+
+    /// Start a successor process that inherits the listening sockets (zero-downtime restart); it
+    /// will tell this process to drain once it serves. Returns the successor's pid.
+    pub fn spawn_successor(&self) -> std::io::Result<u32> {
+        crate::handover::spawn_successor(&self.fds)
     }
 
     /// A handle that reloads this server from its config file (SIGHUP, file watcher).

@@ -387,3 +387,73 @@ async fn the_examples_pass_check() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("plugins=[token-auth]"));
 }
+
+/// One request on a fresh connection; any failure (refused, reset, bad status) is an `Err`.
+async fn try_get(addr: std::net::SocketAddr, host: &str) -> Result<u16, String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::get("/load").header("host", host).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?;
+    Ok(status)
+}
+
+/// Kills a process by pid when dropped (the successor is not our child).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_under_load_refuses_nothing_and_fails_nothing() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmgate.toml");
+    std::fs::write(&path, plain_config(&backend, "")).unwrap();
+    let mut run = Running::start(&path).await;
+    let addr = run.addrs[0].1;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..3 {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match try_get(addr, "app.test").await {
+                    Ok(200) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.signal("-USR2");
+    let line = run.wait_for("started a successor").await;
+    let pid: u32 = line.split("successor=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let _successor = KillOnDrop(pid);
+    run.wait_for("telling the predecessor to drain").await;
+    let status = tokio::time::timeout(Duration::from_secs(10), run.child.wait()).await.expect("old process did not exit").unwrap();
+    assert!(status.success(), "{status:?}");
+    // The successor alone now; keep the load on it for a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for t in load {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), ok as usize + failed.len(), &failed[..failed.len().min(5)]);
+    assert!(ok > 50, "too little load to mean anything: {ok}");
+    assert_eq!(try_get(addr, "app.test").await, Ok(200), "the successor serves");
+}
