@@ -86,3 +86,29 @@ pub fn release_predecessor() {
     // SAFETY: plain kill(2) on the pid our parent gave us.
     unsafe { libc::kill(pid, libc::SIGQUIT) };
 }
+
+/// Tell systemd (`Type=notify`) that this process is ready and is the service's main process — after
+/// a handover that is the successor, so systemd follows it instead of stopping the service when the
+/// predecessor exits. Needs `NotifyAccess=all`. Does nothing outside systemd.
+pub fn notify_systemd_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let path = path.to_string_lossy().into_owned();
+    let message = format!("READY=1\nMAINPID={}\n", std::process::id());
+    let sent = (|| -> std::io::Result<()> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        match path.strip_prefix('@') {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+                sock.send_to_addr(message.as_bytes(), &addr)?;
+            }
+            None => {
+                sock.send_to(message.as_bytes(), &path)?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}

@@ -193,6 +193,7 @@ async fn serve(server: Server, path: PathBuf) -> anyhow::Result<ExitCode> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut quit = signal(SignalKind::quit())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
+    wasmgate::handover::notify_systemd_ready();
     wasmgate::handover::release_predecessor();
     loop {
         tokio::select! {

@@ -457,3 +457,56 @@ async fn a_handover_under_load_refuses_nothing_and_fails_nothing() {
     assert!(ok > 50, "too little load to mean anything: {ok}");
     assert_eq!(try_get(addr, "app.test").await, Ok(200), "the successor serves");
 }
+
+#[tokio::test]
+async fn systemd_is_told_ready_with_the_main_pid_and_logs_can_be_json() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmgate.toml");
+    std::fs::write(&path, format!("log_format = \"json\"\n{}", plain_config(&backend, ""))).unwrap();
+    let notify = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &notify)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::task::spawn_blocking(move || sock.recv(&mut buf).map(|n| (n, buf))).await.unwrap().unwrap();
+    let msg = String::from_utf8_lossy(&n.1[..n.0]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(msg.contains(&format!("MAINPID={}", child.id().unwrap())), "{msg}");
+
+    // JSON logs: every stderr line is an object; the access line carries its fields.
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: std::net::SocketAddr = loop {
+        let l = out.next_line().await.unwrap().unwrap();
+        if let Some(rest) = l.strip_prefix("listening web ") {
+            break rest.parse().unwrap();
+        }
+    };
+    assert_eq!(get(addr, "app.test", "/json").await.status, 200);
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let access = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let l = err.next_line().await.unwrap().unwrap();
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            if v["target"] == "wasmgate::access" {
+                return v;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["path"], "/json");
+    assert_eq!(access["site"], "app");
+    assert!(access["duration_ms"].is_number() && access["id"].is_string(), "{access}");
+    child.kill().await.unwrap();
+}
