@@ -37,6 +37,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// What `/status` reports about the configuration and reloads.
     pub status: std::sync::Mutex<ReloadStatus>,
+    /// Fires when the server is gone: worker threads end their event loops.
+    pub stopped: CancellationToken,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -148,6 +150,52 @@ pub struct Server {
     admin_task: Option<tokio::task::JoinHandle<()>>,
     /// The listening sockets, for a handover to a successor.
     fds: Vec<(String, std::os::fd::RawFd)>,
+    /// Worker threads, each running an event loop of its own.
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// The listening sockets the workers accept on clones of.
+    held: Vec<std::net::TcpListener>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Dropped without `shutdown`: stop at once (tests, errors); nothing is waited for.
+        self.shared.draining.cancel();
+        self.shared.tunnels_cancel.cancel();
+        self.shared.stopped.cancel();
+    }
+}
+
+/// One worker: a single-threaded event loop accepting on every listener (the sockets are shared, so
+/// the kernel hands each new connection to one worker). A connection, its requests, its backend
+/// connections and its tunnel all stay on that thread: no cross-thread wake-ups on the hot path.
+fn spawn_worker(
+    i: usize,
+    sockets: Vec<(std::net::TcpListener, Arc<ListenerCtx>)>,
+    stopped: CancellationToken,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("wasmgate-worker-{i}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("worker {i} cannot start its event loop: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                for (socket, ctx) in sockets {
+                    match TcpListener::from_std(socket) {
+                        Ok(l) => {
+                            tokio::spawn(accept_loop(l, ctx));
+                        }
+                        Err(e) => tracing::error!("worker {i}: {e}"),
+                    }
+                }
+                stopped.cancelled().await;
+            });
+        })
+        .expect("spawn a worker thread")
 }
 
 impl Server {
@@ -170,12 +218,14 @@ impl Server {
             tunnels_cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             status: Default::default(),
+            stopped: CancellationToken::new(),
         });
         let digest = crate::reload::fingerprint(&shared.runtime.load().config.path, &shared.runtime.load());
         shared.publish(Some(digest));
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
         let mut fds = Vec::new();
+        let mut sockets = Vec::new();
         for (idx, l) in listeners.iter().enumerate() {
             let socket = match crate::handover::take_inherited(&l.name) {
                 // A predecessor passed this listener's socket (see `handover.rs`).
@@ -208,7 +258,31 @@ impl Server {
                 max_header_bytes: limits.max_header_bytes,
                 connections: Arc::new(Semaphore::new(limits.max_connections)),
             };
-            accept_tasks.push(tokio::spawn(accept_loop(socket, Arc::new(ctx))));
+            sockets.push((socket, Arc::new(ctx)));
+        }
+        let workers = shared.runtime.load().config.workers;
+        let mut threads = Vec::new();
+        let mut held = Vec::new();
+        if workers == 0 {
+            for (socket, ctx) in sockets {
+                accept_tasks.push(tokio::spawn(accept_loop(socket, ctx)));
+            }
+        } else {
+            let std_sockets: Vec<(std::net::TcpListener, Arc<ListenerCtx>)> = sockets
+                .into_iter()
+                .map(|(s, ctx)| s.into_std().map(|s| (s, ctx)))
+                .collect::<std::io::Result<_>>()
+                .map_err(|source| StartError::Bind { name: "listener".into(), addr: listeners[0].bind, source })?;
+            for i in 0..workers {
+                let mine = std_sockets
+                    .iter()
+                    .map(|(s, ctx)| s.try_clone().map(|s| (s, ctx.clone())))
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .map_err(|source| StartError::Bind { name: "listener".into(), addr: listeners[0].bind, source })?;
+                threads.push(spawn_worker(i, mine, shared.stopped.clone()));
+            }
+            // The originals keep the descriptors recorded in `fds` open, for a handover.
+            held = std_sockets.into_iter().map(|(s, _)| s).collect();
         }
         let mut admin_task = None;
         if let Some(addr) = admin {
@@ -228,6 +302,8 @@ impl Server {
             accept_tasks,
             admin_task,
             fds,
+            threads,
+            held,
         })
     }
 
@@ -273,11 +349,13 @@ impl Server {
         self.shutdown_with_grace(grace).await
     }
 
-    pub async fn shutdown_with_grace(self, grace: Duration) {
+    pub async fn shutdown_with_grace(mut self, grace: Duration) {
         self.shared.draining.cancel();
         for t in &self.accept_tasks {
             t.abort();
         }
+        // Let go of the listening sockets now: new connections go to a successor, or are refused.
+        self.held.clear();
         self.shared.tasks.close();
         if tokio::time::timeout(grace, self.shared.tasks.wait())
             .await
@@ -293,6 +371,9 @@ impl Server {
         if let Some(t) = &self.admin_task {
             t.abort();
         }
+        self.shared.stopped.cancel();
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
         tracing::info!("shut down");
     }
 }
@@ -415,13 +496,14 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx
     }
 }
 
-/// After an idle timeout, how long a connection gets to close gracefully (h2 GOAWAY; an h1 connection
-/// whose response is done but whose request body is still trickling in) before it is dropped.
+/// After an idle timeout, how long an HTTP/2 connection gets to close gracefully (GOAWAY) before it is
+/// dropped. An HTTP/1 connection has nothing in flight when the watchdog fires, so it is dropped at once
+/// (hyper's graceful close would wait for a head or a request body that is still trickling in).
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// Drive one hyper connection until it ends, the idle watchdog fires, or the server drains.
 macro_rules! drive {
-    ($conn:expr, $watchdog:expr, $ctx:expr) => {{
+    ($conn:expr, $watchdog:expr, $ctx:expr, $graceful:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
         let watchdog = $watchdog;
@@ -434,8 +516,10 @@ macro_rules! drive {
             }
             _ = &mut watchdog => {
                 tracing::debug!("idle or header-read timeout: closing the connection");
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
+                if $graceful {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
+                }
             }
             _ = $ctx.shared.draining.cancelled() => {
                 conn.as_mut().graceful_shutdown();
@@ -484,7 +568,7 @@ where
             .timer(TokioTimer::new())
             .enable_connect_protocol()
             .max_header_list_size(ctx.max_header_bytes as u32);
-        drive!(builder.serve_connection(io, service), watchdog, ctx);
+        drive!(builder.serve_connection(io, service), watchdog, ctx, true);
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -500,7 +584,8 @@ where
         drive!(
             builder.serve_connection(io, service).with_upgrades(),
             watchdog,
-            ctx
+            ctx,
+            false
         );
     }
 }

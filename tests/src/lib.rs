@@ -8,12 +8,39 @@ pub mod proxy;
 pub mod raw_backend;
 pub mod wire;
 
-/// Log to the test output when `RUST_LOG` is set (`RUST_LOG=wasmgate=debug cargo test …`).
+/// Every test process logs at `info` into one in-memory buffer (the proxy's worker threads log there
+/// too), which [`capture_logs`] reads; with `RUST_LOG` set, lines also go to the test output.
 pub fn init_logging() {
+    let buf = LOGS.clone();
+    let echo = std::env::var_os("RUST_LOG").is_some();
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .with_writer(move || Tee { buf: buf.clone(), echo })
         .try_init();
+}
+
+static LOGS: std::sync::LazyLock<LogBuffer> = std::sync::LazyLock::new(LogBuffer::default);
+
+struct Tee {
+    buf: LogBuffer,
+    echo: bool,
+}
+
+impl std::io::Write for Tee {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.echo {
+            eprint!("{}", String::from_utf8_lossy(b));
+        }
+        self.buf.inner.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The compiled fixture plugin `fixture-<name>` (see `tests/plugins/`).
@@ -22,34 +49,26 @@ pub fn fixture(name: &str) -> std::path::PathBuf {
         .join(format!("fixture_{}.wasm", name.replace('-', "_")))
 }
 
-/// Capture log lines of everything running on this thread (a `#[tokio::test]` runs the proxy on the
-/// test's thread), for asserting on what the logs say.
-pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, LogBuffer) {
-    let buf = LogBuffer::default();
-    let writer = buf.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (tracing::subscriber::set_default(sub), buf)
+/// The log lines written from now on, by anything in this test process. Tests run in parallel,
+/// so assertions must look for lines that only their own test can produce (its site, path, plugin).
+pub fn capture_logs() -> (LogScope, LogBuffer) {
+    init_logging();
+    let start = LOGS.inner.lock().unwrap().len();
+    (LogScope(()), LogBuffer { inner: LOGS.inner.clone(), start })
 }
 
+/// Kept for call sites written as `let (_guard, logs) = capture_logs();`.
+pub struct LogScope(());
+
 #[derive(Clone, Default)]
-pub struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+pub struct LogBuffer {
+    inner: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    start: usize,
+}
 
 impl LogBuffer {
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        let all = self.inner.lock().unwrap();
+        String::from_utf8_lossy(&all[self.start.min(all.len())..]).into_owned()
     }
 }

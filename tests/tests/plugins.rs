@@ -148,7 +148,7 @@ async fn contained(path: &str, limits: &str, kind: &str) {
     let text = logs.text();
     let line = text
         .lines()
-        .find(|l| l.contains("plugin failed"))
+        .find(|l| l.contains("plugin failed") && l.contains(&format!("plugin={plugin} ")))
         .unwrap_or_else(|| panic!("no failure logged:\n{text}"));
     assert!(line.contains(&format!("plugin={plugin}")), "{line}");
     assert!(line.contains("digest="), "{line}");

@@ -23,6 +23,8 @@ pub struct Config {
     pub tenants: Option<TenantsConfig>,
     pub admin: Option<SocketAddr>,
     pub log_format: LogFormat,
+    /// Worker threads; 0 = serve on the caller's runtime.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

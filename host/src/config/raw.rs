@@ -24,6 +24,9 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// Where compiled plugins are cached. Default: `$XDG_CACHE_HOME/wasmgate` or `~/.cache/wasmgate`.
     pub cache_dir: Option<String>,
+    /// Worker threads, each with its own event loop and connection pools (default: one per core;
+    /// 0 runs everything on the caller's tokio runtime).
+    pub workers: Option<Spanned<u64>>,
     /// Grace period for in-flight requests and tunnels on shutdown.
     pub shutdown_grace: Option<Spanned<String>>,
     /// The admin listener (metrics, health, status). Off unless configured.

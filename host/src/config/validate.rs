@@ -157,6 +157,14 @@ impl<'a> Validator<'a> {
             tenants,
             admin,
             log_format,
+            workers: match &raw.workers {
+                Some(n) if *n.get_ref() > 256 => {
+                    self.err::<()>(n.span(), "workers", "at most 256");
+                    1
+                }
+                Some(n) => *n.get_ref() as usize,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
         }
     }
 

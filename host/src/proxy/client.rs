@@ -21,13 +21,50 @@ use crate::proxy::body::ProxyBody;
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// How to reach the backends of one route.
+///
+/// The pooled client is per worker thread: a pooled connection is driven by a task on the runtime that
+/// opened it, so sharing one pool between workers would make every request wake another thread. Each
+/// worker (one per core, see `server.rs`) keeps its own pools, like nginx's workers do.
 pub struct Upstream {
-    pub client: HttpClient,
     pub connect_timeout: Duration,
+    ca: Option<PathBuf>,
     tls: Arc<rustls::ClientConfig>,
 }
 
 type Key = (Duration, Option<PathBuf>);
+
+thread_local! {
+    static CLIENTS: std::cell::RefCell<HashMap<Key, HttpClient>> = Default::default();
+}
+
+impl Upstream {
+    /// This thread's pooled client for this upstream.
+    pub fn client(&self) -> HttpClient {
+        let key = (self.connect_timeout, self.ca.clone());
+        CLIENTS.with(|c| c.borrow_mut().entry(key).or_insert_with(|| self.new_client()).clone())
+    }
+
+    fn new_client(&self) -> HttpClient {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        // hyper-rustls sets ALPN itself from the enabled protocols.
+        let mut pool_tls = (*self.tls).clone();
+        pool_tls.alpn_protocols.clear();
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(pool_tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(https)
+    }
+}
 
 /// Upstreams by key; lives as long as the server, across reloads.
 #[derive(Default)]
@@ -36,40 +73,14 @@ pub struct UpstreamCache {
 }
 
 impl UpstreamCache {
-    pub fn get(
-        &self,
-        connect_timeout: Duration,
-        ca: Option<&PathBuf>,
-    ) -> Result<Arc<Upstream>, String> {
+    pub fn get(&self, connect_timeout: Duration, ca: Option<&PathBuf>) -> Result<Arc<Upstream>, String> {
         let key = (connect_timeout, ca.cloned());
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(u) = map.get(&key) {
             return Ok(u.clone());
         }
         let tls = crate::tls::client_config(ca.map(PathBuf::as_path), true)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        // hyper-rustls sets ALPN itself from the enabled protocols.
-        let mut pool_tls = (*tls).clone();
-        pool_tls.alpn_protocols.clear();
-        let https = HttpsConnectorBuilder::new()
-            .with_tls_config(pool_tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(https);
-        let up = Arc::new(Upstream {
-            client,
-            connect_timeout,
-            tls,
-        });
+        let up = Arc::new(Upstream { connect_timeout, ca: ca.cloned(), tls });
         map.insert(key, up.clone());
         Ok(up)
     }

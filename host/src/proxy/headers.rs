@@ -218,11 +218,12 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("x-keep") && h.contains_key("host"));
 
         let mut h = map(&[("transfer-encoding", "chunked"), ("content-length", "50"), ("x-keep", "yes")]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "Content-Length goes with Transfer-Encoding: {h:?}");
-        assert!(h.contains_key("x-keep") && h.contains_key("host"));
+        assert!(h.contains_key("x-keep"));
     }
 
     #[test]

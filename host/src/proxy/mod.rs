@@ -437,7 +437,7 @@ async fn forward(
     let timeout = route.cfg.timeouts.response;
     let backend = &route.cfg.backend;
     let resp =
-        match tokio::time::timeout(timeout, route.upstream.client.request(upstream_req)).await {
+        match tokio::time::timeout(timeout, route.upstream.client().request(upstream_req)).await {
             Err(_) => {
                 return Err(ProxyError::UpstreamTimeout {
                     backend: backend.authority.clone(),
