@@ -503,7 +503,7 @@ const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// Drive one hyper connection until it ends, the idle watchdog fires, or the server drains.
 macro_rules! drive {
-    ($conn:expr, $watchdog:expr, $ctx:expr, $graceful:expr) => {{
+    ($conn:expr, $watchdog:expr, $ctx:expr, $graceful:expr, $activity:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
         let watchdog = $watchdog;
@@ -522,12 +522,27 @@ macro_rules! drive {
                 }
             }
             _ = $ctx.shared.draining.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+                // A connection accepted just before the drain may not have sent its request yet:
+                // hyper would close it as idle, unanswered. Give it a moment to start one.
+                let deadline = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
+                let mut done = false;
+                while !$activity.started() && tokio::time::Instant::now() < deadline {
+                    tokio::select! {
+                        _ = conn.as_mut() => { done = true; break; }
+                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                    }
+                }
+                if !done {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
             }
         }
     }};
 }
+
+/// How long a draining server waits for a fresh connection's first request before closing it.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 async fn serve_http<S>(stream: S, info: ConnInfo, h2: bool, ctx: &ListenerCtx)
 where
@@ -568,7 +583,7 @@ where
             .timer(TokioTimer::new())
             .enable_connect_protocol()
             .max_header_list_size(ctx.max_header_bytes as u32);
-        drive!(builder.serve_connection(io, service), watchdog, ctx, true);
+        drive!(builder.serve_connection(io, service), watchdog, ctx, true, activity);
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -585,7 +600,8 @@ where
             builder.serve_connection(io, service).with_upgrades(),
             watchdog,
             ctx,
-            false
+            false,
+            activity
         );
     }
 }
@@ -620,6 +636,11 @@ impl Activity {
 
     fn now(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// Has a request arrived on this connection (answered or in flight)?
+    fn started(&self) -> bool {
+        self.served.load(Ordering::SeqCst) || self.in_flight.load(Ordering::SeqCst) > 0
     }
 }
 
