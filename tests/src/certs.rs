@@ -33,6 +33,38 @@ impl TestCa {
     }
 
     /// A server certificate for `names`, signed by this CA.
+    /// A server certificate as a public CA would issue it today: valid from yesterday for `days` days,
+    /// with the server-auth extended key usage (TLS audits such as Mozilla's profiles check the
+    /// lifespan; [`TestCa::leaf`] is valid from 1975 to 4096).
+    pub fn leaf_valid_for(&self, names: &[&str], days: u64) -> Leaf {
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 86_400;
+        let ymd = |day: u64| {
+            let (y, m, d) = civil_from_days(day as i64);
+            rcgen::date_time_ymd(y, m, d)
+        };
+        params.not_before = ymd(today - 1);
+        params.not_after = ymd(today - 1 + days);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        // Strict RFC 5280 validators (sslyze's) want the authority key identifier on a leaf.
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
     pub fn leaf(&self, names: &[&str]) -> Leaf {
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -71,4 +103,26 @@ fn write(path: &Path, text: &str) {
         std::fs::create_dir_all(p).unwrap();
     }
     std::fs::write(path, text).unwrap();
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar (H. Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(z: i64) -> (i32, u8, u8) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = (if mp < 10 { mp + 3 } else { mp - 9 }) as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
+}
+
+#[test]
+fn civil_dates() {
+    assert_eq!(civil_from_days(0), (1970, 1, 1));
+    assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    assert_eq!(civil_from_days(20_454), (2026, 1, 1));
 }

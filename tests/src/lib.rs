@@ -25,6 +25,14 @@ pub fn init_logging() {
 
 static LOGS: std::sync::LazyLock<LogBuffer> = std::sync::LazyLock::new(LogBuffer::default);
 
+static KEEP_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// From now on, log lines are formatted but not kept (for long runs that measure this process's
+/// memory: the buffer would grow by every access-log line).
+pub fn stop_keeping_logs() {
+    KEEP_LOGS.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
 struct Tee {
     buf: LogBuffer,
     echo: bool,
@@ -35,7 +43,9 @@ impl std::io::Write for Tee {
         if self.echo {
             eprint!("{}", String::from_utf8_lossy(b));
         }
-        self.buf.inner.lock().unwrap().extend_from_slice(b);
+        if KEEP_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+            self.buf.inner.lock().unwrap().extend_from_slice(b);
+        }
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

@@ -31,6 +31,9 @@ pub enum Fault {
     ResetOnAccept,
     /// A correct `101 Switching Protocols` for the WebSocket key it got, then these bytes, then FIN.
     Garbage101(Vec<u8>),
+    /// Answer `200 OK` as soon as the head is read, without waiting for the body (as servers that refuse
+    /// early do), then read and discard whatever comes.
+    AnswerBeforeBody,
 }
 
 /// How a [`Fault::Raw`] answer ends.
@@ -127,11 +130,28 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-#[derive(Default)]
 struct Log {
+    /// Off for long runs: then requests are only counted, so the log does not grow.
+    keep: bool,
+    seen: usize,
     requests: Vec<RawRequest>,
     /// Bytes that did not parse as a request (smuggled remains, garbage).
     junk: Vec<Vec<u8>>,
+}
+
+impl Log {
+    fn push(&mut self, req: RawRequest) {
+        self.seen += 1;
+        if self.keep {
+            self.requests.push(req);
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { keep: true, seen: 0, requests: Vec::new(), junk: Vec::new() }
+    }
 }
 
 pub struct RawBackend {
@@ -190,8 +210,17 @@ impl RawBackend {
         self.log.lock().unwrap().requests.clone()
     }
 
+    /// Requests received (also while not recording).
     pub fn count(&self) -> usize {
-        self.log.lock().unwrap().requests.len()
+        self.log.lock().unwrap().seen
+    }
+
+    /// Stop keeping requests (and junk) — for long runs whose memory is measured; `count` still counts.
+    pub fn stop_recording(&self) {
+        let mut log = self.log.lock().unwrap();
+        log.keep = false;
+        log.requests = Vec::new();
+        log.junk = Vec::new();
     }
 
     pub fn junk(&self) -> Vec<Vec<u8>> {
@@ -227,19 +256,30 @@ async fn serve(mut s: TcpStream, fault: Fault, log: Arc<Mutex<Log>>) {
         _ => {}
     }
     let mut buf: Vec<u8> = Vec::new();
+    if matches!(fault, Fault::AnswerBeforeBody) {
+        if let Ok(Some(req)) = read_head(&mut s, &mut buf).await {
+            log.lock().unwrap().push(req);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Raw-Backend: 1\r\n\r\nearly").await;
+            drain(&mut s).await;
+        }
+        return;
+    }
     loop {
         let req = match read_request(&mut s, &mut buf).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(bytes) => {
                 if !bytes.is_empty() {
-                    log.lock().unwrap().junk.push(bytes);
+                    let mut log = log.lock().unwrap();
+                    if log.keep {
+                        log.junk.push(bytes);
+                    }
                 }
                 return;
             }
         };
         let key = req.header("sec-websocket-key").map(str::to_string);
-        log.lock().unwrap().requests.push(req);
+        log.lock().unwrap().push(req);
         match &fault {
             Fault::None => {
                 if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Raw-Backend: 1\r\n\r\nok").await.is_err() {
@@ -282,7 +322,7 @@ async fn serve(mut s: TcpStream, fault: Fault, log: Arc<Mutex<Log>>) {
                 drain(&mut s).await;
                 return;
             }
-            Fault::CloseOnAccept | Fault::ResetOnAccept => unreachable!(),
+            Fault::CloseOnAccept | Fault::ResetOnAccept | Fault::AnswerBeforeBody => unreachable!(),
         }
     }
 }
@@ -321,6 +361,15 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 
 /// Read one request. `Ok(None)`: clean close between requests. `Err(bytes)`: unparseable bytes.
 async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<RawRequest>, Vec<u8>> {
+    let Some(mut req) = read_head(s, buf).await? else {
+        return Ok(None);
+    };
+    read_body(s, buf, &mut req).await?;
+    Ok(Some(req))
+}
+
+/// Read one request head (request line and headers).
+async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<RawRequest>, Vec<u8>> {
     let mut chunk = [0u8; 16 * 1024];
     let head_end = loop {
         if let Some(p) = find(buf, b"\r\n\r\n", 0) {
@@ -349,7 +398,7 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Raw
             None => headers.push((l.to_string(), String::new())),
         }
     }
-    let mut req = RawRequest {
+    let req = RawRequest {
         head,
         wire_body: Vec::new(),
         body: Vec::new(),
@@ -358,6 +407,11 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Raw
         version: version.into(),
         headers,
     };
+    Ok(Some(req))
+}
+
+/// Read the body the head announces, into `req`.
+async fn read_body(s: &mut TcpStream, buf: &mut Vec<u8>, req: &mut RawRequest) -> Result<(), Vec<u8>> {
     let chunked = req.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     if chunked {
         // size line, data, CRLF … `0` line, trailers, empty line.
@@ -416,5 +470,5 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Raw
         req.wire_body = buf.drain(..n).collect();
         req.body = req.wire_body.clone();
     }
-    Ok(Some(req))
+    Ok(())
 }

@@ -30,10 +30,14 @@ enum Expect {
     Many(usize),
     /// The first `n` requests go through, then the proxy refuses the rest with this status (or closes).
     ThenReject(usize),
-}
-
-fn any() -> Check {
-    Arc::new(|_| Ok(()))
+    /// A body that turns out malformed after the head was forwarded: the backend may have seen the head
+    /// and part of the body, but never a complete request (the upstream connection is aborted); the
+    /// client gets an error status and a closed connection.
+    // FIXME(lead): the status is 502 today (client::classify blames the backend for a downstream body
+    // error); it should be 400. Both are accepted until that is fixed.
+    BodyRefused,
+    /// `BodyRefused` or `One`.
+    EitherBody(Check),
 }
 
 fn path(p: &'static str) -> Check {
@@ -121,17 +125,17 @@ fn cases() -> Vec<Case> {
         case("cl_smuggle_in_body", format!("POST / HTTP/1.1\r\n{H}Content-Length: {}\r\n\r\n{smuggle}", smuggle.len()), One(body(smuggle))),
         case("cl_space_before_colon", format!("POST / HTTP/1.1\r\n{H}Content-Length : 5\r\n\r\nhello"), Reject),
         // ── chunked bodies ──
-        case("chunk_size_not_hex", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"), Reject),
-        case("chunk_size_negative", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n"), Reject),
-        case("chunk_size_overflow", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff1\r\nabc\r\n0\r\n\r\n"), Reject),
-        case("chunk_size_0x", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n"), Reject),
-        case("chunk_size_leading_space", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n 3\r\nabc\r\n0\r\n\r\n"), Reject),
+        case("chunk_size_not_hex", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"), BodyRefused),
+        case("chunk_size_negative", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n"), BodyRefused),
+        case("chunk_size_overflow", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff1\r\nabc\r\n0\r\n\r\n"), BodyRefused),
+        case("chunk_size_0x", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n"), BodyRefused),
+        case("chunk_size_leading_space", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n 3\r\nabc\r\n0\r\n\r\n"), BodyRefused),
         case("chunk_ext_valid", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n3;name=value\r\nabc\r\n0\r\n\r\n"), One(body("abc"))),
-        case("chunk_ext_bare_lf", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n3;a\nb\r\nabc\r\n0\r\n\r\n"), Reject),
-        case("chunk_ext_huge", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n3;{}\r\nabc\r\n0\r\n\r\n", "e".repeat(40 * 1024)), Reject),
-        case("chunk_bare_lf_lines", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n"), Either(body("abc"))),
-        case("chunk_data_longer_than_size", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n"), Reject),
-        case("chunk_missing_crlf_after_data", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n3\r\nabc0\r\n\r\n"), Reject),
+        case("chunk_ext_bare_lf", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n3;a\nb\r\nabc\r\n0\r\n\r\n"), BodyRefused),
+        case("chunk_ext_huge", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n3;{}\r\nabc\r\n0\r\n\r\n", "e".repeat(40 * 1024)), BodyRefused),
+        case("chunk_bare_lf_lines", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n"), EitherBody(body("abc"))),
+        case("chunk_data_longer_than_size", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n"), BodyRefused),
+        case("chunk_missing_crlf_after_data", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n3\r\nabc0\r\n\r\n"), BodyRefused),
         case("chunk_trailer_smuggles_cl", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nContent-Length: 50\r\n\r\n"), Either(all(vec![body("abc"), header("content-length", None)]))),
         case("chunked_then_pipelined", format!("POST / HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n{}", get("/second")), Many(2)),
         // ── header syntax ──
@@ -176,7 +180,7 @@ fn cases() -> Vec<Case> {
         case("h2_preface_on_h1", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Reject),
         case("upgrade_without_connection", format!("GET /u HTTP/1.1\r\n{H}Upgrade: websocket\r\n\r\n"), One(path("/u"))),
         case("connection_names_host", format!("GET /c HTTP/1.1\r\n{H}Connection: close, Host\r\n\r\n"), One(header("host", Some("BACKEND")))),
-        case("connection_names_content_length", format!("POST / HTTP/1.1\r\n{H}Connection: Content-Length\r\nContent-Length: 5\r\n\r\nhello{}", get("/after")), Either(body("hello"))),
+        case("connection_names_content_length", format!("POST / HTTP/1.1\r\n{H}Connection: Content-Length\r\nContent-Length: 5\r\n\r\nhello{}", get("/after")), Many(2)),
         case("connection_names_te", format!("POST / HTTP/1.1\r\n{H}Connection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), Either(body("abc"))),
         case("expect_100_continue", format!("POST / HTTP/1.1\r\n{H}Expect: 100-continue\r\nContent-Length: 3\r\n\r\nabc"), One(all(vec![body("abc"), header("expect", None)]))),
         // ── pipelining ──
@@ -189,6 +193,7 @@ fn cases() -> Vec<Case> {
         case("request_line_too_long", get(&long_path), Reject),
         case("header_too_large", big_header, Reject),
         case("too_many_headers", format!("GET / HTTP/1.1\r\n{H}{many_headers}\r\n"), Reject),
+        case("header_just_over_limit", format!("GET / HTTP/1.1\r\n{H}X-Big: {}\r\n\r\n", "c".repeat(16 * 1024)), Reject),
         case("headers_within_limit", format!("GET /fits HTTP/1.1\r\n{H}{fits}\r\n"), One(path("/fits"))),
         // ── request line ──
         case("method_lower_case", format!("get /m HTTP/1.1\r\n{H}\r\n"), Either(path("/m"))),
@@ -219,9 +224,9 @@ fn cases() -> Vec<Case> {
         case("path_truncated_escape", get("/a%2"), Status(400)),
         case("path_unreserved_decoded", get("/%7euser/%61"), One(path("/~user/a"))),
         case("path_query_kept", get("/a/../q?x=/../y&z=%2e%2e"), One(path("/q?x=/../y&z=%2e%2e"))),
-        case("path_backslash", get("/a\\..\\b"), Either(path("/a%5C..%5Cb"))),
-        case("path_dotdot_semicolon", get("/x/..;/b"), Reject),
-        case("path_utf8_raw", b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: app.test\r\n\r\n".to_vec(), Reject),
+        case("path_backslash", get("/a\\..\\b"), One(path("/a%5C..%5Cb"))),
+        case("path_dotdot_semicolon", get("/x/..;/b"), Status(400)),
+        case("path_utf8_raw", b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: app.test\r\n\r\n".to_vec(), One(path("/caf%C3%A9"))),
     ]
 }
 
@@ -270,6 +275,21 @@ async fn run(case: &Case) -> Outcome {
 
 fn judge(case: &Case, o: &Outcome) -> Result<(), String> {
     let ex = &o.ex;
+    let body_refused = |o: &Outcome| -> Result<(), String> {
+        let statuses = o.ex.statuses();
+        if !o.seen.is_empty() {
+            return Err(format!("the backend saw {} complete request(s)", o.seen.len()));
+        }
+        if !matches!(statuses.as_slice(), [] | [400] | [502]) || o.ex.closed == Closed::Open {
+            return Err(format!("statuses {statuses:?} ({:?}), want 400/502 and a close", o.ex.closed));
+        }
+        Ok(())
+    };
+    match &case.expect {
+        Expect::BodyRefused => return body_refused(o),
+        Expect::EitherBody(_) if o.seen.is_empty() => return body_refused(o),
+        _ => {}
+    }
     if let Some(j) = o.junk.first() {
         return Err(format!("the backend got bytes it could not parse: {:?}", String::from_utf8_lossy(j)));
     }
@@ -328,7 +348,8 @@ fn judge(case: &Case, o: &Outcome) -> Result<(), String> {
             }
             Ok(())
         }
-        Expect::One(check) => one(check),
+        Expect::One(check) | Expect::EitherBody(check) => one(check),
+        Expect::BodyRefused => unreachable!(),
         Expect::Either(check) => {
             if o.seen.is_empty() {
                 refused(ex)
@@ -389,4 +410,98 @@ async fn framing_attacks_are_refused_or_normalised() {
         }
     }
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// Every response here has a Content-Length: no need to wait for more after it.
+const QUICK: Wait = Wait { first: Duration::from_secs(3), more: Duration::from_millis(1) };
+
+/// Route and plugin decisions are made on the normalised path: a route-level plugin that refuses
+/// everything on `/admin` cannot be walked around with dot segments, escapes, doubled slashes, encoded
+/// slashes or `;parameters`, and the `/` route's backend never sees a path a lenient server would read
+/// as `/admin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_on_a_route_cannot_be_bypassed_with_path_tricks() {
+    let public = RawBackend::start(Fault::None).await;
+    let admin = RawBackend::start(Fault::None).await;
+    let cfg = format!(
+        r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+
+[[site]]
+name = "app"
+listeners = ["web"]
+hosts = ["app.test"]
+
+[[site.route]]
+path = "/"
+backend = "{}/"
+
+[[site.route]]
+path = "/admin"
+backend = "{}/admin"
+
+[[site.route.plugin]]
+wasm = "plugins/deny.wasm"
+"#,
+        public.url(),
+        admin.url()
+    );
+    let deny = std::fs::read(wasmgate_tests::fixture("deny")).unwrap();
+    let p = Proxy::start(&cfg, &[("plugins/deny.wasm", &deny)]).await;
+    let addr = p.addr("web");
+    let tricks = [
+        "/admin",
+        "/admin/",
+        "/admin/users",
+        "/x/../admin",
+        "/x/%2e%2e/admin",
+        "/x/%2E%2E/admin/users",
+        "/./admin",
+        "/%2e/admin",
+        "/%61dmin",
+        "/%61%64%6d%69%6e/users",
+        "//admin",
+        "///admin//users",
+        "/admin%2Fusers",
+        "/admin%2fusers",
+        "/x%2F..%2Fadmin",
+        "/x/..;/admin",
+        "/x/%2e%2e;/admin",
+        "/admin;jsessionid=1",
+        "/admin;/users",
+        "/x\\..\\admin",
+        "/x%5C..%5Cadmin",
+        "/admin%5Cusers",
+        "/x/../admin?next=/",
+    ];
+    let mut failures = Vec::new();
+    for t in tricks {
+        let ex = exchange(addr, format!("GET {t} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes(), QUICK).await;
+        if std::env::var_os("HOSTILE_VERBOSE").is_some() {
+            eprintln!("{t:<28} {:?}", ex.statuses());
+        }
+        match ex.statuses().as_slice() {
+            [401] | [400] => {}
+            other => failures.push(format!("{t}: statuses {other:?}")),
+        }
+    }
+    assert_eq!(admin.count(), 0, "the /admin backend is only reachable through the plugin");
+    // Whatever reached the public backend must not read as /admin under any lenient decoding.
+    for r in public.requests() {
+        let lenient = wasmgate::proxy::normalize::lenient_reading(r.path());
+        let lenient = lenient.to_ascii_lowercase().replace("%61", "a");
+        if lenient.starts_with("/admin") {
+            failures.push(format!("the public backend got {}", r.target));
+        }
+    }
+    // The normal paths next to it are unaffected.
+    for ok in ["/", "/administrator", "/public/admin", "/files/a%2Fb", "/files/a;v=1"] {
+        let ex = exchange(addr, format!("GET {ok} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes(), QUICK).await;
+        if ex.statuses() != [200] {
+            failures.push(format!("{ok}: statuses {:?}, want 200", ex.statuses()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
