@@ -32,16 +32,28 @@ pub struct WsTarget {
 impl WsTarget {
     /// `ca`: PEM file of the CA the server's certificate chains to (required for `wss://`).
     /// `sni`: the name to send and verify (defaults to the URL's host).
-    pub fn new(url: &str, ca: Option<&Path>, sni: Option<&str>, headers: &[String]) -> anyhow::Result<WsTarget> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| anyhow!("not a URL: {url}"))?;
+    pub fn new(
+        url: &str,
+        ca: Option<&Path>,
+        sni: Option<&str>,
+        headers: &[String],
+    ) -> anyhow::Result<WsTarget> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| anyhow!("not a URL: {url}"))?;
         let authority = rest.split('/').next().unwrap_or(rest);
-        let host = authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority);
+        let host = authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority);
         let tls = match scheme {
             "ws" => None,
             "wss" => {
                 let ca = ca.ok_or_else(|| anyhow!("wss:// needs --ca"))?;
                 let mut roots = rustls::RootCertStore::empty();
-                for c in CertificateDer::pem_file_iter(ca).with_context(|| format!("{}", ca.display()))? {
+                for c in CertificateDer::pem_file_iter(ca)
+                    .with_context(|| format!("{}", ca.display()))?
+                {
                     roots.add(c?)?;
                 }
                 let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -56,7 +68,9 @@ impl WsTarget {
         let headers = headers
             .iter()
             .map(|h| {
-                let (n, v) = h.split_once(':').ok_or_else(|| anyhow!("header must be `name: value`: {h}"))?;
+                let (n, v) = h
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("header must be `name: value`: {h}"))?;
                 Ok((n.trim().to_string(), v.trim().to_string()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -71,7 +85,9 @@ impl WsTarget {
 
     /// TCP (+ TLS) connect and the WebSocket handshake.
     pub async fn connect(&self) -> anyhow::Result<Ws> {
-        let tcp = TcpStream::connect(&self.addr).await.with_context(|| format!("connect {}", self.addr))?;
+        let tcp = TcpStream::connect(&self.addr)
+            .await
+            .with_context(|| format!("connect {}", self.addr))?;
         tcp.set_nodelay(true)?;
         let io: Box<dyn Stream> = match &self.tls {
             None => Box::new(tcp),
@@ -87,7 +103,9 @@ impl WsTarget {
                 HeaderValue::from_str(v)?,
             );
         }
-        let (ws, resp) = tokio_tungstenite::client_async(req, io).await.context("WebSocket handshake")?;
+        let (ws, resp) = tokio_tungstenite::client_async(req, io)
+            .await
+            .context("WebSocket handshake")?;
         if resp.status().as_u16() != 101 {
             return Err(anyhow!("handshake answered {}", resp.status()));
         }
@@ -100,11 +118,14 @@ pub fn tree_rss_kib(root: u32) -> u64 {
     let mut parent_of: Vec<(u32, u32)> = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
                 // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
                 if let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) {
-                    if let Some(ppid) = after.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
+                    if let Some(ppid) = after.split_whitespace().nth(1).and_then(|s| s.parse().ok())
+                    {
                         parent_of.push((pid, ppid));
                     }
                 }

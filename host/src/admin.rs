@@ -25,11 +25,15 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| answer(req, shared.clone()));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -37,29 +41,47 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     r
 }
 
-async fn answer(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
-        "/readyz" if shared.draining.is_cancelled() => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n"),
+        "/readyz" if shared.draining.is_cancelled() => {
+            reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+        }
         "/readyz" => reply(StatusCode::OK, "text/plain", "ready\n"),
         "/metrics" => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             crate::metrics::get().encode(),
         ),
-        "/status" => reply(StatusCode::OK, "application/json", status(&shared).to_string()),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz, /readyz, /status\n"),
+        "/status" => reply(
+            StatusCode::OK,
+            "application/json",
+            status(&shared).to_string(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /healthz, /readyz, /status\n",
+        ),
     })
 }
 
 /// The `/status` document.
 pub fn status(shared: &Shared) -> serde_json::Value {
     let rt = shared.runtime.load();
-    let st = shared.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let st = shared
+        .status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let mut plugins = Vec::new();
     for site in &rt.sites {
         let chains = std::iter::once(&site.plugins).chain(site.routes.iter().map(|r| &r.plugins));

@@ -48,7 +48,11 @@ pub enum ProxyError {
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("tenant `{tenant}` is at its limit of {max} concurrent {what}")]
-    TenantLimit { tenant: String, what: &'static str, max: usize },
+    TenantLimit {
+        tenant: String,
+        what: &'static str,
+        max: usize,
+    },
 }
 
 impl ProxyError {
@@ -63,7 +67,9 @@ impl ProxyError {
             UpstreamConnectTimeout { .. } | UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Plugin { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             OriginRefused(_) => StatusCode::FORBIDDEN,
-            TooManyTunnels(_) | ShuttingDown | TenantLimit { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            TooManyTunnels(_) | ShuttingDown | TenantLimit { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 

@@ -28,7 +28,9 @@ pub fn take_inherited(listener: &str) -> Option<std::net::TcpListener> {
 }
 
 fn read_env() -> HashMap<String, std::net::TcpListener> {
-    let Ok(spec) = std::env::var(ENV_FDS) else { return HashMap::new() };
+    let Ok(spec) = std::env::var(ENV_FDS) else {
+        return HashMap::new();
+    };
     // Not for our own successors: they get a fresh list.
     std::env::remove_var(ENV_FDS);
     spec.split(',')
@@ -80,9 +82,17 @@ fn close_all(fds: &[(String, RawFd)]) {
 
 /// Called once serving: tell the predecessor (if we are a successor) to drain and exit.
 pub fn release_predecessor() {
-    let Some(pid) = std::env::var(ENV_PREDECESSOR).ok().and_then(|p| p.parse::<i32>().ok()) else { return };
+    let Some(pid) = std::env::var(ENV_PREDECESSOR)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return;
+    };
     std::env::remove_var(ENV_PREDECESSOR);
-    tracing::info!(predecessor = pid, "serving on the inherited sockets; telling the predecessor to drain");
+    tracing::info!(
+        predecessor = pid,
+        "serving on the inherited sockets; telling the predecessor to drain"
+    );
     // SAFETY: plain kill(2) on the pid our parent gave us.
     unsafe { libc::kill(pid, libc::SIGQUIT) };
 }
@@ -91,7 +101,9 @@ pub fn release_predecessor() {
 /// a handover that is the successor, so systemd follows it instead of stopping the service when the
 /// predecessor exits. Needs `NotifyAccess=all`. Does nothing outside systemd.
 pub fn notify_systemd_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
     let path = path.to_string_lossy().into_owned();
     let message = format!("READY=1\nMAINPID={}\n", std::process::id());
     let sent = (|| -> std::io::Result<()> {

@@ -74,14 +74,19 @@ impl AccessRecord {
                 class: crate::metrics::status_class(self.status),
             })
             .inc();
-        m.latency.get_or_create(&site).observe(self.start.elapsed().as_secs_f64());
+        m.latency
+            .get_or_create(&site)
+            .observe(self.start.elapsed().as_secs_f64());
         m.bytes_in.get_or_create(&site).inc_by(bytes_in);
         m.bytes_out.get_or_create(&site).inc_by(bytes_out);
     }
 
     /// Count a tunnel as open (`+1`) or closed (`-1`) in the metrics.
     pub fn tunnel_gauge(&self, delta: i64) {
-        crate::metrics::get().tunnels_open.get_or_create(&self.site_labels()).inc_by(delta);
+        crate::metrics::get()
+            .tunnels_open
+            .get_or_create(&self.site_labels())
+            .inc_by(delta);
     }
 
     /// Write the line for an HTTP exchange.

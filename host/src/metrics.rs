@@ -129,21 +129,77 @@ impl Metrics {
             tenant_refused: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("requests", "Requests by site, route, tenant and status class", m.requests.clone());
-        registry.register("request_duration_seconds", "Request duration, to the last body byte", m.latency.clone());
-        registry.register("request_bytes", "Request body bytes received", m.bytes_in.clone());
-        registry.register("response_bytes", "Response body bytes sent", m.bytes_out.clone());
-        registry.register("connections_open", "Client connections open now", m.connections_open.clone());
-        registry.register("connections", "Client connections accepted", m.connections_total.clone());
-        registry.register("websocket_tunnels_open", "WebSocket tunnels open now", m.tunnels_open.clone());
-        registry.register("upstream_errors", "Backend failures by kind", m.upstream_errors.clone());
+        registry.register(
+            "requests",
+            "Requests by site, route, tenant and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Request duration, to the last body byte",
+            m.latency.clone(),
+        );
+        registry.register(
+            "request_bytes",
+            "Request body bytes received",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "response_bytes",
+            "Response body bytes sent",
+            m.bytes_out.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "websocket_tunnels_open",
+            "WebSocket tunnels open now",
+            m.tunnels_open.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Backend failures by kind",
+            m.upstream_errors.clone(),
+        );
         registry.register("plugin_calls", "Plugin hook calls", m.plugin_calls.clone());
-        registry.register("plugin_errors", "Plugin failures by kind (trap, deadline, memory, stack)", m.plugin_errors.clone());
-        registry.register("plugin_call_duration_seconds", "Plugin hook call duration", m.plugin_latency.clone());
-        registry.register("reloads", "Configuration reloads by result", m.reloads.clone());
-        registry.register("config_info", "The live configuration's digest (value 1)", m.config_info.clone());
-        registry.register("plugin_info", "Live plugins and their digests (value 1)", m.plugin_info.clone());
-        registry.register("tenant_refused", "Requests and tunnels refused by tenant limits", m.tenant_refused.clone());
+        registry.register(
+            "plugin_errors",
+            "Plugin failures by kind (trap, deadline, memory, stack)",
+            m.plugin_errors.clone(),
+        );
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Plugin hook call duration",
+            m.plugin_latency.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Configuration reloads by result",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "config_info",
+            "The live configuration's digest (value 1)",
+            m.config_info.clone(),
+        );
+        registry.register(
+            "plugin_info",
+            "Live plugins and their digests (value 1)",
+            m.plugin_info.clone(),
+        );
+        registry.register(
+            "tenant_refused",
+            "Requests and tunnels refused by tenant limits",
+            m.tenant_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -66,7 +66,10 @@ impl Reloader {
             }
         }
         let outcome = if result.is_ok() { "ok" } else { "failed" };
-        crate::metrics::get().reloads.get_or_create(&crate::metrics::ResultLabels { result: outcome }).inc();
+        crate::metrics::get()
+            .reloads
+            .get_or_create(&crate::metrics::ResultLabels { result: outcome })
+            .inc();
         match result {
             Ok(digest) => {
                 tracing::info!(config = %self.path.display(), digest = %&digest[..12], trigger = why, "configuration reloaded");

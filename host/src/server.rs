@@ -58,17 +58,26 @@ impl Shared {
         let m = crate::metrics::get();
         if let Some(digest) = digest {
             m.config_info.clear();
-            m.config_info.get_or_create(&crate::metrics::DigestLabels { digest: digest.clone() }).set(1);
+            m.config_info
+                .get_or_create(&crate::metrics::DigestLabels {
+                    digest: digest.clone(),
+                })
+                .set(1);
             self.status.lock().unwrap_or_else(|p| p.into_inner()).digest = digest;
         }
         m.plugin_info.clear();
         for site in &rt.sites {
-            for chain in std::iter::once(&site.plugins).chain(site.routes.iter().map(|r| &r.plugins)) {
+            for chain in
+                std::iter::once(&site.plugins).chain(site.routes.iter().map(|r| &r.plugins))
+            {
                 for p in chain.plugins() {
                     let labels = crate::metrics::PluginInfoLabels {
                         plugin: p.name.clone(),
                         site: site.name.to_string(),
-                        tenant: site.tenant.as_ref().map_or("-".to_string(), |t| t.name.to_string()),
+                        tenant: site
+                            .tenant
+                            .as_ref()
+                            .map_or("-".to_string(), |t| t.name.to_string()),
                         digest: p.digest().to_string(),
                     };
                     m.plugin_info.get_or_create(&labels).set(1);
@@ -176,7 +185,10 @@ fn spawn_worker(
     std::thread::Builder::new()
         .name(format!("wasmgate-worker-{i}"))
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!("worker {i} cannot start its event loop: {e}");
@@ -220,7 +232,8 @@ impl Server {
             status: Default::default(),
             stopped: CancellationToken::new(),
         });
-        let digest = crate::reload::fingerprint(&shared.runtime.load().config.path, &shared.runtime.load());
+        let digest =
+            crate::reload::fingerprint(&shared.runtime.load().config.path, &shared.runtime.load());
         shared.publish(Some(digest));
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();
@@ -272,13 +285,21 @@ impl Server {
                 .into_iter()
                 .map(|(s, ctx)| s.into_std().map(|s| (s, ctx)))
                 .collect::<std::io::Result<_>>()
-                .map_err(|source| StartError::Bind { name: "listener".into(), addr: listeners[0].bind, source })?;
+                .map_err(|source| StartError::Bind {
+                    name: "listener".into(),
+                    addr: listeners[0].bind,
+                    source,
+                })?;
             for i in 0..workers {
                 let mine = std_sockets
                     .iter()
                     .map(|(s, ctx)| s.try_clone().map(|s| (s, ctx.clone())))
                     .collect::<std::io::Result<Vec<_>>>()
-                    .map_err(|source| StartError::Bind { name: "listener".into(), addr: listeners[0].bind, source })?;
+                    .map_err(|source| StartError::Bind {
+                        name: "listener".into(),
+                        addr: listeners[0].bind,
+                        source,
+                    })?;
                 threads.push(spawn_worker(i, mine, shared.stopped.clone()));
             }
             // The originals keep the descriptors recorded in `fds` open, for a handover.
@@ -286,12 +307,18 @@ impl Server {
         }
         let mut admin_task = None;
         if let Some(addr) = admin {
-            let socket = crate::admin::bind(addr).await.map_err(|source| StartError::Bind {
+            let socket = crate::admin::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: "admin".into(),
+                    addr,
+                    source,
+                })?;
+            let local = socket.local_addr().map_err(|source| StartError::Bind {
                 name: "admin".into(),
                 addr,
                 source,
             })?;
-            let local = socket.local_addr().map_err(|source| StartError::Bind { name: "admin".into(), addr, source })?;
             tracing::info!(addr = %local, "admin endpoint listening (/metrics /healthz /readyz /status)");
             addrs.push(("admin".to_string(), local));
             admin_task = Some(tokio::spawn(crate::admin::serve(socket, shared.clone())));
@@ -373,7 +400,9 @@ impl Server {
         }
         self.shared.stopped.cancel();
         let threads = std::mem::take(&mut self.threads);
-        let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
+        let _ =
+            tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())))
+                .await;
         tracing::info!("shut down");
     }
 }
@@ -583,14 +612,23 @@ where
             .timer(TokioTimer::new())
             .enable_connect_protocol()
             .max_header_list_size(ctx.max_header_bytes as u32);
-        drive!(builder.serve_connection(io, service), watchdog, ctx, true, activity);
+        drive!(
+            builder.serve_connection(io, service),
+            watchdog,
+            ctx,
+            true,
+            activity
+        );
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
             // The watchdog enforces header_read and keepalive; hyper's own timer (which starts when the
             // connection goes idle, so it would cap keepalive at header_read) stays as a backstop.
-            .header_read_timeout(ctx.header_read_timeout.saturating_add(ctx.keepalive_timeout))
+            .header_read_timeout(
+                ctx.header_read_timeout
+                    .saturating_add(ctx.keepalive_timeout),
+            )
             // `max_buf_size` alone is no header limit: a head that arrives in few large reads can
             // outgrow it before the check runs. `max_header_size` counts the parsed head exactly.
             .max_header_size(ctx.max_header_bytes)
@@ -687,7 +725,11 @@ async fn idle_watchdog(a: Arc<Activity>, header_read: Duration, keepalive: Durat
             if first != NOTHING && !h2 {
                 Some(first.saturating_add(header_read))
             } else {
-                Some(a.idle_since.load(Ordering::SeqCst).saturating_add(keepalive))
+                Some(
+                    a.idle_since
+                        .load(Ordering::SeqCst)
+                        .saturating_add(keepalive),
+                )
             }
         };
         match deadline {

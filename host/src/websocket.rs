@@ -33,6 +33,8 @@ pub struct Tunnelled;
 
 static SEC_WEBSOCKET_KEY: header::HeaderName = header::SEC_WEBSOCKET_KEY;
 
+// The request's whole context, passed as it is known at the call site; a struct would only rename it.
+#[allow(clippy::too_many_arguments)]
 pub async fn proxy(
     shared: &Arc<Shared>,
     conn: &ConnInfo,

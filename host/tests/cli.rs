@@ -365,41 +365,87 @@ async fn config_changes_reload_live_and_broken_ones_are_refused() {
 
 #[tokio::test]
 async fn the_examples_pass_check() {
-    let tenants = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/tenants/wasmgate.toml");
-    let out = Command::new(BIN).args(["check", "--config", tenants]).output().await.unwrap();
+    let tenants = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/tenants/wasmgate.toml"
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config", tenants])
+        .output()
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("tenant acme") && stdout.contains("tenant globex"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("tenant acme") && stdout.contains("tenant globex"),
+        "{stdout}"
+    );
 
     // The seed example, with a certificate made by `wasmgate cert`.
     let dir = tempfile::tempdir().unwrap();
     for f in ["wasmgate.toml", "tokens.txt"] {
-        std::fs::copy(format!("{}/../examples/seed/{f}", env!("CARGO_MANIFEST_DIR")), dir.path().join(f)).unwrap();
+        std::fs::copy(
+            format!("{}/../examples/seed/{f}", env!("CARGO_MANIFEST_DIR")),
+            dir.path().join(f),
+        )
+        .unwrap();
     }
     let cert = Command::new(BIN)
-        .args(["cert", "--host", "chat.example.org", "--host", "localhost", "--out"])
+        .args([
+            "cert",
+            "--host",
+            "chat.example.org",
+            "--host",
+            "localhost",
+            "--out",
+        ])
         .arg(dir.path().join("certs/chat"))
         .output()
         .await
         .unwrap();
     assert!(cert.status.success());
-    let out = Command::new(BIN).args(["check", "--config"]).arg(dir.path().join("wasmgate.toml")).output().await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.path().join("wasmgate.toml"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("plugins=[token-auth]"));
 }
 
 /// One request on a fresh connection; any failure (refused, reset, bad status) is an `Err`.
 async fn try_get(addr: std::net::SocketAddr, host: &str) -> Result<u16, String> {
     use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+    let stream = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
-    let req = http::Request::get("/load").header("host", host).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
-    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let req = http::Request::get("/load")
+        .header("host", host)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
-    resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?;
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?;
     Ok(status)
 }
 
@@ -408,7 +454,9 @@ struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.to_string()])
+            .status();
     }
 }
 
@@ -439,10 +487,21 @@ async fn a_handover_under_load_refuses_nothing_and_fails_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     run.signal("-USR2");
     let line = run.wait_for("started a successor").await;
-    let pid: u32 = line.split("successor=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let pid: u32 = line
+        .split("successor=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let _successor = KillOnDrop(pid);
     run.wait_for("telling the predecessor to drain").await;
-    let status = tokio::time::timeout(Duration::from_secs(10), run.child.wait()).await.expect("old process did not exit").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), run.child.wait())
+        .await
+        .expect("old process did not exit")
+        .unwrap();
     assert!(status.success(), "{status:?}");
     // The successor alone now; keep the load on it for a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -453,9 +512,19 @@ async fn a_handover_under_load_refuses_nothing_and_fails_nothing() {
         ok += o;
         failed.extend(f);
     }
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), ok as usize + failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert!(ok > 50, "too little load to mean anything: {ok}");
-    assert_eq!(try_get(addr, "app.test").await, Ok(200), "the successor serves");
+    assert_eq!(
+        try_get(addr, "app.test").await,
+        Ok(200),
+        "the successor serves"
+    );
 }
 
 #[tokio::test]
@@ -463,10 +532,15 @@ async fn systemd_is_told_ready_with_the_main_pid_and_logs_can_be_json() {
     let backend = Backend::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wasmgate.toml");
-    std::fs::write(&path, format!("log_format = \"json\"\n{}", plain_config(&backend, ""))).unwrap();
+    std::fs::write(
+        &path,
+        format!("log_format = \"json\"\n{}", plain_config(&backend, "")),
+    )
+    .unwrap();
     let notify = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&path)
@@ -478,10 +552,16 @@ async fn systemd_is_told_ready_with_the_main_pid_and_logs_can_be_json() {
         .spawn()
         .unwrap();
     let mut buf = [0u8; 256];
-    let n = tokio::task::spawn_blocking(move || sock.recv(&mut buf).map(|n| (n, buf))).await.unwrap().unwrap();
+    let n = tokio::task::spawn_blocking(move || sock.recv(&mut buf).map(|n| (n, buf)))
+        .await
+        .unwrap()
+        .unwrap();
     let msg = String::from_utf8_lossy(&n.1[..n.0]).into_owned();
     assert!(msg.contains("READY=1"), "{msg}");
-    assert!(msg.contains(&format!("MAINPID={}", child.id().unwrap())), "{msg}");
+    assert!(
+        msg.contains(&format!("MAINPID={}", child.id().unwrap())),
+        "{msg}"
+    );
 
     // JSON logs: every stderr line is an object; the access line carries its fields.
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -496,7 +576,8 @@ async fn systemd_is_told_ready_with_the_main_pid_and_logs_can_be_json() {
     let access = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let l = err.next_line().await.unwrap().unwrap();
-            let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            let v: serde_json::Value =
+                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
             if v["target"] == "wasmgate::access" {
                 return v;
             }
@@ -507,6 +588,9 @@ async fn systemd_is_told_ready_with_the_main_pid_and_logs_can_be_json() {
     assert_eq!(access["status"], 200);
     assert_eq!(access["path"], "/json");
     assert_eq!(access["site"], "app");
-    assert!(access["duration_ms"].is_number() && access["id"].is_string(), "{access}");
+    assert!(
+        access["duration_ms"].is_number() && access["id"].is_string(),
+        "{access}"
+    );
     child.kill().await.unwrap();
 }

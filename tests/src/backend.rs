@@ -58,13 +58,16 @@ impl Backend {
     pub async fn start_tls(leaf: &crate::certs::Leaf) -> Backend {
         use rustls::pki_types::pem::PemObject;
         let certs = vec![leaf.der.clone()];
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Backend::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await
     }
@@ -84,10 +87,18 @@ impl Backend {
                     let svc = service_fn(move |req| answer(req, log.clone()));
                     let http = hyper::server::conn::http1::Builder::new();
                     let _ = match tls {
-                        None => http.serve_connection(TokioIo::new(stream), svc).with_upgrades().await,
+                        None => {
+                            http.serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await
+                        }
                         Some(acceptor) => {
-                            let Ok(tls) = acceptor.accept(stream).await else { return };
-                            http.serve_connection(TokioIo::new(tls), svc).with_upgrades().await
+                            let Ok(tls) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            http.serve_connection(TokioIo::new(tls), svc)
+                                .with_upgrades()
+                                .await
                         }
                     };
                 });

@@ -19,7 +19,10 @@ pub fn init_logging() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_ansi(false)
-        .with_writer(move || Tee { buf: buf.clone(), echo })
+        .with_writer(move || Tee {
+            buf: buf.clone(),
+            echo,
+        })
         .try_init();
 }
 
@@ -64,7 +67,13 @@ pub fn fixture(name: &str) -> std::path::PathBuf {
 pub fn capture_logs() -> (LogScope, LogBuffer) {
     init_logging();
     let start = LOGS.inner.lock().unwrap().len();
-    (LogScope(()), LogBuffer { inner: LOGS.inner.clone(), start })
+    (
+        LogScope(()),
+        LogBuffer {
+            inner: LOGS.inner.clone(),
+            start,
+        },
+    )
 }
 
 /// Kept for call sites written as `let (_guard, logs) = capture_logs();`.

@@ -66,11 +66,18 @@ pub struct RawRequest {
 
 impl RawRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     pub fn path(&self) -> &str {
@@ -112,7 +119,14 @@ impl RawRequest {
         if !te.is_empty() && te != ["chunked"] {
             v.push(format!("Transfer-Encoding {te:?}"));
         }
-        for hop in ["upgrade", "http2-settings", "te", "trailer", "keep-alive", "proxy-connection"] {
+        for hop in [
+            "upgrade",
+            "http2-settings",
+            "te",
+            "trailer",
+            "keep-alive",
+            "proxy-connection",
+        ] {
             if self.header(hop).is_some() {
                 v.push(format!("hop-by-hop header `{hop}` crossed the proxy"));
             }
@@ -150,7 +164,12 @@ impl Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Log { keep: true, seen: 0, requests: Vec::new(), junk: Vec::new() }
+        Log {
+            keep: true,
+            seen: 0,
+            requests: Vec::new(),
+            junk: Vec::new(),
+        }
     }
 }
 
@@ -175,20 +194,31 @@ impl RawBackend {
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 a.fetch_add(1, Ordering::SeqCst);
                 let fault = f.lock().unwrap().clone();
                 let (log, open) = (l.clone(), o.clone());
                 open.fetch_add(1, Ordering::SeqCst);
                 // Connection tasks live in the set, so dropping the backend ends them too.
                 conns.spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(60), serve(stream, fault, log)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(60), serve(stream, fault, log))
+                            .await;
                     open.fetch_sub(1, Ordering::SeqCst);
                 });
                 while conns.try_join_next().is_some() {}
             }
         });
-        RawBackend { addr, log, accepted, open, fault, task }
+        RawBackend {
+            addr,
+            log,
+            accepted,
+            open,
+            fault,
+            task,
+        }
     }
 
     /// An address where nothing listens (bound, then closed): connections are refused.
@@ -259,7 +289,9 @@ async fn serve(mut s: TcpStream, fault: Fault, log: Arc<Mutex<Log>>) {
     if matches!(fault, Fault::AnswerBeforeBody) {
         if let Ok(Some(req)) = read_head(&mut s, &mut buf).await {
             log.lock().unwrap().push(req);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Raw-Backend: 1\r\n\r\nearly").await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Raw-Backend: 1\r\n\r\nearly")
+                .await;
             drain(&mut s).await;
         }
         return;
@@ -282,7 +314,12 @@ async fn serve(mut s: TcpStream, fault: Fault, log: Arc<Mutex<Log>>) {
         log.lock().unwrap().push(req);
         match &fault {
             Fault::None => {
-                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Raw-Backend: 1\r\n\r\nok").await.is_err() {
+                if s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Raw-Backend: 1\r\n\r\nok",
+                )
+                .await
+                .is_err()
+                {
                     return;
                 }
             }
@@ -356,7 +393,10 @@ async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> bool {
 }
 
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    hay.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| p + from)
+    hay.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
 }
 
 /// Read one request. `Ok(None)`: clean close between requests. `Err(bytes)`: unparseable bytes.
@@ -379,7 +419,13 @@ async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<RawReq
             return Err(std::mem::take(buf));
         }
         match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return if buf.is_empty() { Ok(None) } else { Err(std::mem::take(buf)) },
+            Ok(0) | Err(_) => {
+                return if buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(std::mem::take(buf))
+                }
+            }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     };
@@ -388,7 +434,9 @@ async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<RawReq
     let mut lines = text.split("\r\n");
     let line = lines.next().unwrap_or("");
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(head);
     };
     let mut headers = Vec::new();
@@ -411,8 +459,14 @@ async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<RawReq
 }
 
 /// Read the body the head announces, into `req`.
-async fn read_body(s: &mut TcpStream, buf: &mut Vec<u8>, req: &mut RawRequest) -> Result<(), Vec<u8>> {
-    let chunked = req.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+async fn read_body(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    req: &mut RawRequest,
+) -> Result<(), Vec<u8>> {
+    let chunked = req
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     if chunked {
         // size line, data, CRLF … `0` line, trailers, empty line.
         let mut pos = 0;

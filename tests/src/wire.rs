@@ -16,7 +16,10 @@ pub struct RawResponse {
 
 impl RawResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -57,13 +60,18 @@ pub struct Wait {
 
 impl Default for Wait {
     fn default() -> Self {
-        Wait { first: Duration::from_secs(3), more: Duration::from_millis(250) }
+        Wait {
+            first: Duration::from_secs(3),
+            more: Duration::from_millis(250),
+        }
     }
 }
 
 /// Connect, write `bytes`, read responses (see [`Wait`]).
 pub async fn exchange(addr: SocketAddr, bytes: &[u8], wait: Wait) -> Exchange {
-    let mut s = TcpStream::connect(addr).await.expect("connect to the proxy");
+    let mut s = TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
     let start = Instant::now();
     // The proxy may close before reading everything (e.g. an oversized head): a failed write is fine.
     let _ = s.write_all(bytes).await;
@@ -82,7 +90,11 @@ pub async fn read_responses(s: &mut TcpStream, wait: Wait, start: Instant) -> Ex
                 responses.push(resp);
             }
         }
-        let limit = if responses.is_empty() { wait.first } else { wait.more };
+        let limit = if responses.is_empty() {
+            wait.first
+        } else {
+            wait.more
+        };
         match tokio::time::timeout(limit, s.read(&mut chunk)).await {
             Err(_) => break Closed::Open,
             Ok(Ok(0)) => break Closed::Fin,
@@ -99,7 +111,9 @@ pub async fn read_responses(s: &mut TcpStream, wait: Wait, start: Instant) -> Ex
     if closed == Closed::Fin {
         if let Some(head_end) = find(&buf, b"\r\n\r\n", 0) {
             let mut with_len = buf[..head_end].to_vec();
-            with_len.extend_from_slice(format!("\r\ncontent-length: {}\r\n\r\n", buf.len() - head_end - 4).as_bytes());
+            with_len.extend_from_slice(
+                format!("\r\ncontent-length: {}\r\n\r\n", buf.len() - head_end - 4).as_bytes(),
+            );
             with_len.extend_from_slice(&buf[head_end + 4..]);
             if let Some((resp, _)) = parse_response(&with_len) {
                 responses.push(resp);
@@ -107,11 +121,19 @@ pub async fn read_responses(s: &mut TcpStream, wait: Wait, start: Instant) -> Ex
             }
         }
     }
-    Exchange { responses, closed, trailing: buf, elapsed: start.elapsed() }
+    Exchange {
+        responses,
+        closed,
+        trailing: buf,
+        elapsed: start.elapsed(),
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    hay.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| p + from)
+    hay.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
 }
 
 /// One complete response at the start of `buf` and the bytes it used.
@@ -120,12 +142,21 @@ pub fn parse_response(buf: &[u8]) -> Option<(RawResponse, usize)> {
     let text = std::str::from_utf8(&buf[..head_end - 4]).ok()?;
     let mut lines = text.split("\r\n");
     let status_line = lines.next()?;
-    let status: u16 = status_line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
+    let status: u16 = status_line
+        .strip_prefix("HTTP/1.")?
+        .get(2..5)?
+        .parse()
+        .ok()?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
         .collect();
-    let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
     let no_body = status == 204 || status == 304 || (100..200).contains(&status);
     let (body, used) = if no_body {
         (Vec::new(), head_end)
@@ -134,7 +165,15 @@ pub fn parse_response(buf: &[u8]) -> Option<(RawResponse, usize)> {
         let mut body = Vec::new();
         loop {
             let e = find(buf, b"\r\n", pos)?;
-            let size = usize::from_str_radix(std::str::from_utf8(&buf[pos..e]).ok()?.split(';').next()?.trim(), 16).ok()?;
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&buf[pos..e])
+                    .ok()?
+                    .split(';')
+                    .next()?
+                    .trim(),
+                16,
+            )
+            .ok()?;
             pos = e + 2;
             if size == 0 {
                 loop {
@@ -164,5 +203,12 @@ pub fn parse_response(buf: &[u8]) -> Option<(RawResponse, usize)> {
         // Close-delimited: only complete once the peer has closed; callers parse the rest at the end.
         return None;
     };
-    Some((RawResponse { status, headers, body }, used))
+    Some((
+        RawResponse {
+            status,
+            headers,
+            body,
+        },
+        used,
+    ))
 }

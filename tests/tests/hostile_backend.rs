@@ -102,7 +102,10 @@ async fn one(fault: Fault) -> (Exchange, usize) {
     let ex = exchange(
         p.addr("web"),
         b"GET /f HTTP/1.1\r\nHost: app.test\r\n\r\n",
-        Wait { first: Duration::from_secs(3), more: Duration::from_millis(300) },
+        Wait {
+            first: Duration::from_secs(3),
+            more: Duration::from_millis(300),
+        },
     )
     .await;
     let accepted = be.accepted();
@@ -117,10 +120,18 @@ fn judge(c: &Case, ex: &Exchange) -> Result<(), String> {
     match c.want {
         Want::Status(s) => {
             if ex.statuses() != [s] {
-                return Err(format!("statuses {:?} ({:?}, trailing {:?}), want [{s}]", ex.statuses(), ex.closed, String::from_utf8_lossy(&ex.trailing)));
+                return Err(format!(
+                    "statuses {:?} ({:?}, trailing {:?}), want [{s}]",
+                    ex.statuses(),
+                    ex.closed,
+                    String::from_utf8_lossy(&ex.trailing)
+                ));
             }
             if !ex.trailing.is_empty() {
-                return Err(format!("bytes after the response: {:?}", String::from_utf8_lossy(&ex.trailing)));
+                return Err(format!(
+                    "bytes after the response: {:?}",
+                    String::from_utf8_lossy(&ex.trailing)
+                ));
             }
             if s != 200 && ex.responses[0].header("x-raw-backend").is_some() {
                 return Err("the backend's broken answer was passed on".into());
@@ -129,10 +140,16 @@ fn judge(c: &Case, ex: &Exchange) -> Result<(), String> {
         }
         Want::Truncated => {
             if !ex.responses.is_empty() {
-                return Err(format!("a complete response {:?} for a truncated one", ex.statuses()));
+                return Err(format!(
+                    "a complete response {:?} for a truncated one",
+                    ex.statuses()
+                ));
             }
             if !ex.trailing.starts_with(b"HTTP/1.1 200") {
-                return Err(format!("want the 200 head, got {:?}", String::from_utf8_lossy(&ex.trailing)));
+                return Err(format!(
+                    "want the 200 head, got {:?}",
+                    String::from_utf8_lossy(&ex.trailing)
+                ));
             }
             if ex.closed == Closed::Open {
                 return Err("the connection stays open after a truncated body".into());
@@ -151,7 +168,10 @@ async fn broken_backends_give_502_504_or_a_clean_close() {
         let (cases, sem) = (cases.clone(), sem.clone());
         tasks.spawn(async move {
             let _permit = sem.acquire().await.unwrap();
-            let (ex, _) = tokio::time::timeout(Duration::from_secs(10), one(cases[i].fault.clone())).await.expect("case hung");
+            let (ex, _) =
+                tokio::time::timeout(Duration::from_secs(10), one(cases[i].fault.clone()))
+                    .await
+                    .expect("case hung");
             (i, judge(&cases[i], &ex), ex)
         });
     }
@@ -159,20 +179,37 @@ async fn broken_backends_give_502_504_or_a_clean_close() {
     while let Some(r) = tasks.join_next().await {
         let (i, verdict, ex) = r.unwrap();
         if std::env::var_os("HOSTILE_VERBOSE").is_some() {
-            eprintln!("{:<30} {:?} {:?} {:?}", cases[i].name, ex.statuses(), ex.closed, ex.elapsed);
+            eprintln!(
+                "{:<30} {:?} {:?} {:?}",
+                cases[i].name,
+                ex.statuses(),
+                ex.closed,
+                ex.elapsed
+            );
         }
         if let Err(why) = verdict {
             failures.push(format!("{}: {why}", cases[i].name));
         }
     }
-    assert!(failures.is_empty(), "{} of {} failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]
 async fn a_refused_backend_is_502() {
     let addr = RawBackend::refused_addr().await;
     let p = Proxy::start(&config(&format!("http://{addr}")), &[]).await;
-    let ex = exchange(p.addr("web"), b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n", Wait::default()).await;
+    let ex = exchange(
+        p.addr("web"),
+        b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        Wait::default(),
+    )
+    .await;
     assert_eq!(ex.statuses(), [502]);
 }
 
@@ -181,14 +218,23 @@ async fn a_response_body_that_stalls_is_not_a_leak_when_the_client_gives_up() {
     // The backend sends the head and part of the body, then holds the connection. There is no
     // response-body idle timeout (see the report), so the client decides; when it goes, the backend
     // connection must be released.
-    let be = RawBackend::start(raw("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", End::Hold)).await;
+    let be = RawBackend::start(raw(
+        "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+        End::Hold,
+    ))
+    .await;
     let p = Proxy::start(&config(&be.url()), &[]).await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
     let mut got = Vec::new();
     let mut b = [0u8; 1024];
     while !got.ends_with(b"0123456789") {
-        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut b)).await.expect("head and partial body").unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut b))
+            .await
+            .expect("head and partial body")
+            .unwrap();
         assert!(n > 0);
         got.extend_from_slice(&b[..n]);
     }
@@ -205,14 +251,28 @@ async fn a_response_body_that_stalls_is_not_a_leak_when_the_client_gives_up() {
 #[tokio::test]
 async fn backends_that_close_pooled_connections_do_not_fail_requests() {
     // Every answer is followed by a FIN: the pooled connection is dead by the next request.
-    let be = RawBackend::start(raw("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", End::Fin)).await;
+    let be = RawBackend::start(raw(
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        End::Fin,
+    ))
+    .await;
     let p = Proxy::start(&config(&be.url()), &[]).await;
     let addr = p.addr("web");
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut statuses = Vec::new();
     for i in 0..20 {
-        s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes()).await.unwrap();
-        let ex = wasmgate_tests::wire::read_responses(&mut s, Wait { first: Duration::from_secs(3), more: Duration::from_millis(1) }, Instant::now()).await;
+        s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let ex = wasmgate_tests::wire::read_responses(
+            &mut s,
+            Wait {
+                first: Duration::from_secs(3),
+                more: Duration::from_millis(1),
+            },
+            Instant::now(),
+        )
+        .await;
         statuses.extend(ex.statuses());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -236,20 +296,30 @@ async fn garbage_after_101_reaches_the_client_and_the_tunnel_closes() {
     let mut b = [0u8; 1024];
     loop {
         match tokio::time::timeout(Duration::from_secs(3), s.read(&mut b)).await {
-            Err(_) => panic!("the tunnel did not close after the backend did: {:?}", String::from_utf8_lossy(&got)),
+            Err(_) => panic!(
+                "the tunnel did not close after the backend did: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => got.extend_from_slice(&b[..n]),
         }
     }
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
-    assert!(got.ends_with(&garbage), "the proxy tunnels bytes, it does not parse frames: {text:?}");
+    assert!(
+        got.ends_with(&garbage),
+        "the proxy tunnels bytes, it does not parse frames: {text:?}"
+    );
     assert!(start.elapsed() < Duration::from_secs(2));
 }
 
 #[tokio::test]
 async fn a_101_with_a_garbage_head_is_502() {
-    let be = RawBackend::start(raw("HTTP/1.1 101 Switching Protocols\r\n\x01\x02garbage\r\n\r\n", End::Fin)).await;
+    let be = RawBackend::start(raw(
+        "HTTP/1.1 101 Switching Protocols\r\n\x01\x02garbage\r\n\r\n",
+        End::Fin,
+    ))
+    .await;
     let p = Proxy::start(&config(&format!("ws://{}", be.addr)), &[]).await;
     let ex = exchange(
         p.addr("web"),
@@ -283,7 +353,10 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
         unsafe { std::alloc::System.alloc_zeroed(l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as i64 - l.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        LIVE.fetch_add(
+            new as i64 - l.size() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         unsafe { std::alloc::System.realloc(p, l, new) }
     }
 }
@@ -296,13 +369,23 @@ fn live_kib() -> i64 {
 }
 
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0)))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse()
+                    .unwrap_or(0)
+            })
+        })
         .unwrap_or(0)
 }
 
@@ -312,10 +395,16 @@ fn rss_kib() -> u64 {
 #[ignore = "long run: scripts/hostile-long"]
 async fn ten_thousand_faults_leak_nothing() {
     wasmgate_tests::stop_keeping_logs();
-    let total: usize = std::env::var("HOSTILE_FAULTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let total: usize = std::env::var("HOSTILE_FAULTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     // HOSTILE_KINDS=name,name… narrows the faults (to find which one leaks).
     let only = std::env::var("HOSTILE_KINDS").unwrap_or_default();
-    let kinds: Vec<Case> = cases().into_iter().filter(|c| only.is_empty() || only.split(',').any(|k| k == c.name)).collect();
+    let kinds: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| only.is_empty() || only.split(',').any(|k| k == c.name))
+        .collect();
     // One backend per kind, one proxy with a route per kind.
     let mut backends = Vec::new();
     let mut routes = String::new();
@@ -329,7 +418,9 @@ async fn ten_thousand_faults_leak_nothing() {
         backends.push(be);
     }
     let refused = RawBackend::refused_addr().await;
-    routes.push_str(&format!("\n[[site.route]]\npath = \"/refused\"\nbackend = \"http://{refused}/\"\n"));
+    routes.push_str(&format!(
+        "\n[[site.route]]\npath = \"/refused\"\nbackend = \"http://{refused}/\"\n"
+    ));
     let cfg = format!(
         "timeouts = {{ header_read = \"2s\", keepalive = \"2s\" }}\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
          [[site]]\nname = \"app\"\nlisteners = [\"web\"]\nhosts = [\"app.test\"]\n{routes}"
@@ -337,8 +428,17 @@ async fn ten_thousand_faults_leak_nothing() {
     let p = Proxy::start(&cfg, &[]).await;
     let addr = p.addr("web");
     let n_kinds = kinds.len() + 1;
-    let target = |i: usize| if i % n_kinds == kinds.len() { "/refused".to_string() } else { format!("/k{}/x", i % n_kinds) };
-    let quick = Wait { first: Duration::from_secs(2), more: Duration::from_millis(5) };
+    let target = |i: usize| {
+        if i % n_kinds == kinds.len() {
+            "/refused".to_string()
+        } else {
+            format!("/k{}/x", i % n_kinds)
+        }
+    };
+    let quick = Wait {
+        first: Duration::from_secs(2),
+        more: Duration::from_millis(5),
+    };
 
     let run = |from: usize, to: usize| {
         let target = &target;
@@ -347,10 +447,17 @@ async fn ten_thousand_faults_leak_nothing() {
             let mut tasks = tokio::task::JoinSet::new();
             for i in from..to {
                 let permit = sem.clone().acquire_owned().await.unwrap();
-                let req = format!("GET {} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n", target(i));
+                let req = format!(
+                    "GET {} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+                    target(i)
+                );
                 tasks.spawn(async move {
                     let _p = permit;
-                    let ex = tokio::time::timeout(Duration::from_secs(10), exchange(addr, req.as_bytes(), quick)).await;
+                    let ex = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        exchange(addr, req.as_bytes(), quick),
+                    )
+                    .await;
                     ex.is_ok()
                 });
                 while let Some(r) = tasks.try_join_next() {
@@ -369,7 +476,11 @@ async fn ten_thousand_faults_leak_nothing() {
     // Two rounds: the first may still grow the allocator's caches; the second must not grow at all
     // (a per-fault leak would show as the same growth again).
     let mut after = Vec::new();
-    let rounds: usize = std::env::var("HOSTILE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(2);
+    let rounds: usize = std::env::var("HOSTILE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(2);
     for round in 0..rounds {
         let start = Instant::now();
         run(0, total).await;
@@ -385,10 +496,19 @@ async fn ten_thousand_faults_leak_nothing() {
         );
         after.push((open_fds(), rss_kib(), live_kib()));
     }
-    let (fd_last, rss_last, live_last) = after[rounds - 1];
-    assert!(after.iter().all(|a| a.0 <= fd0 + 16), "file descriptors leaked: {fd0} -> {after:?}");
+    let (_fd_last, rss_last, live_last) = after[rounds - 1];
+    assert!(
+        after.iter().all(|a| a.0 <= fd0 + 16),
+        "file descriptors leaked: {fd0} -> {after:?}"
+    );
     // Live heap: back where it was, give or take pools and caches (1 MiB).
-    assert!(live_last <= live0 + 1024, "heap grew: {live0} KiB -> {after:?}");
+    assert!(
+        live_last <= live0 + 1024,
+        "heap grew: {live0} KiB -> {after:?}"
+    );
     // RSS: allocator caches may keep some, but not without bound.
-    assert!(rss_last <= rss0 + 64 * 1024, "RSS grew: {rss0} KiB -> {after:?}");
+    assert!(
+        rss_last <= rss0 + 64 * 1024,
+        "RSS grew: {rss0} KiB -> {after:?}"
+    );
 }

@@ -17,13 +17,19 @@ fn python() -> String {
 }
 
 fn out_dir() -> std::path::PathBuf {
-    let d = std::env::var("HOSTILE_OUT").map(Into::into).unwrap_or_else(|_| std::env::temp_dir().join("wasmgate-hostile"));
+    let d = std::env::var("HOSTILE_OUT")
+        .map(Into::into)
+        .unwrap_or_else(|_| std::env::temp_dir().join("wasmgate-hostile"));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
 
 /// kosoku has no TLS: a local plain-TCP port whose connections are carried over TLS to `tls_addr`.
-async fn tls_bridge(tls_addr: SocketAddr, sni: &'static str, roots: rustls::RootCertStore) -> SocketAddr {
+async fn tls_bridge(
+    tls_addr: SocketAddr,
+    sni: &'static str,
+    roots: rustls::RootCertStore,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = tls_config(roots, &[b"http/1.1"]);
@@ -33,7 +39,12 @@ async fn tls_bridge(tls_addr: SocketAddr, sni: &'static str, roots: rustls::Root
             tokio::spawn(async move {
                 let tcp = TcpStream::connect(tls_addr).await.unwrap();
                 let name = rustls::pki_types::ServerName::try_from(sni).unwrap();
-                let Ok(mut tls) = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await else { return };
+                let Ok(mut tls) = tokio_rustls::TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await
+                else {
+                    return;
+                };
                 let _ = tokio::io::copy_bidirectional(&mut plain, &mut tls).await;
             });
         }
@@ -72,13 +83,28 @@ async fn kosoku(url: &str, label: &str) -> Verdicts {
         .args([include.as_str(), exclude.as_str(), par.as_str()])
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(1800), out).await.expect("kosoku hung").expect("run kosoku");
-    assert!(out.status.success(), "kosoku against {label} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::time::timeout(Duration::from_secs(1800), out)
+        .await
+        .expect("kosoku hung")
+        .expect("run kosoku");
+    assert!(
+        out.status.success(),
+        "kosoku against {label} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = stdout.lines().last().unwrap_or("{}");
-    let map: std::collections::BTreeMap<String, Vec<String>> = serde_json::from_str(json).expect("kosoku driver output");
-    eprintln!("kosoku {label}: {} cases in {:?} (reports in {})", map.len(), start.elapsed(), outdir.display());
-    map.into_iter().map(|(k, v)| (k, (v[0].clone(), v[1].clone()))).collect()
+    let map: std::collections::BTreeMap<String, Vec<String>> =
+        serde_json::from_str(json).expect("kosoku driver output");
+    eprintln!(
+        "kosoku {label}: {} cases in {:?} (reports in {})",
+        map.len(),
+        start.elapsed(),
+        outdir.display()
+    );
+    map.into_iter()
+        .map(|(k, v)| (k, (v[0].clone(), v[1].clone())))
+        .collect()
 }
 
 fn summary(v: &Verdicts) -> std::collections::BTreeMap<String, usize> {
@@ -127,20 +153,34 @@ timeouts = {{ idle = "60s" }}
     let ws = kosoku(&format!("ws://{}", p.addr("web")), "proxy-ws").await;
     let wss = kosoku(&format!("ws://{bridge}"), "proxy-wss").await;
     eprintln!("HOSTILE-RESULT kosoku direct {:?}", summary(&direct));
-    eprintln!("HOSTILE-RESULT kosoku ws through wasmgate {:?}", summary(&ws));
-    eprintln!("HOSTILE-RESULT kosoku wss through wasmgate {:?}", summary(&wss));
+    eprintln!(
+        "HOSTILE-RESULT kosoku ws through wasmgate {:?}",
+        summary(&ws)
+    );
+    eprintln!(
+        "HOSTILE-RESULT kosoku wss through wasmgate {:?}",
+        summary(&wss)
+    );
     let mut diffs = Vec::new();
     for (case, d) in &direct {
         for (label, other) in [("ws", &ws), ("wss", &wss)] {
             if other.get(case) != Some(d) {
-                diffs.push(format!("{case}: direct {d:?}, {label} {:?}", other.get(case)));
+                diffs.push(format!(
+                    "{case}: direct {d:?}, {label} {:?}",
+                    other.get(case)
+                ));
             }
         }
     }
     assert!(!direct.is_empty(), "kosoku ran no case");
     assert_eq!(direct.len(), ws.len());
     assert_eq!(direct.len(), wss.len());
-    assert!(diffs.is_empty(), "{} cases differ through the proxy:\n{}", diffs.len(), diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} cases differ through the proxy:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +191,11 @@ async fn the_tls_listener_passes_mozilla_intermediate() {
     let dir = tempfile::tempdir().unwrap();
     let leaf = ca.leaf_valid_for(&["app.test"], 90);
     // The served chain: leaf, then the issuing CA.
-    std::fs::write(dir.path().join("app.crt"), format!("{}{}", leaf.cert_pem, ca.pem)).unwrap();
+    std::fs::write(
+        dir.path().join("app.crt"),
+        format!("{}{}", leaf.cert_pem, ca.pem),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("app.key"), &leaf.key_pem).unwrap();
     ca.write(&dir.path().join("ca.pem"));
     let ca_file = dir.path().join("ca.pem");
@@ -181,21 +225,39 @@ backend = "{}/"
     let target = format!("app.test:{}{{127.0.0.1}}", p.addr("tls").port());
     let json_out = out_dir().join("sslyze.json");
     let out = tokio::process::Command::new(python())
-        .args(["-m", "sslyze", "--mozilla_config=intermediate", "--certinfo_ca_file"])
+        .args([
+            "-m",
+            "sslyze",
+            "--mozilla_config=intermediate",
+            "--certinfo_ca_file",
+        ])
         .arg(&ca_file)
         .arg("--json_out")
         .arg(&json_out)
         .arg(&target)
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(600), out).await.expect("sslyze hung").expect("run sslyze");
+    let out = tokio::time::timeout(Duration::from_secs(600), out)
+        .await
+        .expect("sslyze hung")
+        .expect("run sslyze");
     let text = String::from_utf8_lossy(&out.stdout);
     std::fs::write(out_dir().join("sslyze.txt"), text.as_bytes()).unwrap();
     eprintln!("{text}");
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
     let scan = &json["server_scan_results"][0]["scan_result"];
-    let accepted = |suite: &str| scan[suite]["result"]["accepted_cipher_suites"].as_array().map_or(0, Vec::len);
-    for old in ["ssl_2_0_cipher_suites", "ssl_3_0_cipher_suites", "tls_1_0_cipher_suites", "tls_1_1_cipher_suites"] {
+    let accepted = |suite: &str| {
+        scan[suite]["result"]["accepted_cipher_suites"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    for old in [
+        "ssl_2_0_cipher_suites",
+        "ssl_3_0_cipher_suites",
+        "tls_1_0_cipher_suites",
+        "tls_1_1_cipher_suites",
+    ] {
         assert_eq!(accepted(old), 0, "{old} accepted");
     }
     eprintln!(

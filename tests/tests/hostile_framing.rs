@@ -41,7 +41,13 @@ enum Expect {
 }
 
 fn path(p: &'static str) -> Check {
-    Arc::new(move |r| if r.target == p { Ok(()) } else { Err(format!("target `{}`, want `{p}`", r.target)) })
+    Arc::new(move |r| {
+        if r.target == p {
+            Ok(())
+        } else {
+            Err(format!("target `{}`, want `{p}`", r.target))
+        }
+    })
 }
 
 fn body(b: &'static str) -> Check {
@@ -49,7 +55,10 @@ fn body(b: &'static str) -> Check {
         if r.body == b.as_bytes() {
             Ok(())
         } else {
-            Err(format!("body {:?}, want {b:?}", String::from_utf8_lossy(&r.body)))
+            Err(format!(
+                "body {:?}, want {b:?}",
+                String::from_utf8_lossy(&r.body)
+            ))
         }
     })
 }
@@ -76,7 +85,11 @@ struct Case {
 }
 
 fn case(name: &'static str, bytes: impl AsRef<[u8]>, expect: Expect) -> Case {
-    Case { name, bytes: bytes.as_ref().to_vec(), expect }
+    Case {
+        name,
+        bytes: bytes.as_ref().to_vec(),
+        expect,
+    }
 }
 
 const H: &str = "Host: app.test\r\n";
@@ -89,9 +102,14 @@ fn cases() -> Vec<Case> {
     use Expect::*;
     let smuggle = "GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n";
     let long_path = format!("/{}", "a".repeat(70 * 1024));
-    let big_header = format!("GET / HTTP/1.1\r\n{H}X-Big: {}\r\n\r\n", "b".repeat(40 * 1024));
+    let big_header = format!(
+        "GET / HTTP/1.1\r\n{H}X-Big: {}\r\n\r\n",
+        "b".repeat(40 * 1024)
+    );
     let many_headers: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let fits: String = (0..40).map(|i| format!("X-Fit{i}: {}\r\n", "f".repeat(100))).collect();
+    let fits: String = (0..40)
+        .map(|i| format!("X-Fit{i}: {}\r\n", "f".repeat(100)))
+        .collect();
     vec![
         // ── Content-Length and Transfer-Encoding together (RFC 9112 §6.3: TE wins, or refuse) ──
         case("cl_te", format!("POST / HTTP/1.1\r\n{H}Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX"), Either(body(""))),
@@ -152,7 +170,7 @@ fn cases() -> Vec<Case> {
         case("non_token_name", format!("GET / HTTP/1.1\r\n{H}X(A): 1\r\n\r\n"), Reject),
         case("no_colon", format!("GET / HTTP/1.1\r\n{H}JustAName\r\n\r\n"), Reject),
         case("empty_name", format!("GET / HTTP/1.1\r\n{H}: value\r\n\r\n"), Reject),
-        case("obs_text_value", b"GET /obs HTTP/1.1\r\nHost: app.test\r\nX-A: caf\xe9\r\n\r\n".to_vec(), Either(path("/obs"))),
+        case("obs_text_value", b"GET /obs HTTP/1.1\r\nHost: app.test\r\nX-A: caf\xe9\r\n\r\n", Either(path("/obs"))),
         case("leading_crlf", format!("\r\n\r\n{}", get("/lead")), Either(path("/lead"))),
         case("leading_space_header", format!("GET / HTTP/1.1\r\n X-A: 1\r\n{H}\r\n"), Reject),
         // ── Host ──
@@ -226,7 +244,7 @@ fn cases() -> Vec<Case> {
         case("path_query_kept", get("/a/../q?x=/../y&z=%2e%2e"), One(path("/q?x=/../y&z=%2e%2e"))),
         case("path_backslash", get("/a\\..\\b"), One(path("/a%5C..%5Cb"))),
         case("path_dotdot_semicolon", get("/x/..;/b"), Status(400)),
-        case("path_utf8_raw", b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: app.test\r\n\r\n".to_vec(), One(path("/caf%C3%A9"))),
+        case("path_utf8_raw", b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: app.test\r\n\r\n", One(path("/caf%C3%A9"))),
     ]
 }
 
@@ -264,11 +282,24 @@ struct Outcome {
 async fn run(case: &Case) -> Outcome {
     let be = RawBackend::start(Fault::None).await;
     let p = Proxy::start(&config(&be), &[]).await;
-    let ex = exchange(p.addr("web"), &case.bytes, Wait { first: Duration::from_secs(3), more: Duration::from_millis(300) }).await;
+    let ex = exchange(
+        p.addr("web"),
+        &case.bytes,
+        Wait {
+            first: Duration::from_secs(3),
+            more: Duration::from_millis(300),
+        },
+    )
+    .await;
     // A response has been read (or the proxy gave up): anything the backend got has arrived by now,
     // but give a smuggled remainder a moment to show up.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let outcome = Outcome { ex, seen: be.requests(), junk: be.junk(), backend: be.addr.to_string() };
+    let outcome = Outcome {
+        ex,
+        seen: be.requests(),
+        junk: be.junk(),
+        backend: be.addr.to_string(),
+    };
     p.shutdown().await;
     outcome
 }
@@ -278,10 +309,16 @@ fn judge(case: &Case, o: &Outcome) -> Result<(), String> {
     let body_refused = |o: &Outcome| -> Result<(), String> {
         let statuses = o.ex.statuses();
         if !o.seen.is_empty() {
-            return Err(format!("the backend saw {} complete request(s)", o.seen.len()));
+            return Err(format!(
+                "the backend saw {} complete request(s)",
+                o.seen.len()
+            ));
         }
         if !matches!(statuses.as_slice(), [] | [400] | [502]) || o.ex.closed == Closed::Open {
-            return Err(format!("statuses {statuses:?} ({:?}), want 400/502 and a close", o.ex.closed));
+            return Err(format!(
+                "statuses {statuses:?} ({:?}), want 400/502 and a close",
+                o.ex.closed
+            ));
         }
         Ok(())
     };
@@ -291,35 +328,62 @@ fn judge(case: &Case, o: &Outcome) -> Result<(), String> {
         _ => {}
     }
     if let Some(j) = o.junk.first() {
-        return Err(format!("the backend got bytes it could not parse: {:?}", String::from_utf8_lossy(j)));
+        return Err(format!(
+            "the backend got bytes it could not parse: {:?}",
+            String::from_utf8_lossy(j)
+        ));
     }
     for r in &o.seen {
         let v = r.violations();
         if !v.is_empty() {
-            return Err(format!("the backend got a request that is not normalised: {v:?}\n{}", String::from_utf8_lossy(&r.head)));
+            return Err(format!(
+                "the backend got a request that is not normalised: {v:?}\n{}",
+                String::from_utf8_lossy(&r.head)
+            ));
         }
     }
     if !ex.trailing.is_empty() {
-        return Err(format!("unparseable bytes after the responses: {:?}", String::from_utf8_lossy(&ex.trailing)));
+        return Err(format!(
+            "unparseable bytes after the responses: {:?}",
+            String::from_utf8_lossy(&ex.trailing)
+        ));
     }
-    let oks = ex.responses.iter().filter(|r| r.header("x-raw-backend").is_some()).count();
+    let oks = ex
+        .responses
+        .iter()
+        .filter(|r| r.header("x-raw-backend").is_some())
+        .count();
     if oks != o.seen.len() {
-        return Err(format!("{} backend answers for {} backend requests", oks, o.seen.len()));
+        return Err(format!(
+            "{} backend answers for {} backend requests",
+            oks,
+            o.seen.len()
+        ));
     }
     let statuses = ex.statuses();
     let refused = |ex: &Exchange| -> Result<(), String> {
         match statuses.as_slice() {
             [] if ex.closed != Closed::Open => Ok(()),
             [s] if (400..500).contains(s) || *s == 501 || *s == 505 => Ok(()),
-            _ => Err(format!("want a refusal, got statuses {statuses:?} ({:?})", ex.closed)),
+            _ => Err(format!(
+                "want a refusal, got statuses {statuses:?} ({:?})",
+                ex.closed
+            )),
         }
     };
     let one = |check: &Check| -> Result<(), String> {
         if o.seen.len() != 1 {
-            return Err(format!("the backend saw {} requests, want 1 (statuses {statuses:?})", o.seen.len()));
+            return Err(format!(
+                "the backend saw {} requests, want 1 (statuses {statuses:?})",
+                o.seen.len()
+            ));
         }
-        if statuses.first() != Some(&200) || statuses.iter().skip(1).any(|s| !(400..500).contains(s)) {
-            return Err(format!("statuses {statuses:?}, want [200] (then only refusals)"));
+        if statuses.first() != Some(&200)
+            || statuses.iter().skip(1).any(|s| !(400..500).contains(s))
+        {
+            return Err(format!(
+                "statuses {statuses:?}, want [200] (then only refusals)"
+            ));
         }
         let mut r = o.seen[0].clone();
         // `header("host", Some("BACKEND"))` stands for the backend's own authority.
@@ -335,7 +399,11 @@ fn judge(case: &Case, o: &Outcome) -> Result<(), String> {
     match &case.expect {
         Expect::Reject => {
             if !o.seen.is_empty() {
-                return Err(format!("the backend saw {} request(s): {:?}", o.seen.len(), o.seen[0].target));
+                return Err(format!(
+                    "the backend saw {} request(s): {:?}",
+                    o.seen.len(),
+                    o.seen[0].target
+                ));
             }
             refused(ex)
         }
@@ -359,7 +427,10 @@ fn judge(case: &Case, o: &Outcome) -> Result<(), String> {
         }
         Expect::Many(n) => {
             if o.seen.len() != *n || statuses != vec![200; *n] {
-                return Err(format!("backend saw {}, statuses {statuses:?}; want {n} and {n}×200", o.seen.len()));
+                return Err(format!(
+                    "backend saw {}, statuses {statuses:?}; want {n} and {n}×200",
+                    o.seen.len()
+                ));
             }
             Ok(())
         }
@@ -368,8 +439,13 @@ fn judge(case: &Case, o: &Outcome) -> Result<(), String> {
                 return Err(format!("backend saw {}, want {n}", o.seen.len()));
             }
             let (first, rest) = statuses.split_at((*n).min(statuses.len()));
-            if first != vec![200; *n].as_slice() || rest.len() > 1 || rest.iter().any(|s| !(400..500).contains(s)) {
-                return Err(format!("statuses {statuses:?}, want {n}×200 then at most one 4xx"));
+            if first != vec![200; *n].as_slice()
+                || rest.len() > 1
+                || rest.iter().any(|s| !(400..500).contains(s))
+            {
+                return Err(format!(
+                    "statuses {statuses:?}, want {n}×200 then at most one 4xx"
+                ));
             }
             Ok(())
         }
@@ -390,7 +466,9 @@ async fn framing_attacks_are_refused_or_normalised() {
         tasks.spawn(async move {
             let _permit = sem.acquire().await.unwrap();
             let c = &cases[i];
-            let o = tokio::time::timeout(Duration::from_secs(15), run(c)).await.expect("case hung");
+            let o = tokio::time::timeout(Duration::from_secs(15), run(c))
+                .await
+                .expect("case hung");
             (i, judge(c, &o), o.ex.statuses(), o.ex.closed, o.seen.len())
         });
     }
@@ -406,14 +484,26 @@ async fn framing_attacks_are_refused_or_normalised() {
     results.sort_by_key(|r| r.0);
     if std::env::var_os("HOSTILE_VERBOSE").is_some() {
         for (i, statuses, closed, seen) in &results {
-            eprintln!("{:<36} statuses {statuses:?} {closed:?} backend saw {seen}", cases[*i].name);
+            eprintln!(
+                "{:<36} statuses {statuses:?} {closed:?} backend saw {seen}",
+                cases[*i].name
+            );
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 /// Every response here has a Content-Length: no need to wait for more after it.
-const QUICK: Wait = Wait { first: Duration::from_secs(3), more: Duration::from_millis(1) };
+const QUICK: Wait = Wait {
+    first: Duration::from_secs(3),
+    more: Duration::from_millis(1),
+};
 
 /// Route and plugin decisions are made on the normalised path: a route-level plugin that refuses
 /// everything on `/admin` cannot be walked around with dot segments, escapes, doubled slashes, encoded
@@ -478,7 +568,12 @@ wasm = "plugins/deny.wasm"
     ];
     let mut failures = Vec::new();
     for t in tricks {
-        let ex = exchange(addr, format!("GET {t} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes(), QUICK).await;
+        let ex = exchange(
+            addr,
+            format!("GET {t} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes(),
+            QUICK,
+        )
+        .await;
         if std::env::var_os("HOSTILE_VERBOSE").is_some() {
             eprintln!("{t:<28} {:?}", ex.statuses());
         }
@@ -487,7 +582,11 @@ wasm = "plugins/deny.wasm"
             other => failures.push(format!("{t}: statuses {other:?}")),
         }
     }
-    assert_eq!(admin.count(), 0, "the /admin backend is only reachable through the plugin");
+    assert_eq!(
+        admin.count(),
+        0,
+        "the /admin backend is only reachable through the plugin"
+    );
     // Whatever reached the public backend must not read as /admin under any lenient decoding.
     for r in public.requests() {
         let lenient = wasmgate::proxy::normalize::lenient_reading(r.path());
@@ -497,8 +596,19 @@ wasm = "plugins/deny.wasm"
         }
     }
     // The normal paths next to it are unaffected.
-    for ok in ["/", "/administrator", "/public/admin", "/files/a%2Fb", "/files/a;v=1"] {
-        let ex = exchange(addr, format!("GET {ok} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes(), QUICK).await;
+    for ok in [
+        "/",
+        "/administrator",
+        "/public/admin",
+        "/files/a%2Fb",
+        "/files/a;v=1",
+    ] {
+        let ex = exchange(
+            addr,
+            format!("GET {ok} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes(),
+            QUICK,
+        )
+        .await;
         if ex.statuses() != [200] {
             failures.push(format!("{ok}: statuses {:?}, want 200", ex.statuses()));
         }

@@ -61,7 +61,10 @@ async fn closed_after(s: &mut TcpStream, since: Instant, limit: Duration) -> Opt
 async fn slowloris(addr: SocketAddr, every: Duration, max: usize) -> Option<Duration> {
     let start = Instant::now();
     let mut s = TcpStream::connect(addr).await.ok()?;
-    if s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n").await.is_err() {
+    if s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n")
+        .await
+        .is_err()
+    {
         return Some(start.elapsed());
     }
     let mut b = [0u8; 1024];
@@ -101,9 +104,12 @@ async fn slowloris_sockets_are_closed_while_others_are_served() {
     let start = Instant::now();
     let mut ok = 0;
     for i in 0..100 {
-        let r = tokio::time::timeout(Duration::from_secs(5), get(addr, "app.test", &format!("/ok/{i}")))
-            .await
-            .expect("a normal client hung behind the slow ones");
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            get(addr, "app.test", &format!("/ok/{i}")),
+        )
+        .await
+        .expect("a normal client hung behind the slow ones");
         if r.status == 200 {
             ok += 1;
         }
@@ -111,7 +117,12 @@ async fn slowloris_sockets_are_closed_while_others_are_served() {
     assert_eq!(ok, 100, "normal clients must all be served");
     assert!(start.elapsed() < Duration::from_secs(10));
     for (i, t) in slow.into_iter().enumerate() {
-        in_range(&format!("slowloris socket {i}"), t.await.unwrap(), 900, 2600);
+        in_range(
+            &format!("slowloris socket {i}"),
+            t.await.unwrap(),
+            900,
+            2600,
+        );
     }
     assert_eq!(be.count(), 100, "no slow head reached the backend");
 }
@@ -122,13 +133,28 @@ async fn a_connection_that_sends_nothing_is_closed_after_header_read() {
     let p = Proxy::start(&config(&be.url(), "1s", "5s"), &[]).await;
     let start = Instant::now();
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    in_range("silent connection", closed_after(&mut s, start, Duration::from_secs(5)).await, 900, 2000);
+    in_range(
+        "silent connection",
+        closed_after(&mut s, start, Duration::from_secs(5)).await,
+        900,
+        2000,
+    );
 }
 
 /// Send one request on `s` and read its response.
 async fn request(s: &mut TcpStream, path: &str) -> u16 {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes()).await.unwrap();
-    let ex = read_responses(s, Wait { first: Duration::from_secs(3), more: Duration::from_millis(1) }, Instant::now()).await;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let ex = read_responses(
+        s,
+        Wait {
+            first: Duration::from_secs(3),
+            more: Duration::from_millis(1),
+        },
+        Instant::now(),
+    )
+    .await;
     ex.statuses().first().copied().unwrap_or(0)
 }
 
@@ -140,9 +166,18 @@ async fn idle_keepalive_is_its_own_timeout_longer_than_header_read() {
     assert_eq!(request(&mut s, "/1").await, 200);
     // Idle for longer than header_read but less than keepalive: still open, still served.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(request(&mut s, "/2").await, 200, "keepalive (2s), not header_read (700ms), governs idle time");
+    assert_eq!(
+        request(&mut s, "/2").await,
+        200,
+        "keepalive (2s), not header_read (700ms), governs idle time"
+    );
     let idle = Instant::now();
-    in_range("idle keep-alive connection", closed_after(&mut s, idle, Duration::from_secs(5)).await, 1900, 3000);
+    in_range(
+        "idle keep-alive connection",
+        closed_after(&mut s, idle, Duration::from_secs(5)).await,
+        1900,
+        3000,
+    );
 }
 
 #[tokio::test]
@@ -152,7 +187,12 @@ async fn idle_keepalive_shorter_than_header_read() {
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
     assert_eq!(request(&mut s, "/1").await, 200);
     let idle = Instant::now();
-    in_range("idle keep-alive connection", closed_after(&mut s, idle, Duration::from_secs(5)).await, 450, 1500);
+    in_range(
+        "idle keep-alive connection",
+        closed_after(&mut s, idle, Duration::from_secs(5)).await,
+        450,
+        1500,
+    );
 }
 
 #[tokio::test]
@@ -164,7 +204,12 @@ async fn a_slow_second_head_gets_header_read_from_its_first_byte() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let first_byte = Instant::now();
     s.write_all(b"GET /2 HTTP/1.1\r\n").await.unwrap();
-    in_range("slow second head", closed_after(&mut s, first_byte, Duration::from_secs(5)).await, 900, 2000);
+    in_range(
+        "slow second head",
+        closed_after(&mut s, first_byte, Duration::from_secs(5)).await,
+        900,
+        2000,
+    );
     assert_eq!(be.count(), 1);
 }
 
@@ -174,7 +219,11 @@ async fn a_stalled_body_the_backend_waits_for_ends_in_504_and_a_close() {
     let p = Proxy::start(&config(&be.url(), "1s", "5s"), &[]).await;
     let start = Instant::now();
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
     // Trickle a byte now and then; the backend waits for all 100.
     let mut got = Vec::new();
     let mut b = [0u8; 4096];
@@ -198,12 +247,31 @@ async fn a_stalled_body_after_an_early_response_is_closed() {
     let be = RawBackend::start(Fault::AnswerBeforeBody).await;
     let p = Proxy::start(&config(&be.url(), "1s", "2s"), &[]).await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    s.write_all(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000\r\n\r\n0123456789").await.unwrap();
-    let ex = read_responses(&mut s, Wait { first: Duration::from_secs(3), more: Duration::from_millis(1) }, Instant::now()).await;
-    assert_eq!(ex.statuses(), [200], "the backend's early answer is passed on");
+    s.write_all(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let ex = read_responses(
+        &mut s,
+        Wait {
+            first: Duration::from_secs(3),
+            more: Duration::from_millis(1),
+        },
+        Instant::now(),
+    )
+    .await;
+    assert_eq!(
+        ex.statuses(),
+        [200],
+        "the backend's early answer is passed on"
+    );
     // Then nothing more comes: the rest of the body never does. Closed after keepalive (+ close grace).
     let idle = Instant::now();
-    in_range("stalled body after the response", closed_after(&mut s, idle, Duration::from_secs(6)).await, 1900, 3200);
+    in_range(
+        "stalled body after the response",
+        closed_after(&mut s, idle, Duration::from_secs(6)).await,
+        1900,
+        3200,
+    );
     // The backend connection the body was streaming to is released too.
     let t = Instant::now();
     while be.open() > 0 && t.elapsed() < Duration::from_secs(3) {
@@ -217,8 +285,18 @@ async fn a_trickling_body_after_an_early_response_is_closed() {
     let be = RawBackend::start(Fault::AnswerBeforeBody).await;
     let p = Proxy::start(&config(&be.url(), "1s", "5s"), &[]).await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    s.write_all(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100000\r\n\r\n0123456789").await.unwrap();
-    let ex = read_responses(&mut s, Wait { first: Duration::from_secs(3), more: Duration::from_millis(1) }, Instant::now()).await;
+    s.write_all(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let ex = read_responses(
+        &mut s,
+        Wait {
+            first: Duration::from_secs(3),
+            more: Duration::from_millis(1),
+        },
+        Instant::now(),
+    )
+    .await;
     assert_eq!(ex.statuses(), [200]);
     // One byte every 100 ms forever: held to header_read from the first of them (+ close grace).
     let start = Instant::now();
@@ -268,7 +346,12 @@ backend = "{}/"
     let mut s = TcpStream::connect(p.addr("tls")).await.unwrap();
     // Half a ClientHello record header, then silence.
     s.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
-    in_range("stalled TLS handshake", closed_after(&mut s, start, Duration::from_secs(5)).await, 900, 2000);
+    in_range(
+        "stalled TLS handshake",
+        closed_after(&mut s, start, Duration::from_secs(5)).await,
+        900,
+        2000,
+    );
 }
 
 // ── the long run: 1,000 slow clients (scripts/hostile-long) ──
@@ -280,7 +363,12 @@ async fn steady_client(addr: SocketAddr, dur: Duration) -> (usize, usize) {
     let mut i = 0;
     while Instant::now() < end && i < 100_000 {
         i += 1;
-        match tokio::time::timeout(Duration::from_secs(5), get(addr, "app.test", &format!("/steady/{i}"))).await {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            get(addr, "app.test", &format!("/steady/{i}")),
+        )
+        .await
+        {
             Ok(r) if r.status == 200 => ok += 1,
             _ => bad += 1,
         }
@@ -290,7 +378,10 @@ async fn steady_client(addr: SocketAddr, dur: Duration) -> (usize, usize) {
 }
 
 fn slow_count() -> usize {
-    std::env::var("HOSTILE_SLOW").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+    std::env::var("HOSTILE_SLOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +391,9 @@ async fn a_thousand_slowloris_heads() {
     let be = Backend::start().await;
     let p = Proxy::start(&config(&be.url(), "3s", "5s"), &[]).await;
     let addr = p.addr("web");
-    let slow: Vec<_> = (0..n).map(|_| tokio::spawn(slowloris(addr, Duration::from_millis(500), 40))).collect();
+    let slow: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(slowloris(addr, Duration::from_millis(500), 40)))
+        .collect();
     let (ok, bad) = steady_client(addr, Duration::from_secs(6)).await;
     let mut closed = Vec::new();
     for t in slow {
@@ -309,7 +402,12 @@ async fn a_thousand_slowloris_heads() {
     let never = closed.iter().filter(|c| c.is_none()).count();
     let mut times: Vec<Duration> = closed.into_iter().flatten().collect();
     times.sort();
-    let pct = |q: f64| times.get(((times.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
+    let pct = |q: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     eprintln!(
         "HOSTILE-RESULT slowloris heads: {n} sockets, steady client {ok} ok / {bad} failed, closed after p0 {:?} p50 {:?} p100 {:?}, never closed {never}",
         pct(0.0),

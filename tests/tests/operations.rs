@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use wasmgate_tests::backend::Backend;
 use wasmgate_tests::client::get;
-use wasmgate_tests::proxy::{write, Proxy};
 use wasmgate_tests::fixture;
+use wasmgate_tests::proxy::{write, Proxy};
 
 fn config(b: &Backend, site: &str, extra_site: &str) -> String {
     format!(
@@ -42,7 +42,11 @@ backend = "http://127.0.0.1:9/"
 
 async fn start(b: &Backend, site: &str) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "plugins/add-header.wasm", &std::fs::read(fixture("add-header")).unwrap());
+    write(
+        dir.path(),
+        "plugins/add-header.wasm",
+        &std::fs::read(fixture("add-header")).unwrap(),
+    );
     Proxy::start_in(dir, &config(b, site, "")).await
 }
 
@@ -73,14 +77,40 @@ async fn metrics_count_requests_errors_plugins_and_reloads() {
     assert_eq!(m.status, 200);
     let text = m.text();
     let site = "site=\"metrics-site\"";
-    assert_eq!(metric_value(&text, "wasmgate_requests_total", &[site, "class=\"2xx\"", "route=\"/\""]), 3.0, "{text}");
-    assert_eq!(metric_value(&text, "wasmgate_requests_total", &[site, "class=\"5xx\""]), 1.0);
+    assert_eq!(
+        metric_value(
+            &text,
+            "wasmgate_requests_total",
+            &[site, "class=\"2xx\"", "route=\"/\""]
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "wasmgate_requests_total", &[site, "class=\"5xx\""]),
+        1.0
+    );
     assert!(metric_value(&text, "wasmgate_request_duration_seconds_count", &[site]) >= 4.0);
     assert!(metric_value(&text, "wasmgate_response_bytes_total", &[site]) > 0.0);
-    assert!(metric_value(&text, "wasmgate_upstream_errors_total", &["kind=\"upstream_connect\""]) >= 1.0);
-    assert!(metric_value(&text, "wasmgate_plugin_calls_total", &[site, "plugin=\"add-header\""]) >= 8.0, "{text}");
+    assert!(
+        metric_value(
+            &text,
+            "wasmgate_upstream_errors_total",
+            &["kind=\"upstream_connect\""]
+        ) >= 1.0
+    );
+    assert!(
+        metric_value(
+            &text,
+            "wasmgate_plugin_calls_total",
+            &[site, "plugin=\"add-header\""]
+        ) >= 8.0,
+        "{text}"
+    );
     assert!(metric_value(&text, "wasmgate_reloads_total", &["result=\"ok\""]) >= 1.0);
-    assert!(text.contains("wasmgate_plugin_info{") && text.contains("wasmgate_config_info{digest=\""));
+    assert!(
+        text.contains("wasmgate_plugin_info{") && text.contains("wasmgate_config_info{digest=\"")
+    );
     assert!(text.contains("wasmgate_connections_open"));
 }
 
@@ -97,12 +127,31 @@ async fn health_readiness_and_status() {
     assert_eq!(digest.len(), 64);
     assert_eq!(before["plugins"][0]["plugin"], "add-header");
     assert_eq!(before["plugins"][0]["digest"].as_str().unwrap().len(), 12);
-    std::fs::write(p.path("wasmgate.toml"), config(&b, "status-site", "timeout = \"soon\"")).unwrap();
-    assert!(!p.server().reloader(&p.path("wasmgate.toml")).reload_and_log("test").await);
+    std::fs::write(
+        p.path("wasmgate.toml"),
+        config(&b, "status-site", "timeout = \"soon\""),
+    )
+    .unwrap();
+    assert!(
+        !p.server()
+            .reloader(&p.path("wasmgate.toml"))
+            .reload_and_log("test")
+            .await
+    );
     let after = admin(&p, "/status").await.json();
     assert_eq!(after["reloads"]["failed"], 1);
-    assert!(after["reloads"]["last_error"].as_str().unwrap().contains("site[0].timeout"), "{after}");
-    assert_eq!(after["config"]["digest"], digest.as_str(), "the refused file is not live");
+    assert!(
+        after["reloads"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("site[0].timeout"),
+        "{after}"
+    );
+    assert_eq!(
+        after["config"]["digest"],
+        digest.as_str(),
+        "the refused file is not live"
+    );
 
     // While draining, readiness fails (so load balancers move away) but the process is healthy.
     let addr = p.addr("admin");
@@ -122,10 +171,14 @@ async fn health_readiness_and_status() {
 async fn the_admin_endpoint_stays_off_public_addresses_unless_asked() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.toml");
-    let text = "[admin]\nbind = \"0.0.0.0:9901\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n";
+    let text =
+        "[admin]\nbind = \"0.0.0.0:9901\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n";
     std::fs::write(&path, text).unwrap();
     let err = wasmgate::Config::load(&path).unwrap_err().to_string();
-    assert!(err.contains("w.toml:2:8: admin.bind") && err.contains("allow_public"), "{err}");
+    assert!(
+        err.contains("w.toml:2:8: admin.bind") && err.contains("allow_public"),
+        "{err}"
+    );
 }
 
 /// Kubernetes mounts a ConfigMap as `..data -> ..<timestamp>/` plus one symlink per key, and updates
@@ -149,7 +202,9 @@ async fn a_configmap_symlink_swap_reloads_the_config() {
     std::os::unix::fs::symlink(first.file_name().unwrap(), m.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/wasmgate.toml", m.join("wasmgate.toml")).unwrap();
     let path = m.join("wasmgate.toml");
-    let server = wasmgate::Server::start(wasmgate::Config::load(&path).unwrap()).await.unwrap();
+    let server = wasmgate::Server::start(wasmgate::Config::load(&path).unwrap())
+        .await
+        .unwrap();
     server.reloader(&path).watch().unwrap();
     let addr = server.addr("web").unwrap();
     assert_eq!(get(addr, "v1.test", "/").await.status, 200);
@@ -162,7 +217,10 @@ async fn a_configmap_symlink_swap_reloads_the_config() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(addr, "v2.test", "/").await.status != 200 {
-        assert!(Instant::now() < deadline, "the swapped ConfigMap was not picked up");
+        assert!(
+            Instant::now() < deadline,
+            "the swapped ConfigMap was not picked up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(get(addr, "v1.test", "/").await.status, 404);

@@ -60,11 +60,19 @@ async fn start(_b: &Backend, limits: &str, tenants: &[(&str, String)]) -> Proxy 
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("tenants")).unwrap();
     for (name, text) in tenants {
-        write(dir.path(), &format!("tenants/{name}/tenant.toml"), text.as_bytes());
+        write(
+            dir.path(),
+            &format!("tenants/{name}/tenant.toml"),
+            text.as_bytes(),
+        );
     }
     for f in ["spin", "trap"] {
         for (name, _) in tenants {
-            write(dir.path(), &format!("tenants/{name}/plugins/{f}.wasm"), &std::fs::read(fixture(f)).unwrap());
+            write(
+                dir.path(),
+                &format!("tenants/{name}/plugins/{f}.wasm"),
+                &std::fs::read(fixture(f)).unwrap(),
+            );
         }
     }
     Proxy::start_in(dir, &operator(limits)).await
@@ -74,28 +82,68 @@ async fn start(_b: &Backend, limits: &str, tenants: &[(&str, String)]) -> Proxy 
 async fn tenants_serve_their_hosts_and_are_named_in_the_log() {
     let b = Backend::start().await;
     let (_guard, logs) = capture_logs();
-    let p = start(&b, "", &[("acme", tenant("acme.test", &b, "")), ("globex", tenant("globex.test", &b, ""))]).await;
+    let p = start(
+        &b,
+        "",
+        &[
+            ("acme", tenant("acme.test", &b, "")),
+            ("globex", tenant("globex.test", &b, "")),
+        ],
+    )
+    .await;
     let addr = p.addr("web");
     assert_eq!(get(addr, "acme.test", "/a").await.status, 200);
     assert_eq!(get(addr, "globex.test", "/g").await.status, 200);
     assert_eq!(b.last().uri, "/g");
     let text = logs.text();
-    assert!(text.lines().any(|l| l.contains("GET /a 200") && l.contains("tenant=acme")), "{text}");
-    assert!(text.lines().any(|l| l.contains("GET /g 200") && l.contains("tenant=globex")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("GET /a 200") && l.contains("tenant=acme")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("GET /g 200") && l.contains("tenant=globex")),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn a_tenant_cannot_reach_outside_its_directory_nor_define_listeners() {
     let b = Backend::start().await;
-    let outside = tenant("evil.test", &b, "tls = { cert = \"../acme/plugins/spin.wasm\", key = \"/etc/hostname\" }");
-    let listener = format!("[[listener]]\nname = \"mine\"\nbind = \"127.0.0.1:0\"\n{}", tenant("evil2.test", &b, ""));
+    let outside = tenant(
+        "evil.test",
+        &b,
+        "tls = { cert = \"../acme/plugins/spin.wasm\", key = \"/etc/hostname\" }",
+    );
+    let listener = format!(
+        "[[listener]]\nname = \"mine\"\nbind = \"127.0.0.1:0\"\n{}",
+        tenant("evil2.test", &b, "")
+    );
     let (_guard, logs) = capture_logs();
-    let p = start(&b, "", &[("acme", tenant("acme.test", &b, "")), ("evil", outside), ("evil2", listener)]).await;
+    let p = start(
+        &b,
+        "",
+        &[
+            ("acme", tenant("acme.test", &b, "")),
+            ("evil", outside),
+            ("evil2", listener),
+        ],
+    )
+    .await;
     let rt = p.server().runtime();
     assert!(rt.tenant("acme").is_some());
     assert!(rt.tenant("evil").is_none() && rt.tenant("evil2").is_none());
-    assert!(rt.tenant_errors["evil"].contains("outside the tenant's directory"), "{}", rt.tenant_errors["evil"]);
-    assert!(rt.tenant_errors["evil2"].contains("unknown field `listener`"), "{}", rt.tenant_errors["evil2"]);
+    assert!(
+        rt.tenant_errors["evil"].contains("outside the tenant's directory"),
+        "{}",
+        rt.tenant_errors["evil"]
+    );
+    assert!(
+        rt.tenant_errors["evil2"].contains("unknown field `listener`"),
+        "{}",
+        rt.tenant_errors["evil2"]
+    );
     assert!(logs.text().contains("tenant refused"));
     assert_eq!(get(p.addr("web"), "acme.test", "/").await.status, 200);
     assert_eq!(get(p.addr("web"), "evil.test", "/").await.status, 404);
@@ -104,19 +152,47 @@ async fn a_tenant_cannot_reach_outside_its_directory_nor_define_listeners() {
 #[tokio::test]
 async fn host_conflicts_and_broken_files_refuse_only_that_tenants_change() {
     let b = Backend::start().await;
-    let p = start(&b, "", &[("acme", tenant("acme.test", &b, "")), ("globex", tenant("globex.test", &b, ""))]).await;
+    let p = start(
+        &b,
+        "",
+        &[
+            ("acme", tenant("acme.test", &b, "")),
+            ("globex", tenant("globex.test", &b, "")),
+        ],
+    )
+    .await;
     let addr = p.addr("web");
     // globex tries to take acme's host, then the operator's: refused, globex keeps its old version.
-    write(p.dir.path(), "tenants/globex/tenant.toml", tenant("acme.test", &b, "").as_bytes());
+    write(
+        p.dir.path(),
+        "tenants/globex/tenant.toml",
+        tenant("acme.test", &b, "").as_bytes(),
+    );
     p.reload(&operator("")).unwrap();
     let rt = p.server().runtime();
-    assert!(rt.tenant_errors["globex"].contains("belongs to tenant `acme`"), "{:?}", rt.tenant_errors);
-    assert_eq!(get(addr, "globex.test", "/").await.status, 200, "globex's previous version serves");
-    write(p.dir.path(), "tenants/globex/tenant.toml", tenant("ops.test", &b, "").as_bytes());
+    assert!(
+        rt.tenant_errors["globex"].contains("belongs to tenant `acme`"),
+        "{:?}",
+        rt.tenant_errors
+    );
+    assert_eq!(
+        get(addr, "globex.test", "/").await.status,
+        200,
+        "globex's previous version serves"
+    );
+    write(
+        p.dir.path(),
+        "tenants/globex/tenant.toml",
+        tenant("ops.test", &b, "").as_bytes(),
+    );
     p.reload(&operator("")).unwrap();
     assert!(p.server().runtime().tenant_errors["globex"].contains("belongs to the operator"));
     // A syntax error: same.
-    write(p.dir.path(), "tenants/globex/tenant.toml", b"[[site]\nname = ");
+    write(
+        p.dir.path(),
+        "tenants/globex/tenant.toml",
+        b"[[site]\nname = ",
+    );
     p.reload(&operator("")).unwrap();
     let err = &p.server().runtime().tenant_errors["globex"];
     assert!(err.contains("tenants/globex/tenant.toml:1:"), "{err}");
@@ -127,20 +203,52 @@ async fn host_conflicts_and_broken_files_refuse_only_that_tenants_change() {
 #[tokio::test]
 async fn a_change_under_one_tenant_reloads_that_tenant_only_and_drops_nothing() {
     let b = Backend::start().await;
-    let p = Arc::new(start(&b, "", &[("acme", tenant("acme.test", &b, "")), ("globex", tenant("globex.test", &b, ""))]).await);
+    let p = Arc::new(
+        start(
+            &b,
+            "",
+            &[
+                ("acme", tenant("acme.test", &b, "")),
+                ("globex", tenant("globex.test", &b, "")),
+            ],
+        )
+        .await,
+    );
     let addr = p.addr("web");
     let before = p.server().runtime();
     let inflight = tokio::spawn(async move { get(addr, "globex.test", "/slow?ms=600").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    write(p.dir.path(), "tenants/acme/tenant.toml", tenant("acme.test", &b, "").replace("acme.test\"]", "acme.test\", \"www.acme.test\"]").as_bytes());
+    write(
+        p.dir.path(),
+        "tenants/acme/tenant.toml",
+        tenant("acme.test", &b, "")
+            .replace("acme.test\"]", "acme.test\", \"www.acme.test\"]")
+            .as_bytes(),
+    );
     let proxy = p.clone();
-    tokio::task::spawn_blocking(move || proxy.reload(&operator(""))).await.unwrap().unwrap();
+    tokio::task::spawn_blocking(move || proxy.reload(&operator("")))
+        .await
+        .unwrap()
+        .unwrap();
     let after = p.server().runtime();
-    assert!(Arc::ptr_eq(before.tenant("globex").unwrap(), after.tenant("globex").unwrap()), "globex was rebuilt");
-    assert!(!Arc::ptr_eq(before.tenant("acme").unwrap(), after.tenant("acme").unwrap()));
+    assert!(
+        Arc::ptr_eq(
+            before.tenant("globex").unwrap(),
+            after.tenant("globex").unwrap()
+        ),
+        "globex was rebuilt"
+    );
+    assert!(!Arc::ptr_eq(
+        before.tenant("acme").unwrap(),
+        after.tenant("acme").unwrap()
+    ));
     assert_eq!(get(addr, "www.acme.test", "/").await.status, 200);
     let r = inflight.await.unwrap();
-    assert_eq!((r.status.as_u16(), r.text()), (200, "slow".to_string()), "in flight across the reload");
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (200, "slow".to_string()),
+        "in flight across the reload"
+    );
 }
 
 #[tokio::test]
@@ -148,9 +256,16 @@ async fn tenants_come_and_go_live() {
     let b = Backend::start().await;
     let p = start(&b, "", &[("acme", tenant("acme.test", &b, ""))]).await;
     let addr = p.addr("web");
-    p.server().reloader(&p.path("wasmgate.toml")).watch().unwrap();
+    p.server()
+        .reloader(&p.path("wasmgate.toml"))
+        .watch()
+        .unwrap();
     assert_eq!(get(addr, "new.test", "/").await.status, 404);
-    write(p.dir.path(), "tenants/newco/tenant.toml", tenant("new.test", &b, "").as_bytes());
+    write(
+        p.dir.path(),
+        "tenants/newco/tenant.toml",
+        tenant("new.test", &b, "").as_bytes(),
+    );
     wait_status(addr, "new.test", 200).await;
     std::fs::remove_dir_all(p.path("tenants/newco")).unwrap();
     wait_status(addr, "new.test", 404).await;
@@ -174,23 +289,42 @@ plugin_time = "20ms"
         &format!("backend = \"{}/\"\n", b.url()),
         &format!("backend = \"{}/\"\n[[site.route.plugin]]\nwasm = \"plugins/spin.wasm\"\nlimits = {{ time = \"5s\" }}\n", b.url()),
     );
-    let p = start(&b, limits, &[("acme", acme), ("globex", tenant("globex.test", &b, ""))]).await;
+    let p = start(
+        &b,
+        limits,
+        &[("acme", acme), ("globex", tenant("globex.test", &b, ""))],
+    )
+    .await;
     let addr = p.addr("web");
 
     let held = tokio::spawn(async move { get(addr, "acme.test", "/slow?ms=500").await });
     tokio::time::sleep(Duration::from_millis(150)).await;
     let r = get(addr, "acme.test", "/x").await;
-    assert_eq!(r.status, 503, "second concurrent request of a max_requests = 1 tenant");
-    assert_eq!(get(addr, "globex.test", "/x").await.status, 200, "other tenants are not limited by it");
+    assert_eq!(
+        r.status, 503,
+        "second concurrent request of a max_requests = 1 tenant"
+    );
+    assert_eq!(
+        get(addr, "globex.test", "/x").await.status,
+        200,
+        "other tenants are not limited by it"
+    );
     assert_eq!(held.await.unwrap().status, 200);
 
-    let big = Request::post("/upload").header("host", "acme.test").body(Full::new(Bytes::from(vec![0u8; 2048]))).unwrap();
+    let big = Request::post("/upload")
+        .header("host", "acme.test")
+        .body(Full::new(Bytes::from(vec![0u8; 2048])))
+        .unwrap();
     assert_eq!(send(addr, big).await.status, 413);
 
     // The tenant's plugin asked for 5 s per call; the operator's cap is 20 ms.
     let started = Instant::now();
     assert_eq!(get(addr, "acme.test", "/spin").await.status, 500);
-    assert!(started.elapsed() < Duration::from_secs(2), "plugin_time cap not applied: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "plugin_time cap not applied: {:?}",
+        started.elapsed()
+    );
 
     let (_one, _) = ws_connect(addr, "acme.test", "/socket", &[]).await.unwrap();
     match ws_connect(addr, "acme.test", "/socket", &[]).await {
@@ -198,14 +332,28 @@ plugin_time = "20ms"
         other => panic!("expected 503 beyond max_tunnels, got {other:?}"),
     }
     let shared = p.server().runtime().tenant("acme").unwrap().shared.clone();
-    assert_eq!(shared.refused_requests.load(std::sync::atomic::Ordering::Relaxed), 1);
-    assert_eq!(shared.refused_tunnels.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        shared
+            .refused_requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        shared
+            .refused_tunnels
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_looping_neighbour_does_not_hurt_another_tenant() {
     let b = Backend::start().await;
-    let hostile = tenant("a.test", &b, "[[site.plugin]]\nwasm = \"plugins/spin.wasm\"\nlimits = { time = \"50ms\" }");
+    let hostile = tenant(
+        "a.test",
+        &b,
+        "[[site.plugin]]\nwasm = \"plugins/spin.wasm\"\nlimits = { time = \"50ms\" }",
+    );
     let p = start(&b, "", &[("a", hostile), ("b", tenant("b.test", &b, ""))]).await;
     let addr = p.addr("web");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -236,7 +384,10 @@ async fn a_looping_neighbour_does_not_hurt_another_tenant() {
     }
     assert!(hostile_calls >= 8, "the neighbour was not actually busy");
     // Each of A's calls spins 50 ms; B's requests must not queue behind them for long.
-    assert!(worst < Duration::from_millis(500), "tenant b's worst latency {worst:?}");
+    assert!(
+        worst < Duration::from_millis(500),
+        "tenant b's worst latency {worst:?}"
+    );
 }
 
 async fn wait_status(addr: std::net::SocketAddr, host: &str, status: u16) {

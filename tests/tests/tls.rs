@@ -248,35 +248,84 @@ ca = "wrong-ca.pem"
     let r = wasmgate_tests::client::get(addr, "a.test", "/over-tls").await;
     assert_eq!(r.status, 200);
     assert_eq!(backend.last().uri, "/over-tls");
-    let (mut ws, _) = wasmgate_tests::client::ws_connect(addr, "a.test", "/ws", &[]).await.unwrap();
+    let (mut ws, _) = wasmgate_tests::client::ws_connect(addr, "a.test", "/ws", &[])
+        .await
+        .unwrap();
     ws.send(Message::text("through wss")).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("through wss"));
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("through wss")
+    );
     let r = wasmgate_tests::client::get(addr, "a.test", "/untrusted").await;
-    assert_eq!(r.status, 502, "a backend certificate from another CA is refused");
+    assert_eq!(
+        r.status, 502,
+        "a backend certificate from another CA is refused"
+    );
 }
 
 #[tokio::test]
 async fn certificates_rotate_on_reload_without_touching_open_connections() {
     let s = setup().await;
     let addr = s.proxy.addr("tls");
-    let before = tls_connect(addr, "chat.example.org", tls_config(s.ca.roots(), &[b"http/1.1"])).await.unwrap();
+    let before = tls_connect(
+        addr,
+        "chat.example.org",
+        tls_config(s.ca.roots(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
     let renewed = s.ca.leaf(&["chat.example.org"]);
     renewed.write(&s.proxy.path("certs"), "chat");
     let cfg = std::fs::read_to_string(s.proxy.path("wasmgate.toml")).unwrap();
     s.proxy.reload(&cfg).unwrap();
-    let after = tls_connect(addr, "chat.example.org", tls_config(s.ca.roots(), &[b"http/1.1"])).await.unwrap();
-    assert_eq!(after.get_ref().1.peer_certificates().unwrap()[0], renewed.der, "new handshakes get the new certificate");
-    assert_eq!(before.get_ref().1.peer_certificates().unwrap()[0], s.chat.der);
+    let after = tls_connect(
+        addr,
+        "chat.example.org",
+        tls_config(s.ca.roots(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        after.get_ref().1.peer_certificates().unwrap()[0],
+        renewed.der,
+        "new handshakes get the new certificate"
+    );
+    assert_eq!(
+        before.get_ref().1.peer_certificates().unwrap()[0],
+        s.chat.der
+    );
     // The connection opened before the rotation still works.
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(before)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(before))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    let req = http::Request::get("/still").header("host", "chat.example.org").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    let req = http::Request::get("/still")
+        .header("host", "chat.example.org")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
     assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
 
     // A key that does not match its certificate is refused; the renewed pair keeps serving.
-    std::fs::write(s.proxy.path("certs/chat.key"), s.ca.leaf(&["chat.example.org"]).key_pem).unwrap();
+    std::fs::write(
+        s.proxy.path("certs/chat.key"),
+        s.ca.leaf(&["chat.example.org"]).key_pem,
+    )
+    .unwrap();
     let err = s.proxy.reload(&cfg).unwrap_err().to_string();
-    assert!(err.contains("do not belong together") || err.contains("chat.key"), "{err}");
-    let again = tls_connect(addr, "chat.example.org", tls_config(s.ca.roots(), &[b"http/1.1"])).await.unwrap();
-    assert_eq!(again.get_ref().1.peer_certificates().unwrap()[0], renewed.der);
+    assert!(
+        err.contains("do not belong together") || err.contains("chat.key"),
+        "{err}"
+    );
+    let again = tls_connect(
+        addr,
+        "chat.example.org",
+        tls_config(s.ca.roots(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again.get_ref().1.peer_certificates().unwrap()[0],
+        renewed.der
+    );
 }

@@ -333,17 +333,30 @@ async fn five_hundred_concurrent_tunnels_echo() {
 async fn shutdown_gives_open_tunnels_the_grace_period_then_closes_them() {
     let mut s = setup("").await;
     let addr = s.proxy.addr("web");
-    let (mut ws, _) = ws_connect(addr, "chat.example.org", "/socket", &[]).await.unwrap();
+    let (mut ws, _) = ws_connect(addr, "chat.example.org", "/socket", &[])
+        .await
+        .unwrap();
     let server = s.proxy.server.take().unwrap();
     let started = std::time::Instant::now();
     let shutdown = tokio::spawn(server.shutdown_with_grace(Duration::from_millis(600)));
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Within the grace period the tunnel still works, but no new connection is accepted.
     ws.send(Message::text("during grace")).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("during grace"));
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("during grace")
+    );
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
-    let end = tokio::time::timeout(Duration::from_secs(3), ws.next()).await.expect("tunnel outlived the grace period");
+    let end = tokio::time::timeout(Duration::from_secs(3), ws.next())
+        .await
+        .expect("tunnel outlived the grace period");
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
-    tokio::time::timeout(Duration::from_secs(3), shutdown).await.unwrap().unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(550), "closed before the grace period ended");
+    tokio::time::timeout(Duration::from_secs(3), shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "closed before the grace period ended"
+    );
 }

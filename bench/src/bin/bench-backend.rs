@@ -31,7 +31,10 @@ static BODY: &[u8] = b"Hello from the wasmgate bench backend!\n";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(("127.0.0.1", args.port)).await?;
         println!("backend listening on 127.0.0.1:{}", args.port);
@@ -57,21 +60,34 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn answer(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let upgrade = req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     if !upgrade {
         let mut r = Response::new(Full::new(Bytes::from_static(BODY)));
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return Ok(r);
     }
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())) else {
-        let mut r = Response::new(Full::new(Bytes::from_static(b"missing sec-websocket-key\n")));
+    let Some(key) = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
+        let mut r = Response::new(Full::new(Bytes::from_static(
+            b"missing sec-websocket-key\n",
+        )));
         *r.status_mut() = StatusCode::BAD_REQUEST;
         return Ok(r);
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
-        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_text() || msg.is_binary() {
                 if ws.send(msg).await.is_err() {
@@ -87,6 +103,9 @@ async fn answer(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
     let h = r.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&key).expect("base64"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&key).expect("base64"),
+    );
     Ok(r)
 }

@@ -44,10 +44,16 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Wrk { kind, target, file } => {
-            let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+            let text =
+                std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
             println!("{}", parse_wrk(&text, &kind, &target)?);
         }
-        Cmd::Render { raw, machine, md, svg } => {
+        Cmd::Render {
+            raw,
+            machine,
+            md,
+            svg,
+        } => {
             let rows: Vec<Value> = std::fs::read_to_string(&raw)?
                 .lines()
                 .filter(|l| !l.trim().is_empty())
@@ -96,7 +102,10 @@ fn parse_wrk(text: &str, kind: &str, target: &str) -> anyhow::Result<Value> {
             non2xx = v.trim().parse().unwrap_or(0);
         } else if let Some(v) = t.strip_prefix("Socket errors:") {
             // `connect 0, read 0, write 0, timeout 0`
-            errors = v.split(',').filter_map(|p| p.split_whitespace().nth(1)?.parse::<u64>().ok()).sum();
+            errors = v
+                .split(',')
+                .filter_map(|p| p.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
         }
     }
     let rps = rps.ok_or_else(|| anyhow!("no Requests/sec in wrk output (did the target run?)"))?;
@@ -135,20 +144,104 @@ struct Figure {
 }
 
 const FIGURES: [Figure; 14] = [
-    Figure { label: "HTTP requests/s", kind: "http", field: "rps", unit: "", better: Better::Higher },
-    Figure { label: "HTTP p50", kind: "http", field: "p50_us", unit: "µs", better: Better::Lower },
-    Figure { label: "HTTP p99", kind: "http", field: "p99_us", unit: "µs", better: Better::Lower },
-    Figure { label: "HTTP req/s per proxy core", kind: "http", field: "rps_per_core", unit: "", better: Better::Higher },
-    Figure { label: "HTTPS requests/s", kind: "https", field: "rps", unit: "", better: Better::Higher },
-    Figure { label: "HTTPS p50", kind: "https", field: "p50_us", unit: "µs", better: Better::Lower },
-    Figure { label: "HTTPS p99", kind: "https", field: "p99_us", unit: "µs", better: Better::Lower },
-    Figure { label: "HTTPS req/s per proxy core", kind: "https", field: "rps_per_core", unit: "", better: Better::Higher },
-    Figure { label: "WS echo msgs/s", kind: "ws", field: "msgs_per_s", unit: "", better: Better::Higher },
-    Figure { label: "WS msgs/s per proxy core", kind: "ws", field: "msgs_per_core", unit: "", better: Better::Higher },
-    Figure { label: "WS RTT p50", kind: "ws", field: "p50_us", unit: "µs", better: Better::Lower },
-    Figure { label: "WS RTT p99", kind: "ws", field: "p99_us", unit: "µs", better: Better::Lower },
-    Figure { label: "idle ws tunnel", kind: "idle-ws", field: "kib_per_tunnel", unit: "KiB", better: Better::Lower },
-    Figure { label: "idle wss tunnel", kind: "idle-wss", field: "kib_per_tunnel", unit: "KiB", better: Better::Lower },
+    Figure {
+        label: "HTTP requests/s",
+        kind: "http",
+        field: "rps",
+        unit: "",
+        better: Better::Higher,
+    },
+    Figure {
+        label: "HTTP p50",
+        kind: "http",
+        field: "p50_us",
+        unit: "µs",
+        better: Better::Lower,
+    },
+    Figure {
+        label: "HTTP p99",
+        kind: "http",
+        field: "p99_us",
+        unit: "µs",
+        better: Better::Lower,
+    },
+    Figure {
+        label: "HTTP req/s per proxy core",
+        kind: "http",
+        field: "rps_per_core",
+        unit: "",
+        better: Better::Higher,
+    },
+    Figure {
+        label: "HTTPS requests/s",
+        kind: "https",
+        field: "rps",
+        unit: "",
+        better: Better::Higher,
+    },
+    Figure {
+        label: "HTTPS p50",
+        kind: "https",
+        field: "p50_us",
+        unit: "µs",
+        better: Better::Lower,
+    },
+    Figure {
+        label: "HTTPS p99",
+        kind: "https",
+        field: "p99_us",
+        unit: "µs",
+        better: Better::Lower,
+    },
+    Figure {
+        label: "HTTPS req/s per proxy core",
+        kind: "https",
+        field: "rps_per_core",
+        unit: "",
+        better: Better::Higher,
+    },
+    Figure {
+        label: "WS echo msgs/s",
+        kind: "ws",
+        field: "msgs_per_s",
+        unit: "",
+        better: Better::Higher,
+    },
+    Figure {
+        label: "WS msgs/s per proxy core",
+        kind: "ws",
+        field: "msgs_per_core",
+        unit: "",
+        better: Better::Higher,
+    },
+    Figure {
+        label: "WS RTT p50",
+        kind: "ws",
+        field: "p50_us",
+        unit: "µs",
+        better: Better::Lower,
+    },
+    Figure {
+        label: "WS RTT p99",
+        kind: "ws",
+        field: "p99_us",
+        unit: "µs",
+        better: Better::Lower,
+    },
+    Figure {
+        label: "idle ws tunnel",
+        kind: "idle-ws",
+        field: "kib_per_tunnel",
+        unit: "KiB",
+        better: Better::Lower,
+    },
+    Figure {
+        label: "idle wss tunnel",
+        kind: "idle-wss",
+        field: "kib_per_tunnel",
+        unit: "KiB",
+        better: Better::Lower,
+    },
 ];
 
 fn fmt_num(v: f64, unit: &str) -> String {
@@ -164,10 +257,17 @@ fn fmt_num(v: f64, unit: &str) -> String {
 impl Report {
     /// The row for a figure: for load runs, the best round (highest throughput); else the last one.
     fn get(&self, kind: &str, target: &str) -> Option<&Value> {
-        let rows = self.rows.iter().filter(|r| r["kind"] == kind && r["target"] == target);
+        let mut rows = self
+            .rows
+            .iter()
+            .filter(|r| r["kind"] == kind && r["target"] == target);
         match throughput_field(kind) {
-            Some(f) => rows.max_by(|a, b| a[f].as_f64().unwrap_or(0.0).total_cmp(&b[f].as_f64().unwrap_or(0.0))),
-            None => rows.last(),
+            Some(f) => rows.max_by(|a, b| {
+                a[f].as_f64()
+                    .unwrap_or(0.0)
+                    .total_cmp(&b[f].as_f64().unwrap_or(0.0))
+            }),
+            None => rows.next_back(),
         }
     }
 
@@ -180,7 +280,12 @@ impl Report {
             .filter(|r| r["kind"] == kind && r["target"] == target)
             .filter_map(|r| r[f].as_f64())
             .collect();
-        (v.len() > 1).then(|| (v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(0.0, f64::max)))
+        (v.len() > 1).then(|| {
+            (
+                v.iter().cloned().fold(f64::MAX, f64::min),
+                v.iter().cloned().fold(0.0, f64::max),
+            )
+        })
     }
 
     fn value(&self, f: &Figure, target: &str) -> Option<f64> {
@@ -253,8 +358,18 @@ impl Report {
         let chains = [
             ("wasmgate", "none", 0, "none"),
             ("wasmgate-1", "token-auth", 1, "token-auth"),
-            ("wasmgate-seed", "token-auth + headers (seed)", 3, "token-auth+headers (seed)"),
-            ("wasmgate-3", "token-auth + headers + ip-allow", 4, "token-auth+headers+ip-allow"),
+            (
+                "wasmgate-seed",
+                "token-auth + headers (seed)",
+                3,
+                "token-auth+headers (seed)",
+            ),
+            (
+                "wasmgate-3",
+                "token-auth + headers + ip-allow",
+                4,
+                "token-auth+headers+ip-allow",
+            ),
         ];
         let _ = writeln!(s, "\n### Plugin hook cost\n");
         let _ = writeln!(
@@ -275,7 +390,9 @@ impl Report {
         let base_cpu = base_row.and_then(cpu_per_req);
         let hooks = self.hooks();
         for (target, name, calls, micro_name) in chains {
-            let Some(r) = self.get("http", target) else { continue };
+            let Some(r) = self.get("http", target) else {
+                continue;
+            };
             let rps = r["rps"].as_f64().unwrap_or(0.0);
             let p99 = r["p99_us"].as_f64().unwrap_or(0.0);
             let vs = match base {
@@ -292,7 +409,9 @@ impl Report {
             let micro = |threads: u64, field: &str| {
                 hooks
                     .iter()
-                    .find(|h| h["chain"] == micro_name && h["threads"].as_u64().unwrap_or(1) == threads)
+                    .find(|h| {
+                        h["chain"] == micro_name && h["threads"].as_u64().unwrap_or(1) == threads
+                    })
                     .and_then(|h| h[field].as_f64())
             };
             let both = |field: &str| match (micro(1, field), micro(2, field)) {
@@ -301,12 +420,24 @@ impl Report {
                 _ => "—".into(),
             };
             let mx = both("extra_us");
-            let mh = if calls > 0 { both("per_hook_us") } else { "—".into() };
-            let _ = writeln!(s, "| {name} | {calls} | {} | {vs} | {} | {cpu_s} | {extra} | {mx} | {mh} |", fmt_num(rps, ""), fmt_num(p99, "µs"));
+            let mh = if calls > 0 {
+                both("per_hook_us")
+            } else {
+                "—".into()
+            };
+            let _ = writeln!(
+                s,
+                "| {name} | {calls} | {} | {vs} | {} | {cpu_s} | {extra} | {mx} | {mh} |",
+                fmt_num(rps, ""),
+                fmt_num(p99, "µs")
+            );
         }
         if !hooks.is_empty() {
             let _ = writeln!(s, "\nMicro-benchmark, all chains (µs per request: mean, p50, p99; extra over the empty chain):\n");
-            let _ = writeln!(s, "| chain | threads | hook calls | mean | p50 | p99 | extra | per hook |");
+            let _ = writeln!(
+                s,
+                "| chain | threads | hook calls | mean | p50 | p99 | extra | per hook |"
+            );
             let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
             for h in &hooks {
                 let f = |k: &str| h[k].as_f64().unwrap_or(0.0);
@@ -331,7 +462,10 @@ impl Report {
         let _ = writeln!(s, "|---|---|---|");
         let r = |k: &str, t: &str, f: &str| self.get(k, t).and_then(|r| r[f].as_f64());
         if let (Some(w), Some(n)) = (r("http", "wasmgate", "rps"), r("http", "nginx", "rps")) {
-            let (wp, np) = (r("http", "wasmgate", "p99_us").unwrap_or(0.0), r("http", "nginx", "p99_us").unwrap_or(0.0));
+            let (wp, np) = (
+                r("http", "wasmgate", "p99_us").unwrap_or(0.0),
+                r("http", "nginx", "p99_us").unwrap_or(0.0),
+            );
             let ok = w / n >= 1.15 && wp <= np;
             let _ = writeln!(
                 s,
@@ -342,46 +476,88 @@ impl Report {
                 yes(ok)
             );
         }
-        if let (Some(w), Some(p)) = (r("http", "wasmgate", "rps"), r("http", "wasmgate-seed", "rps")) {
+        if let (Some(w), Some(p)) = (
+            r("http", "wasmgate", "rps"),
+            r("http", "wasmgate-seed", "rps"),
+        ) {
             let cost = (1.0 - p / w) * 100.0;
-            let cpu = |t: &str| self.get("http", t).and_then(|r| Some(r["server_cores"].as_f64()? / r["rps"].as_f64().filter(|v| *v > 0.0)?));
+            let cpu = |t: &str| {
+                self.get("http", t).and_then(|r| {
+                    Some(r["server_cores"].as_f64()? / r["rps"].as_f64().filter(|v| *v > 0.0)?)
+                })
+            };
             let cpu_note = match (cpu("wasmgate"), cpu("wasmgate-seed")) {
-                (Some(a), Some(b)) if a > 0.0 => format!("; proxy CPU per request +{:.0}%", (b / a - 1.0) * 100.0),
+                (Some(a), Some(b)) if a > 0.0 => {
+                    format!("; proxy CPU per request +{:.0}%", (b / a - 1.0) * 100.0)
+                }
                 _ => String::new(),
             };
-            let _ = writeln!(s, "| seed plugin chain costs ≤ 5% | {cost:.1}% of req/s{cpu_note} | {} |", yes(cost <= 5.0));
+            let _ = writeln!(
+                s,
+                "| seed plugin chain costs ≤ 5% | {cost:.1}% of req/s{cpu_note} | {} |",
+                yes(cost <= 5.0)
+            );
         }
-        if let (Some(w), Some(n)) = (r("ws", "wasmgate", "msgs_per_s"), r("ws", "nginx", "msgs_per_s")) {
-            let _ = writeln!(s, "| WS echo ≥ 1.1× nginx | {:.2}× nginx | {} |", w / n, yes(w / n >= 1.1));
+        if let (Some(w), Some(n)) = (
+            r("ws", "wasmgate", "msgs_per_s"),
+            r("ws", "nginx", "msgs_per_s"),
+        ) {
+            let _ = writeln!(
+                s,
+                "| WS echo ≥ 1.1× nginx | {:.2}× nginx | {} |",
+                w / n,
+                yes(w / n >= 1.1)
+            );
         }
         if let Some(k) = r("idle-wss", "wasmgate", "kib_per_tunnel") {
-            let _ = writeln!(s, "| ≤ 32 KiB per idle wss tunnel | {k:.1} KiB | {} |", yes(k <= 32.0));
+            let _ = writeln!(
+                s,
+                "| ≤ 32 KiB per idle wss tunnel | {k:.1} KiB | {} |",
+                yes(k <= 32.0)
+            );
         }
 
         // Anything worth knowing about the runs themselves.
         let mut notes = Vec::new();
         let mut spreads = Vec::new();
         for kind in ["http", "https", "ws"] {
-            for (t, _) in TARGETS.iter().chain([("wasmgate-1", ""), ("wasmgate-3", "")].iter()) {
+            for (t, _) in TARGETS
+                .iter()
+                .chain([("wasmgate-1", ""), ("wasmgate-3", "")].iter())
+            {
                 if let Some((lo, hi)) = self.spread(kind, t) {
-                    spreads.push(format!("{kind} {t} {}–{} ({:.0}%)", fmt_num(lo, ""), fmt_num(hi, ""), (hi / lo - 1.0) * 100.0));
+                    spreads.push(format!(
+                        "{kind} {t} {}–{} ({:.0}%)",
+                        fmt_num(lo, ""),
+                        fmt_num(hi, ""),
+                        (hi / lo - 1.0) * 100.0
+                    ));
                 }
             }
         }
         if !spreads.is_empty() {
-            notes.push(format!("Spread of throughput over the rounds (best kept): {}", spreads.join("; ")));
+            notes.push(format!(
+                "Spread of throughput over the rounds (best kept): {}",
+                spreads.join("; ")
+            ));
         }
         for row in &self.rows {
             let t = row["target"].as_str().unwrap_or("");
             let k = row["kind"].as_str().unwrap_or("");
             if row["errors"].as_u64().unwrap_or(0) > 0 || row["non2xx"].as_u64().unwrap_or(0) > 0 {
-                notes.push(format!("{k} {t} round {}: {} socket errors, {} non-2xx", row["round"], row["errors"], row["non2xx"]));
+                notes.push(format!(
+                    "{k} {t} round {}: {} socket errors, {} non-2xx",
+                    row["round"], row["errors"], row["non2xx"]
+                ));
             }
             if let Some(f) = row["foreign_pct"].as_f64().filter(|f| *f > 5.0) {
                 notes.push(format!("{k} {t} round {}: {f:.0}% of the machine's CPU was busy with other processes during the run", row["round"]));
             }
             if let (Some(o), Some(w)) = (row["opened"].as_u64(), row["wanted"].as_u64()) {
-                notes.push(format!("{k} {t}: {o} of {w} tunnels opened; {} processes", row["procs"]));
+                notes.push(format!(
+                    "{k} {t}: {o} of {w} tunnels opened; {} processes",
+                    row["procs"]
+                ));
             }
         }
         if !notes.is_empty() {
@@ -404,7 +580,13 @@ impl Report {
     fn svg(&self, machine: &str) -> String {
         let groups: Vec<&Figure> = FIGURES
             .iter()
-            .filter(|f| matches!(f.field, "rps" | "msgs_per_s" | "rps_per_core" | "kib_per_tunnel") || f.label == "HTTP p99" || f.label == "WS RTT p99")
+            .filter(|f| {
+                matches!(
+                    f.field,
+                    "rps" | "msgs_per_s" | "rps_per_core" | "kib_per_tunnel"
+                ) || f.label == "HTTP p99"
+                    || f.label == "WS RTT p99"
+            })
             .collect();
         let colors = ["#8c8c8c", "#c0392b", "#27ae60", "#2471a3", "#7d3c98"];
         let (w, h) = (1300.0, 540.0);
@@ -425,24 +607,55 @@ impl Report {
         let vmax = vmax.min(3.0).ceil();
         let y = |r: f64| top + plot_h - (r.min(vmax) / vmax) * plot_h;
         let mut s = String::new();
-        let _ = writeln!(s, r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"##);
+        let _ = writeln!(
+            s,
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"##
+        );
         let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="white"/>"##);
-        let _ = writeln!(s, r##"<text x="{left}" y="24" font-size="16" font-weight="bold">wasmgate vs nginx vs Apache httpd — ratio to nginx (same run)</text>"##);
-        let first = machine.lines().find(|l| !l.trim().is_empty()).unwrap_or("").replace('&', "&amp;").replace('<', "&lt;");
-        let _ = writeln!(s, r##"<text x="{left}" y="44" fill="#555">{}</text>"##, first.trim_start_matches(['-', ' ', '*']));
+        let _ = writeln!(
+            s,
+            r##"<text x="{left}" y="24" font-size="16" font-weight="bold">wasmgate vs nginx vs Apache httpd — ratio to nginx (same run)</text>"##
+        );
+        let first = machine
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .replace('&', "&amp;")
+            .replace('<', "&lt;");
+        let _ = writeln!(
+            s,
+            r##"<text x="{left}" y="44" fill="#555">{}</text>"##,
+            first.trim_start_matches(['-', ' ', '*'])
+        );
         // Axis and grid.
         let mut r = 0.0;
         while r <= vmax + 1e-9 {
             let yy = y(r);
-            let _ = writeln!(s, r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="{}" />"##, w - 20.0, if (r - 1.0).abs() < 1e-9 { "#333" } else { "#ddd" });
-            let _ = writeln!(s, r##"<text x="{}" y="{:.1}" text-anchor="end">{r:.1}×</text>"##, left - 6.0, yy + 4.0);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="{}" />"##,
+                w - 20.0,
+                if (r - 1.0).abs() < 1e-9 {
+                    "#333"
+                } else {
+                    "#ddd"
+                }
+            );
+            let _ = writeln!(
+                s,
+                r##"<text x="{}" y="{:.1}" text-anchor="end">{r:.1}×</text>"##,
+                left - 6.0,
+                yy + 4.0
+            );
             r += 0.5;
         }
         for (gi, f) in groups.iter().enumerate() {
             let gx = left + gi as f64 * group_w + 10.0;
             let nginx = self.value(f, "nginx").filter(|n| *n > 0.0);
             for (ti, (t, _)) in TARGETS.iter().enumerate() {
-                let (Some(v), Some(n)) = (self.value(f, t), nginx) else { continue };
+                let (Some(v), Some(n)) = (self.value(f, t), nginx) else {
+                    continue;
+                };
                 let ratio = v / n;
                 let x = gx + ti as f64 * bar_w;
                 let top_y = y(ratio);
@@ -456,30 +669,61 @@ impl Report {
                     f.label,
                     fmt_num(v, f.unit)
                 );
-                let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{ratio:.2}</text>"##, x + (bar_w - 2.0) / 2.0, top_y - 3.0);
+                let _ = writeln!(
+                    s,
+                    r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{ratio:.2}</text>"##,
+                    x + (bar_w - 2.0) / 2.0,
+                    top_y - 3.0
+                );
             }
             let cx = gx + (group_w - 20.0) / 2.0;
             // Long labels go on two lines, split at the space nearest the middle.
             let (l1, l2) = match f.label.len() > 14 {
                 true => {
                     let mid = f.label.len() / 2;
-                    let cut = f.label.match_indices(' ').map(|(i, _)| i).min_by_key(|i| i.abs_diff(mid)).unwrap_or(f.label.len());
+                    let cut = f
+                        .label
+                        .match_indices(' ')
+                        .map(|(i, _)| i)
+                        .min_by_key(|i| i.abs_diff(mid))
+                        .unwrap_or(f.label.len());
                     (&f.label[..cut], f.label[cut..].trim())
                 }
                 false => (f.label, ""),
             };
-            let _ = writeln!(s, r##"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" font-weight="bold">{l1}</text>"##, y(0.0) + 16.0);
+            let _ = writeln!(
+                s,
+                r##"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" font-weight="bold">{l1}</text>"##,
+                y(0.0) + 16.0
+            );
             if !l2.is_empty() {
-                let _ = writeln!(s, r##"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" font-weight="bold">{l2}</text>"##, y(0.0) + 30.0);
+                let _ = writeln!(
+                    s,
+                    r##"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" font-weight="bold">{l2}</text>"##,
+                    y(0.0) + 30.0
+                );
             }
-            let hint = if f.better == Better::Higher { "higher is better" } else { "lower is better" };
-            let _ = writeln!(s, r##"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" fill="#555">{hint}</text>"##, y(0.0) + 46.0);
+            let hint = if f.better == Better::Higher {
+                "higher is better"
+            } else {
+                "lower is better"
+            };
+            let _ = writeln!(
+                s,
+                r##"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" fill="#555">{hint}</text>"##,
+                y(0.0) + 46.0
+            );
         }
         // Legend.
         for (ti, (_, label)) in TARGETS.iter().enumerate() {
             let x = left + ti as f64 * 190.0;
             let ly = h - 40.0;
-            let _ = writeln!(s, r##"<rect x="{x}" y="{}" width="14" height="14" fill="{}"/>"##, ly - 11.0, colors[ti]);
+            let _ = writeln!(
+                s,
+                r##"<rect x="{x}" y="{}" width="14" height="14" fill="{}"/>"##,
+                ly - 11.0,
+                colors[ti]
+            );
             let _ = writeln!(s, r##"<text x="{}" y="{ly}">{label}</text>"##, x + 20.0);
         }
         let _ = writeln!(s, "</svg>");

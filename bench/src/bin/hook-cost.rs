@@ -55,8 +55,18 @@ fn chains() -> Vec<(&'static str, usize, usize, String)> {
         ("none", 0, 0, String::new()),
         ("token-auth", 1, 1, TOKEN_AUTH.to_string()),
         ("headers", 1, 2, HEADERS.to_string()),
-        ("token-auth+headers (seed)", 2, 3, format!("{TOKEN_AUTH}{HEADERS}")),
-        ("token-auth+headers+ip-allow", 3, 4, format!("{TOKEN_AUTH}{HEADERS}{IP_ALLOW}")),
+        (
+            "token-auth+headers (seed)",
+            2,
+            3,
+            format!("{TOKEN_AUTH}{HEADERS}"),
+        ),
+        (
+            "token-auth+headers+ip-allow",
+            3,
+            4,
+            format!("{TOKEN_AUTH}{HEADERS}{IP_ALLOW}"),
+        ),
     ]
 }
 
@@ -78,7 +88,10 @@ fn request_headers(host: &str) -> HeaderMap {
         ("accept", "*/*"),
         ("authorization", &format!("Bearer {TOKEN}")),
     ] {
-        h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        h.append(
+            HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
     }
     h
 }
@@ -88,7 +101,10 @@ fn response() -> Response<wasmgate::proxy::body::ProxyBody> {
     let h = r.headers_mut();
     h.insert("content-type", HeaderValue::from_static("text/plain"));
     h.insert("content-length", HeaderValue::from_static("39"));
-    h.insert("date", HeaderValue::from_static("Wed, 25 Nov 2026 09:00:00 GMT"));
+    h.insert(
+        "date",
+        HeaderValue::from_static("Wed, 25 Nov 2026 09:00:00 GMT"),
+    );
     h.insert("server", HeaderValue::from_static("bench"));
     r
 }
@@ -96,13 +112,19 @@ fn response() -> Response<wasmgate::proxy::body::ProxyBody> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let text = config_text();
-    let config = Config::parse(&text, Path::new("/tmp/wasmgate-hook-cost.toml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = Config::parse(&text, Path::new("/tmp/wasmgate-hook-cost.toml"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let builders = Builders::new(args.cache_dir.clone());
     let rt = Runtime::build(config, &builders, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let tokio_rt = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()?
     };
     let mut base_mean = 0.0;
     for (i, (name, plugins, hooks, _)) in chains().into_iter().enumerate() {
@@ -137,9 +159,15 @@ fn main() -> anyhow::Result<()> {
                         let mut headers = (*template).clone();
                         let t0 = Instant::now();
                         let mut ran = Vec::new();
-                        match site.plugins.on_request(&mut state, &mut headers, &mut ran).await {
+                        match site
+                            .plugins
+                            .on_request(&mut state, &mut headers, &mut ran)
+                            .await
+                        {
                             Ok(Flow::Continue) => {}
-                            Ok(Flow::Respond { plugin, .. }) => panic!("{name}: plugin {plugin} answered the request"),
+                            Ok(Flow::Respond { plugin, .. }) => {
+                                panic!("{name}: plugin {plugin} answered the request")
+                            }
                             Err(_) => panic!("{name}: the chain failed"),
                         }
                         let resp = on_response(&ran, &state, response()).await;

@@ -43,7 +43,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run(args))
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
 }
 
 async fn open(target: &WsTarget) -> anyhow::Result<Ws> {
@@ -78,7 +81,12 @@ fn procs(root: u32) -> usize {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let target = Arc::new(WsTarget::new(&args.url, args.ca.as_deref(), args.sni.as_deref(), &args.headers)?);
+    let target = Arc::new(WsTarget::new(
+        &args.url,
+        args.ca.as_deref(),
+        args.sni.as_deref(),
+        &args.headers,
+    )?);
     // Warm-up: first-use costs (thread pools, TLS session caches, upstream setup) are not per tunnel.
     {
         let mut warm = Vec::new();
@@ -114,7 +122,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let after = tree_rss_kib(args.pid);
     let opened = held.len();
-    let per = if opened > 0 { (after as f64 - before as f64) / opened as f64 } else { 0.0 };
+    let per = if opened > 0 {
+        (after as f64 - before as f64) / opened as f64
+    } else {
+        0.0
+    };
     println!(
         "{}",
         serde_json::json!({

@@ -43,15 +43,25 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()?
     };
     rt.block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let target = Arc::new(WsTarget::new(&args.url, args.ca.as_deref(), args.sni.as_deref(), &args.headers)?);
+    let target = Arc::new(WsTarget::new(
+        &args.url,
+        args.ca.as_deref(),
+        args.sni.as_deref(),
+        &args.headers,
+    )?);
     let mut conns = Vec::new();
     for _ in 0..args.conns {
         conns.push(target.connect().await?);

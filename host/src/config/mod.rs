@@ -58,7 +58,11 @@ impl Config {
                 message: e.message().trim().to_string(),
             }])
         })?;
-        let caps = self.tenants.as_ref().map(|t| t.limits_for(name)).unwrap_or_default();
+        let caps = self
+            .tenants
+            .as_ref()
+            .map(|t| t.limits_for(name))
+            .unwrap_or_default();
         let mut v = validate::Validator::for_tenant(&path, &text, name);
         let sites = v.tenant_sites(raw, self, caps);
         let errors = v.finish();

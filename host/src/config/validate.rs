@@ -43,29 +43,60 @@ impl<'a> Validator<'a> {
     /// A validator for tenant `name`'s `tenant.toml` at `file`.
     pub fn for_tenant(file: &'a Path, text: &'a str, name: &str) -> Self {
         let mut v = Validator::new(file, text);
-        v.confine = Some(v.base_dir.canonicalize().unwrap_or_else(|_| v.base_dir.clone()));
+        v.confine = Some(
+            v.base_dir
+                .canonicalize()
+                .unwrap_or_else(|_| v.base_dir.clone()),
+        );
         v.tenant = Some(name.to_string());
         v
     }
 
     /// A tenant's sites, on the operator's listeners, with the operator's defaults, capped by the
     /// tenant's limits.
-    pub fn tenant_sites(&mut self, raw: RawTenant, operator: &Config, caps: TenantLimits) -> Vec<SiteConfig> {
+    pub fn tenant_sites(
+        &mut self,
+        raw: RawTenant,
+        operator: &Config,
+        caps: TenantLimits,
+    ) -> Vec<SiteConfig> {
         let names: HashSet<&str> = operator.listeners.iter().map(|l| l.name.as_str()).collect();
-        let tls: HashSet<&str> = operator.listeners.iter().filter(|l| l.tls).map(|l| l.name.as_str()).collect();
-        let limits = Limits { max_body_bytes: operator.limits.max_body_bytes.min(caps.max_body_bytes), ..operator.limits.clone() };
+        let tls: HashSet<&str> = operator
+            .listeners
+            .iter()
+            .filter(|l| l.tls)
+            .map(|l| l.name.as_str())
+            .collect();
+        let limits = Limits {
+            max_body_bytes: operator.limits.max_body_bytes.min(caps.max_body_bytes),
+            ..operator.limits.clone()
+        };
         let mut sites = Vec::new();
         let mut site_names = HashSet::new();
         for (i, site) in raw.sites.iter().enumerate() {
             let field = format!("site[{i}]");
             if !site_names.insert(site.get_ref().name.get_ref().clone()) {
-                self.err::<()>(site.get_ref().name.span(), &format!("{field}.name"), "duplicate site name");
+                self.err::<()>(
+                    site.get_ref().name.span(),
+                    &format!("{field}.name"),
+                    "duplicate site name",
+                );
             }
-            if let Some(mut s) = self.site(site, &field, &names, &tls, operator.default_timeouts, &limits) {
+            if let Some(mut s) = self.site(
+                site,
+                &field,
+                &names,
+                &tls,
+                operator.default_timeouts,
+                &limits,
+            ) {
                 for route in &mut s.routes {
                     route.max_body_bytes = route.max_body_bytes.min(caps.max_body_bytes);
                 }
-                let all = s.plugins.iter_mut().chain(s.routes.iter_mut().flat_map(|r| r.plugins.iter_mut()));
+                let all = s
+                    .plugins
+                    .iter_mut()
+                    .chain(s.routes.iter_mut().flat_map(|r| r.plugins.iter_mut()));
                 for p in all {
                     p.limits.time = p.limits.time.min(caps.plugin_time);
                     p.limits.memory = p.limits.memory.min(caps.plugin_memory);
@@ -134,11 +165,19 @@ impl<'a> Validator<'a> {
         let cache_dir = raw.cache_dir.as_ref().map(|d| self.base_dir.join(d));
         let tenants = self.tenants(&raw);
         let admin = self.admin(&raw, &listeners);
-        let log_format = match raw.log_format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+        let log_format = match raw
+            .log_format
+            .as_ref()
+            .map(|f| (f.get_ref().as_str(), f.span()))
+        {
             None | Some(("text", _)) => LogFormat::Text,
             Some(("json", _)) => LogFormat::Json,
             Some((other, span)) => {
-                self.err::<()>(span, "log_format", format!("`{other}` is neither \"text\" nor \"json\""));
+                self.err::<()>(
+                    span,
+                    "log_format",
+                    format!("`{other}` is neither \"text\" nor \"json\""),
+                );
                 LogFormat::Text
             }
         };
@@ -171,10 +210,18 @@ impl<'a> Validator<'a> {
     fn admin(&mut self, raw: &RawConfig, listeners: &[ListenerConfig]) -> Option<SocketAddr> {
         let a = raw.admin.as_ref()?;
         let Ok(addr) = a.bind.get_ref().parse::<SocketAddr>() else {
-            return self.err(a.bind.span(), "admin.bind", format!("`{}` is not an IP:port address", a.bind.get_ref()));
+            return self.err(
+                a.bind.span(),
+                "admin.bind",
+                format!("`{}` is not an IP:port address", a.bind.get_ref()),
+            );
         };
         if listeners.iter().any(|l| l.bind == addr && addr.port() != 0) {
-            return self.err(a.bind.span(), "admin.bind", "the admin endpoint cannot share a proxy listener's address");
+            return self.err(
+                a.bind.span(),
+                "admin.bind",
+                "the admin endpoint cannot share a proxy listener's address",
+            );
         }
         if !addr.ip().is_loopback() && !a.allow_public {
             return self.err(
@@ -189,13 +236,21 @@ impl<'a> Validator<'a> {
     fn tenants(&mut self, raw: &RawConfig) -> Option<TenantsConfig> {
         let Some(dir) = &raw.tenants_dir else {
             if let Some((name, l)) = raw.tenant_limits.iter().next() {
-                self.err::<()>(l.span(), &format!("tenant_limits.{name}"), "tenant_limits without tenants_dir");
+                self.err::<()>(
+                    l.span(),
+                    &format!("tenant_limits.{name}"),
+                    "tenant_limits without tenants_dir",
+                );
             }
             return None;
         };
         let path = self.base_dir.join(dir.get_ref());
         if !path.is_dir() {
-            return self.err(dir.span(), "tenants_dir", format!("`{}` is not a directory", path.display()));
+            return self.err(
+                dir.span(),
+                "tenants_dir",
+                format!("`{}` is not a directory", path.display()),
+            );
         }
         let base = TenantLimits::default();
         let defaults = match raw.tenant_limits.get("default") {
@@ -206,19 +261,45 @@ impl<'a> Validator<'a> {
             .tenant_limits
             .iter()
             .filter(|(name, _)| name.as_str() != "default")
-            .map(|(name, l)| (name.clone(), self.tenant_limits(l, defaults, &format!("tenant_limits.{name}"))))
+            .map(|(name, l)| {
+                (
+                    name.clone(),
+                    self.tenant_limits(l, defaults, &format!("tenant_limits.{name}")),
+                )
+            })
             .collect();
-        Some(TenantsConfig { dir: path, defaults, overrides })
+        Some(TenantsConfig {
+            dir: path,
+            defaults,
+            overrides,
+        })
     }
 
-    fn tenant_limits(&mut self, raw: &Spanned<RawTenantLimits>, base: TenantLimits, field: &str) -> TenantLimits {
+    fn tenant_limits(
+        &mut self,
+        raw: &Spanned<RawTenantLimits>,
+        base: TenantLimits,
+        field: &str,
+    ) -> TenantLimits {
         let r = raw.get_ref();
         TenantLimits {
-            plugin_time: self.duration_opt(&r.plugin_time, &format!("{field}.plugin_time")).unwrap_or(base.plugin_time),
-            plugin_memory: self.size_opt(&r.plugin_memory, &format!("{field}.plugin_memory")).unwrap_or(base.plugin_memory),
-            max_requests: r.max_requests.as_ref().map_or(base.max_requests, |n| *n.get_ref() as usize),
-            max_tunnels: r.max_tunnels.as_ref().map_or(base.max_tunnels, |n| *n.get_ref() as usize),
-            max_body_bytes: self.size_opt(&r.max_body_bytes, &format!("{field}.max_body_bytes")).unwrap_or(base.max_body_bytes),
+            plugin_time: self
+                .duration_opt(&r.plugin_time, &format!("{field}.plugin_time"))
+                .unwrap_or(base.plugin_time),
+            plugin_memory: self
+                .size_opt(&r.plugin_memory, &format!("{field}.plugin_memory"))
+                .unwrap_or(base.plugin_memory),
+            max_requests: r
+                .max_requests
+                .as_ref()
+                .map_or(base.max_requests, |n| *n.get_ref() as usize),
+            max_tunnels: r
+                .max_tunnels
+                .as_ref()
+                .map_or(base.max_tunnels, |n| *n.get_ref() as usize),
+            max_body_bytes: self
+                .size_opt(&r.max_body_bytes, &format!("{field}.max_body_bytes"))
+                .unwrap_or(base.max_body_bytes),
         }
     }
 
@@ -693,9 +774,16 @@ impl<'a> Validator<'a> {
         let path = self.base_dir.join(raw.get_ref());
         if let Some(root) = &self.confine {
             // Resolve symlinks and `..` first: a tenant may not reach outside its directory.
-            let inside = path.canonicalize().map(|c| c.starts_with(root)).unwrap_or(true);
+            let inside = path
+                .canonicalize()
+                .map(|c| c.starts_with(root))
+                .unwrap_or(true);
             if !inside || Path::new(raw.get_ref()).is_absolute() {
-                return self.err(raw.span(), field, format!("`{}` is outside the tenant's directory", raw.get_ref()));
+                return self.err(
+                    raw.span(),
+                    field,
+                    format!("`{}` is outside the tenant's directory", raw.get_ref()),
+                );
             }
         }
         if path.is_file() {

@@ -120,8 +120,14 @@ impl LoadedPlugin {
             pre,
             config_json: cfg.config.to_string(),
             pool: Mutex::new(Vec::new()),
-            calls: crate::metrics::get().plugin_calls.get_or_create(&labels).clone(),
-            latency: crate::metrics::get().plugin_latency.get_or_create(&labels).clone(),
+            calls: crate::metrics::get()
+                .plugin_calls
+                .get_or_create(&labels)
+                .clone(),
+            latency: crate::metrics::get()
+                .plugin_latency
+                .get_or_create(&labels)
+                .clone(),
         };
         let (warm, hooks) = plugin.instantiate().await.map_err(|f| f.detail)?;
         plugin.hooks = hooks;
@@ -268,7 +274,10 @@ impl LoadedPlugin {
                 tenant: self.who.tenant.as_deref().unwrap_or("-").to_string(),
                 kind: f.kind,
             };
-            crate::metrics::get().plugin_errors.get_or_create(&labels).inc();
+            crate::metrics::get()
+                .plugin_errors
+                .get_or_create(&labels)
+                .inc();
         }
         result
     }

@@ -245,7 +245,11 @@ impl PluginHost {
     }
 
     /// Load every plugin of a chain; errors name the config entry and the reason.
-    pub fn chain(&self, configs: &[PluginConfig], owner: PluginOwner<'_>) -> Result<Chain, Vec<ConfigError>> {
+    pub fn chain(
+        &self,
+        configs: &[PluginConfig],
+        owner: PluginOwner<'_>,
+    ) -> Result<Chain, Vec<ConfigError>> {
         let mut plugins = Vec::new();
         let mut errors = Vec::new();
         for c in configs {

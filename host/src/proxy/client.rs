@@ -41,7 +41,12 @@ impl Upstream {
     /// This thread's pooled client for this upstream.
     pub fn client(&self) -> HttpClient {
         let key = (self.connect_timeout, self.ca.clone());
-        CLIENTS.with(|c| c.borrow_mut().entry(key).or_insert_with(|| self.new_client()).clone())
+        CLIENTS.with(|c| {
+            c.borrow_mut()
+                .entry(key)
+                .or_insert_with(|| self.new_client())
+                .clone()
+        })
     }
 
     fn new_client(&self) -> HttpClient {
@@ -73,14 +78,22 @@ pub struct UpstreamCache {
 }
 
 impl UpstreamCache {
-    pub fn get(&self, connect_timeout: Duration, ca: Option<&PathBuf>) -> Result<Arc<Upstream>, String> {
+    pub fn get(
+        &self,
+        connect_timeout: Duration,
+        ca: Option<&PathBuf>,
+    ) -> Result<Arc<Upstream>, String> {
         let key = (connect_timeout, ca.cloned());
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(u) = map.get(&key) {
             return Ok(u.clone());
         }
         let tls = crate::tls::client_config(ca.map(PathBuf::as_path), true)?;
-        let up = Arc::new(Upstream { connect_timeout, ca: ca.cloned(), tls });
+        let up = Arc::new(Upstream {
+            connect_timeout,
+            ca: ca.cloned(),
+            tls,
+        });
         map.insert(key, up.clone());
         Ok(up)
     }

@@ -220,9 +220,17 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert!(h.contains_key("x-keep") && h.contains_key("host"));
 
-        let mut h = map(&[("transfer-encoding", "chunked"), ("content-length", "50"), ("x-keep", "yes")]);
+        let mut h = map(&[
+            ("transfer-encoding", "chunked"),
+            ("content-length", "50"),
+            ("x-keep", "yes"),
+        ]);
         strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "Content-Length goes with Transfer-Encoding: {h:?}");
+        assert_eq!(
+            h.len(),
+            1,
+            "Content-Length goes with Transfer-Encoding: {h:?}"
+        );
         assert!(h.contains_key("x-keep"));
     }
 

@@ -91,13 +91,29 @@ pub async fn handle(
         Err(err) => return Ok(finish(error_response(err, &mut access), access, None)),
     };
     // A tenant's request counts against its limit until the response body is done.
-    let slot = match routed.site.tenant.as_ref().map(|t| t.begin_request()).transpose() {
+    let slot = match routed
+        .site
+        .tenant
+        .as_ref()
+        .map(|t| t.begin_request())
+        .transpose()
+    {
         Ok(slot) => slot,
         Err(err) => return Ok(finish(error_response(err, &mut access), access, None)),
     };
     // Every response from here on — backend, plugin or error — passes the plugins' on-response.
     let mut ran = Vec::new();
-    let response = match serve(&shared, &conn, &mut routed, req, peer_trusted, &mut ran, &mut access).await {
+    let response = match serve(
+        &shared,
+        &conn,
+        &mut routed,
+        req,
+        peer_trusted,
+        &mut ran,
+        &mut access,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(err) => error_response(err, &mut access),
     };
@@ -109,14 +125,21 @@ pub async fn handle(
 fn error_response(err: ProxyError, access: &mut AccessRecord) -> Response<ProxyBody> {
     log_error(&err, access);
     if err.side() == crate::error::Side::Upstream {
-        crate::metrics::get().upstream_errors.get_or_create(&crate::metrics::KindLabels { kind: err.kind() }).inc();
+        crate::metrics::get()
+            .upstream_errors
+            .get_or_create(&crate::metrics::KindLabels { kind: err.kind() })
+            .inc();
     }
     access.error = Some(err.kind().to_string());
     err.to_response()
 }
 
 /// Attach the access-log line (and the tenant's request slot) to the end of the response body.
-fn finish(response: Response<ProxyBody>, mut access: AccessRecord, slot: Option<crate::runtime::TenantSlot>) -> Response<ProxyBody> {
+fn finish(
+    response: Response<ProxyBody>,
+    mut access: AccessRecord,
+    slot: Option<crate::runtime::TenantSlot>,
+) -> Response<ProxyBody> {
     access.status = response.status().as_u16();
     if response
         .extensions()
@@ -325,7 +348,11 @@ fn select(
 /// [`normalize::lenient_reading`]): `/admin%2Fusers` or `/x;a/../admin` must not reach the `/` route's
 /// backend, which may decode them into `/admin/users`, past the `/admin` route's plugins. Paths that stay
 /// on their route under that reading (`/api/projects/group%2Fname`) pass unchanged.
-fn ensure_unambiguous_route(site: &Site, route: Option<&Arc<Route>>, path: &str) -> Result<(), ProxyError> {
+fn ensure_unambiguous_route(
+    site: &Site,
+    route: Option<&Arc<Route>>,
+    path: &str,
+) -> Result<(), ProxyError> {
     let lenient = normalize::lenient_reading(path);
     if lenient == path {
         return Ok(());
@@ -336,7 +363,9 @@ fn ensure_unambiguous_route(site: &Site, route: Option<&Arc<Route>>, path: &str)
     if same {
         Ok(())
     } else {
-        Err(ProxyError::BadRequest("the path reaches another route when %2F, %5C or ;parameters are decoded"))
+        Err(ProxyError::BadRequest(
+            "the path reaches another route when %2F, %5C or ;parameters are decoded",
+        ))
     }
 }
 

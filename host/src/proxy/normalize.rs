@@ -163,8 +163,14 @@ mod tests {
     fn characters_outside_rfc3986_are_encoded() {
         assert_eq!(normalize_path("/a\\..\\b").unwrap(), "/a%5C..%5Cb");
         assert_eq!(normalize_path("/caf\u{e9}").unwrap(), "/caf%C3%A9");
-        assert_eq!(normalize_path("/a\"b{c}|d^e`f").unwrap(), "/a%22b%7Bc%7D%7Cd%5Ee%60f");
-        assert_eq!(normalize_path("/a;b=c/d:e@f!$&'()*+,").unwrap(), "/a;b=c/d:e@f!$&'()*+,");
+        assert_eq!(
+            normalize_path("/a\"b{c}|d^e`f").unwrap(),
+            "/a%22b%7Bc%7D%7Cd%5Ee%60f"
+        );
+        assert_eq!(
+            normalize_path("/a;b=c/d:e@f!$&'()*+,").unwrap(),
+            "/a;b=c/d:e@f!$&'()*+,"
+        );
     }
 
     #[test]
@@ -177,9 +183,18 @@ mod tests {
 
     #[test]
     fn dot_segments_with_parameters_are_refused() {
-        assert_eq!(normalize_path("/x/..;/admin"), Err(PathError::AmbiguousSegment));
-        assert_eq!(normalize_path("/x/.;a=b/admin"), Err(PathError::AmbiguousSegment));
-        assert_eq!(normalize_path("/x/%2e%2e;/admin"), Err(PathError::AmbiguousSegment));
+        assert_eq!(
+            normalize_path("/x/..;/admin"),
+            Err(PathError::AmbiguousSegment)
+        );
+        assert_eq!(
+            normalize_path("/x/.;a=b/admin"),
+            Err(PathError::AmbiguousSegment)
+        );
+        assert_eq!(
+            normalize_path("/x/%2e%2e;/admin"),
+            Err(PathError::AmbiguousSegment)
+        );
         assert_eq!(normalize_path("/x/a..;/b").unwrap(), "/x/a..;/b");
         assert_eq!(normalize_path("/x;a/b").unwrap(), "/x;a/b");
     }

@@ -114,7 +114,11 @@ pub struct Builders {
 
 impl Builders {
     pub fn new(cache_dir: Option<std::path::PathBuf>) -> Builders {
-        Builders { upstreams: UpstreamCache::default(), plugins: PluginHost::new(cache_dir), tenants: Default::default() }
+        Builders {
+            upstreams: UpstreamCache::default(),
+            plugins: PluginHost::new(cache_dir),
+            tenants: Default::default(),
+        }
     }
 }
 
@@ -135,7 +139,12 @@ pub fn build_sites(
     tenant: Option<&TenantHandle>,
 ) -> Result<Vec<BuiltSite>, Vec<ConfigError>> {
     let mut errors = Vec::new();
-    let err = |field: String, message: String| ConfigError { file: file.to_path_buf(), position: None, field, message };
+    let err = |field: String, message: String| ConfigError {
+        file: file.to_path_buf(),
+        position: None,
+        field,
+        message,
+    };
     let mut built = Vec::new();
     for (si, sc) in configs.iter().enumerate() {
         let cert = match &sc.tls {
@@ -148,7 +157,10 @@ pub fn build_sites(
             },
             None => None,
         };
-        let owner = PluginOwner { site: &sc.name, tenant: sc.tenant.as_deref() };
+        let owner = PluginOwner {
+            site: &sc.name,
+            tenant: sc.tenant.as_deref(),
+        };
         let site_plugins = b.plugins.chain(&sc.plugins, owner).unwrap_or_else(|e| {
             errors.extend(e);
             Chain::default()
@@ -174,8 +186,17 @@ pub fn build_sites(
                 tunnels: Arc::new(AtomicUsize::new(0)),
             }));
         }
-        let site = Arc::new(Site { name: sc.name.as_str().into(), tenant: tenant.cloned(), routes, plugins: site_plugins });
-        built.push(BuiltSite { cfg: sc.clone(), site, cert });
+        let site = Arc::new(Site {
+            name: sc.name.as_str().into(),
+            tenant: tenant.cloned(),
+            routes,
+            plugins: site_plugins,
+        });
+        built.push(BuiltSite {
+            cfg: sc.clone(),
+            site,
+            cert,
+        });
     }
     if errors.is_empty() {
         Ok(built)
@@ -189,10 +210,17 @@ impl Runtime {
     /// plugins compiled and initialised. Errors in the operator's config are all reported at once and
     /// refuse the whole config; a tenant's errors refuse only that tenant's change (see `tenants.rs`).
     /// `previous` is the running runtime, whose unchanged tenants are reused as they are.
-    pub fn build(config: Config, b: &Builders, previous: Option<&Runtime>) -> Result<Runtime, ConfigErrors> {
+    pub fn build(
+        config: Config,
+        b: &Builders,
+        previous: Option<&Runtime>,
+    ) -> Result<Runtime, ConfigErrors> {
         let operator = build_sites(&config.sites, b, &config.path, None).map_err(ConfigErrors)?;
         let tenants = tenants::build_all(&config, b, previous, &operator);
-        let all: Vec<&BuiltSite> = operator.iter().chain(tenants.live.iter().flat_map(|t| t.sites.iter())).collect();
+        let all: Vec<&BuiltSite> = operator
+            .iter()
+            .chain(tenants.live.iter().flat_map(|t| t.sites.iter()))
+            .collect();
         let listeners = config
             .listeners
             .iter()
@@ -211,7 +239,12 @@ impl Runtime {
                     }
                     site_certs[si] = bs.cert.clone();
                 }
-                ListenerRuntime { name: l.name.as_str().into(), tls: l.tls, hosts, site_certs }
+                ListenerRuntime {
+                    name: l.name.as_str().into(),
+                    tls: l.tls,
+                    hosts,
+                    site_certs,
+                }
             })
             .collect();
         let sites = all.iter().map(|bs| bs.site.clone()).collect();
@@ -277,7 +310,11 @@ impl Runtime {
         if let Some(t) = &c.tenants {
             out.push_str(&format!("tenants ({}):\n", t.dir.display()));
             for tenant in &self.tenants {
-                out.push_str(&format!("  tenant {}  digest {}\n", tenant.name, &tenant.fingerprint[..12]));
+                out.push_str(&format!(
+                    "  tenant {}  digest {}\n",
+                    tenant.name,
+                    &tenant.fingerprint[..12]
+                ));
                 for bs in &tenant.sites {
                     describe_site(&mut out, &bs.cfg);
                 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use super::{build_sites, BuiltSite, Builders, Runtime};
+use super::{build_sites, Builders, BuiltSite, Runtime};
 use crate::config::{Config, TenantLimits};
 use crate::error::ProxyError;
 
@@ -54,7 +54,11 @@ pub struct TenantSlot {
 
 impl Drop for TenantSlot {
     fn drop(&mut self) {
-        let c = if self.tunnel { &self.shared.tunnels } else { &self.shared.requests };
+        let c = if self.tunnel {
+            &self.shared.tunnels
+        } else {
+            &self.shared.requests
+        };
         c.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -82,11 +86,21 @@ impl TenantHandle {
             let what = if tunnel { "tunnels" } else { "requests" };
             crate::metrics::get()
                 .tenant_refused
-                .get_or_create(&crate::metrics::TenantLabels { tenant: self.name.to_string(), what })
+                .get_or_create(&crate::metrics::TenantLabels {
+                    tenant: self.name.to_string(),
+                    what,
+                })
                 .inc();
-            return Err(ProxyError::TenantLimit { tenant: self.name.to_string(), what: if tunnel { "tunnels" } else { "requests" }, max });
+            return Err(ProxyError::TenantLimit {
+                tenant: self.name.to_string(),
+                what: if tunnel { "tunnels" } else { "requests" },
+                max,
+            });
         }
-        Ok(TenantSlot { shared: self.shared.clone(), tunnel })
+        Ok(TenantSlot {
+            shared: self.shared.clone(),
+            tunnel,
+        })
     }
 }
 
@@ -96,7 +110,12 @@ pub struct TenantCounters(Mutex<HashMap<String, Arc<TenantShared>>>);
 
 impl TenantCounters {
     fn get(&self, name: &str) -> Arc<TenantShared> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone()
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 }
 
@@ -106,9 +125,19 @@ pub(super) struct Outcome {
 }
 
 /// Load every tenant of `config`, reusing unchanged ones from `previous`.
-pub(super) fn build_all(config: &Config, b: &Builders, previous: Option<&Runtime>, operator: &[BuiltSite]) -> Outcome {
-    let mut out = Outcome { live: Vec::new(), errors: BTreeMap::new() };
-    let Some(tc) = &config.tenants else { return out };
+pub(super) fn build_all(
+    config: &Config,
+    b: &Builders,
+    previous: Option<&Runtime>,
+    operator: &[BuiltSite],
+) -> Outcome {
+    let mut out = Outcome {
+        live: Vec::new(),
+        errors: BTreeMap::new(),
+    };
+    let Some(tc) = &config.tenants else {
+        return out;
+    };
     // (listener, host) pairs already served: the operator's first, then tenants in name order.
     let mut claimed: HashMap<(String, String), String> = HashMap::new();
     for s in operator {
@@ -118,7 +147,9 @@ pub(super) fn build_all(config: &Config, b: &Builders, previous: Option<&Runtime
         let fingerprint = fingerprint(&dir);
         let limits = tc.limits_for(&name);
         let prev = previous.and_then(|p| p.tenant(&name)).cloned();
-        let unchanged = prev.as_ref().filter(|p| p.fingerprint == fingerprint && p.limits == limits);
+        let unchanged = prev
+            .as_ref()
+            .filter(|p| p.fingerprint == fingerprint && p.limits == limits);
         let candidate = match unchanged {
             Some(p) => Ok(p.clone()),
             None => load(config, b, &name, &dir, fingerprint, limits),
@@ -152,24 +183,56 @@ pub(super) fn build_all(config: &Config, b: &Builders, previous: Option<&Runtime
 }
 
 fn refuse(errors: &mut BTreeMap<String, String>, name: &str, why: String, keeps_old: bool) {
-    let stays = if keeps_old { "its previous version keeps serving" } else { "it is not served" };
+    let stays = if keeps_old {
+        "its previous version keeps serving"
+    } else {
+        "it is not served"
+    };
     tracing::error!(tenant = %name, "tenant refused; {stays}:\n{why}");
     errors.insert(name.to_string(), why);
 }
 
-fn load(config: &Config, b: &Builders, name: &str, dir: &Path, fingerprint: String, limits: TenantLimits) -> Result<Arc<TenantRuntime>, String> {
+fn load(
+    config: &Config,
+    b: &Builders,
+    name: &str,
+    dir: &Path,
+    fingerprint: String,
+    limits: TenantLimits,
+) -> Result<Arc<TenantRuntime>, String> {
     let configs = config.load_tenant(dir, name).map_err(|e| e.to_string())?;
     let shared = b.tenants.get(name);
-    let handle = TenantHandle { name: name.into(), limits, shared: shared.clone() };
+    let handle = TenantHandle {
+        name: name.into(),
+        limits,
+        shared: shared.clone(),
+    };
     let sites = build_sites(&configs, b, &dir.join("tenant.toml"), Some(&handle))
         .map_err(|e| crate::config::ConfigErrors(e).to_string())?;
-    Ok(Arc::new(TenantRuntime { name: name.into(), fingerprint, limits, sites, shared }))
+    Ok(Arc::new(TenantRuntime {
+        name: name.into(),
+        fingerprint,
+        limits,
+        sites,
+        shared,
+    }))
 }
 
-fn claim(claimed: &mut HashMap<(String, String), String>, site: &crate::config::SiteConfig, owner: &str) {
+fn claim(
+    claimed: &mut HashMap<(String, String), String>,
+    site: &crate::config::SiteConfig,
+    owner: &str,
+) {
     for l in &site.listeners {
-        for h in site.hosts.iter().cloned().chain(site.default.then(|| "(default site)".to_string())) {
-            claimed.entry((l.clone(), h)).or_insert_with(|| owner.to_string());
+        for h in site
+            .hosts
+            .iter()
+            .cloned()
+            .chain(site.default.then(|| "(default site)".to_string()))
+        {
+            claimed
+                .entry((l.clone(), h))
+                .or_insert_with(|| owner.to_string());
         }
     }
 }
@@ -178,7 +241,13 @@ fn conflict(claimed: &HashMap<(String, String), String>, t: &TenantRuntime) -> O
     let mut seen = HashSet::new();
     for s in &t.sites {
         for l in &s.cfg.listeners {
-            for h in s.cfg.hosts.iter().cloned().chain(s.cfg.default.then(|| "(default site)".to_string())) {
+            for h in s
+                .cfg
+                .hosts
+                .iter()
+                .cloned()
+                .chain(s.cfg.default.then(|| "(default site)".to_string()))
+            {
                 if let Some(owner) = claimed.get(&(l.clone(), h.clone())) {
                     return Some(format!("host `{h}` on listener `{l}` belongs to {owner}"));
                 }
@@ -226,8 +295,17 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 fn fingerprint(dir: &Path) -> String {
     let mut h = Sha256::new();
     for f in walk(dir) {
-        h.update(f.strip_prefix(dir).unwrap_or(&f).as_os_str().as_encoded_bytes());
-        h.update(std::fs::read(&f).map(|b| Sha256::digest(&b).to_vec()).unwrap_or_default());
+        h.update(
+            f.strip_prefix(dir)
+                .unwrap_or(&f)
+                .as_os_str()
+                .as_encoded_bytes(),
+        );
+        h.update(
+            std::fs::read(&f)
+                .map(|b| Sha256::digest(&b).to_vec())
+                .unwrap_or_default(),
+        );
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
