@@ -18,6 +18,8 @@ pub struct AccessRecord {
     pub version: &'static str,
     pub site: Option<Arc<str>>,
     pub tenant: Option<Arc<str>>,
+    /// The route's (or site's) metric handles, once known.
+    pub metrics: Option<Arc<crate::metrics::RouteMetrics>>,
     pub route: Option<Arc<str>>,
     pub upstream: Option<String>,
     pub bytes_in: Arc<AtomicU64>,
@@ -47,6 +49,7 @@ impl AccessRecord {
             version,
             site: None,
             tenant: None,
+            metrics: None,
             route: None,
             upstream: None,
             bytes_in: Arc::new(AtomicU64::new(0)),
@@ -64,6 +67,16 @@ impl AccessRecord {
     }
 
     fn record(&self, bytes_in: u64, bytes_out: u64) {
+        if let Some(m) = &self.metrics {
+            m.record(
+                self.status,
+                self.start.elapsed().as_secs_f64(),
+                bytes_in,
+                bytes_out,
+            );
+            return;
+        }
+        // Before a site was chosen (bad request, unknown host): the slower, labelled path.
         let m = crate::metrics::get();
         let site = self.site_labels();
         m.requests
@@ -83,6 +96,10 @@ impl AccessRecord {
 
     /// Count a tunnel as open (`+1`) or closed (`-1`) in the metrics.
     pub fn tunnel_gauge(&self, delta: i64) {
+        if let Some(m) = &self.metrics {
+            m.tunnel(delta);
+            return;
+        }
         crate::metrics::get()
             .tunnels_open
             .get_or_create(&self.site_labels())

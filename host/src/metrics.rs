@@ -210,6 +210,67 @@ impl Metrics {
     }
 }
 
+/// The metric handles of one route (or of a site's "no route"), looked up once when the runtime is
+/// built, so the request path increments counters without label hashing or allocation.
+pub struct RouteMetrics {
+    requests: [Counter; 5],
+    latency: Histogram,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    tunnels: Gauge,
+}
+
+impl RouteMetrics {
+    pub fn new(site: &str, route: &str, tenant: Option<&str>) -> RouteMetrics {
+        let m = get();
+        let tenant = tenant.unwrap_or("-").to_string();
+        let labels = SiteLabels {
+            site: site.to_string(),
+            tenant: tenant.clone(),
+        };
+        let class = |class| {
+            let l = RequestLabels {
+                site: site.to_string(),
+                route: route.to_string(),
+                tenant: tenant.clone(),
+                class,
+            };
+            m.requests.get_or_create(&l).clone()
+        };
+        RouteMetrics {
+            requests: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            latency: m.latency.get_or_create(&labels).clone(),
+            bytes_in: m.bytes_in.get_or_create(&labels).clone(),
+            bytes_out: m.bytes_out.get_or_create(&labels).clone(),
+            tunnels: m.tunnels_open.get_or_create(&labels).clone(),
+        }
+    }
+
+    pub fn record(&self, status: u16, seconds: f64, bytes_in: u64, bytes_out: u64) {
+        let i = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        self.requests[i].inc();
+        self.latency.observe(seconds);
+        self.bytes_in.inc_by(bytes_in);
+        self.bytes_out.inc_by(bytes_out);
+    }
+
+    pub fn tunnel(&self, delta: i64) {
+        self.tunnels.inc_by(delta);
+    }
+}
+
 pub fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",

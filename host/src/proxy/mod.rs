@@ -199,6 +199,7 @@ fn route_request(
     ensure_unambiguous_route(&site, route.as_ref(), &path)?;
     access.site = Some(site.name.clone());
     access.tenant = site.tenant.as_ref().map(|t| t.name.clone());
+    access.metrics = Some(route.as_ref().map_or(&site.metrics, |r| &r.metrics).clone());
     access.route = route.as_ref().map(|r| r.name.clone());
     let websocket = is_websocket_request(req);
     if req.method() == Method::CONNECT && !websocket {

@@ -64,6 +64,8 @@ pub struct Site {
     pub tenant: Option<TenantHandle>,
     pub routes: Vec<Arc<Route>>,
     pub plugins: Chain,
+    /// Metric handles for requests that match no route.
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
 }
 
 impl Site {
@@ -80,6 +82,7 @@ pub struct Route {
     pub plugins: Chain,
     /// Open WebSocket tunnels, for `max_tunnels`.
     pub tunnels: Arc<AtomicUsize>,
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
 }
 
 impl Route {
@@ -184,9 +187,19 @@ pub fn build_sites(
                 upstream,
                 plugins,
                 tunnels: Arc::new(AtomicUsize::new(0)),
+                metrics: Arc::new(crate::metrics::RouteMetrics::new(
+                    &sc.name,
+                    &rc.path,
+                    sc.tenant.as_deref(),
+                )),
             }));
         }
         let site = Arc::new(Site {
+            metrics: Arc::new(crate::metrics::RouteMetrics::new(
+                &sc.name,
+                "-",
+                sc.tenant.as_deref(),
+            )),
             name: sc.name.as_str().into(),
             tenant: tenant.cloned(),
             routes,
