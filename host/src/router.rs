@@ -48,18 +48,33 @@ impl HostTable {
     }
 }
 
-/// `Host`/`:authority`/SNI → lower-case name without port or trailing dot. IPv6 literals keep brackets off.
+/// `Host`/`:authority`/SNI → lower-case name without port or trailing dot; IPv6 literals without
+/// brackets. Anything that is not a plausible host name or IP address comes back as the whole
+/// (trimmed, lower-cased) input: it can never equal a configured host, and normalising twice gives the
+/// same answer (found by the `router` fuzz target: `[[` became `[`, then ``).
 pub fn normalise_host(authority: &str) -> String {
-    let a = authority.trim();
-    let host = if let Some(rest) = a.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
+    let whole = authority.trim().to_ascii_lowercase();
+    let host = if let Some(rest) = whole.strip_prefix('[') {
+        rest.split_once(']').map_or(whole.as_str(), |(inside, _)| inside)
+    } else if whole.matches(':').count() > 1 {
+        // A bare IPv6 literal: there is no port to split off.
+        whole.as_str()
     } else {
-        match a.rsplit_once(':') {
-            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-            _ => a,
+        match whole.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|c| c.is_ascii_digit()) => h,
+            _ => whole.as_str(),
         }
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    let plausible = host.parse::<std::net::IpAddr>().is_ok()
+        || (!host.is_empty()
+            && !host.starts_with('.')
+            && host.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'_'));
+    if plausible {
+        host.to_string()
+    } else {
+        whole
+    }
 }
 
 /// Does the route prefix `prefix` cover `path`? Only on whole segments: `/socket` covers `/socket`
@@ -125,6 +140,13 @@ mod tests {
         assert_eq!(normalise_host("chat.example.org."), "chat.example.org");
         assert_eq!(normalise_host("[::1]:443"), "::1");
         assert_eq!(normalise_host("127.0.0.1"), "127.0.0.1");
+        assert_eq!(normalise_host("::1"), "::1");
+        // Garbage stays as it is, so normalising is idempotent (fuzz regression).
+        for garbage in ["[[", "[", ":", "x.:.", "[]]", "a b"] {
+            let once = normalise_host(garbage);
+            assert_eq!(normalise_host(&once), once, "{garbage:?}");
+        }
+        assert_eq!(normalise_host("[["), "[[");
     }
 
     #[test]
