@@ -88,11 +88,11 @@ impl Reloader {
 
     /// Watch the files behind the running config until the server shuts down.
     pub fn watch(self) -> notify::Result<tokio::task::JoinHandle<()>> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             if let Ok(ev) = ev {
                 if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                    let _ = tx.send(());
+                    let _ = tx.send(ev.paths);
                 }
             }
         })?;
@@ -103,17 +103,22 @@ impl Reloader {
             &self.path,
             &self.shared.runtime.load(),
         );
+        let mut relevant = Relevant::of(&self.path, &self.shared.runtime.load());
         let mut last = fingerprint(&self.path, &self.shared.runtime.load());
         tracing::info!(digest = %&last[..12], dirs = watched.len(), "watching configuration for changes");
         Ok(tokio::spawn(async move {
             let draining = self.shared.draining.clone();
             loop {
-                tokio::select! {
-                    ev = rx.recv() => if ev.is_none() { return },
+                let paths = tokio::select! {
+                    ev = rx.recv() => match ev { Some(p) => p, None => return },
                     _ = draining.cancelled() => return,
+                };
+                // Other files in the same directories (a log file, say) are not worth a look.
+                if !paths.iter().any(|p| relevant.contains(p)) {
+                    continue;
                 }
                 // Debounce: wait until events stop for a moment.
-                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
                 let now = fingerprint(&self.path, &self.shared.runtime.load());
                 if now == last {
                     continue;
@@ -121,6 +126,7 @@ impl Reloader {
                 self.reload_and_log("file change").await;
                 // Whether it loaded or not, this content has been judged; wait for the next change.
                 last = fingerprint(&self.path, &self.shared.runtime.load());
+                relevant = Relevant::of(&self.path, &self.shared.runtime.load());
                 watch_dirs(
                     &mut watcher,
                     &mut watched,
@@ -129,6 +135,33 @@ impl Reloader {
                 );
             }
         }))
+    }
+}
+
+/// Which paths' events can change the configuration.
+struct Relevant {
+    files: BTreeSet<PathBuf>,
+    tenants: Option<PathBuf>,
+}
+
+impl Relevant {
+    fn of(config: &Path, rt: &Runtime) -> Relevant {
+        let files = std::iter::once(config.to_path_buf())
+            .chain(rt.inputs())
+            .collect();
+        Relevant {
+            files,
+            tenants: rt.config.tenants.as_ref().map(|t| t.dir.clone()),
+        }
+    }
+
+    fn contains(&self, p: &Path) -> bool {
+        self.files.contains(p)
+            // Kubernetes ConfigMap updates swap `..data` and `..<timestamp>` entries.
+            || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".."))
+            || self.tenants.as_ref().is_some_and(|t| p.starts_with(t))
+            // A directory on the way to a watched file was replaced.
+            || self.files.iter().any(|f| f.starts_with(p))
     }
 }
 

@@ -55,7 +55,8 @@ impl HostTable {
 pub fn normalise_host(authority: &str) -> String {
     let whole = authority.trim().to_ascii_lowercase();
     let host = if let Some(rest) = whole.strip_prefix('[') {
-        rest.split_once(']').map_or(whole.as_str(), |(inside, _)| inside)
+        rest.split_once(']')
+            .map_or(whole.as_str(), |(inside, _)| inside)
     } else if whole.matches(':').count() > 1 {
         // A bare IPv6 literal: there is no port to split off.
         whole.as_str()
@@ -69,7 +70,9 @@ pub fn normalise_host(authority: &str) -> String {
     let plausible = host.parse::<std::net::IpAddr>().is_ok()
         || (!host.is_empty()
             && !host.starts_with('.')
-            && host.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'_'));
+            && host
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'_'));
     if plausible {
         host.to_string()
     } else {

@@ -149,9 +149,12 @@ impl LoadedPlugin {
             State::new(self.who.clone(), self.files.clone(), self.limits.memory),
         );
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_callback(|ctx| {
-            let s = ctx.data();
-            Ok(if s.call_started.elapsed() >= s.time_limit {
+        store.epoch_deadline_callback(|mut ctx| {
+            // Called once per tick the call is found running (ticks that pass while it is parked
+            // arrive as one when it resumes), so this counts running time, not queueing.
+            let s = ctx.data_mut();
+            s.ticks_used += 1;
+            Ok(if s.ticks_used >= s.ticks_allowed {
                 UpdateDeadline::Interrupt
             } else {
                 UpdateDeadline::Yield(1)
@@ -211,10 +214,11 @@ impl LoadedPlugin {
         }
     }
 
-    /// The wall-clock bound of a call: the epoch deadline stops busy guests; this also stops one
-    /// parked in an (async) host call.
+    /// The wall-clock bound of a call. The epoch deadline stops busy guests by running time; this
+    /// only stops one parked in an (async) host call, so it is generous: queueing on a busy worker
+    /// must not fail a well-behaved plugin.
     fn wall_limit(&self) -> std::time::Duration {
-        self.limits.time * 2 + std::time::Duration::from_millis(5)
+        self.limits.time * 4 + std::time::Duration::from_millis(250)
     }
 
     pub async fn on_request(
@@ -288,11 +292,12 @@ impl LoadedPlugin {
     }
 }
 
-/// Start the clock for one call of at most `limit`.
+/// Start the clock for one call of at most `limit` (in whole ticks, plus one for the partial tick the
+/// call starts in).
 fn arm(store: &mut Store<State>, limit: std::time::Duration) {
     let data = store.data_mut();
-    data.call_started = std::time::Instant::now();
-    data.time_limit = limit;
+    data.ticks_used = 0;
+    data.ticks_allowed = (limit.as_micros() / engine::TICK.as_micros()).max(1) as u64 + 1;
     store.set_epoch_deadline(1);
 }
 

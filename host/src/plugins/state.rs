@@ -71,9 +71,11 @@ pub struct State {
     pub in_init: bool,
     /// The request being handled, for log lines.
     pub request_id: Option<String>,
-    /// When the current call began, and how long it may run (see `instance.rs` on deadlines).
-    pub call_started: Instant,
-    pub time_limit: std::time::Duration,
+    /// Epoch ticks the current call has run into, and how many it may (see `instance.rs` on
+    /// deadlines). Ticks, not wall time: a call that yielded and then waited for its worker is not
+    /// charged for the wait.
+    pub ticks_used: u64,
+    pub ticks_allowed: u64,
     started: Instant,
 }
 
@@ -100,8 +102,8 @@ impl State {
             files,
             in_init: false,
             request_id: None,
-            call_started: Instant::now(),
-            time_limit: std::time::Duration::from_secs(1),
+            ticks_used: 0,
+            ticks_allowed: 1000,
             started: Instant::now(),
         }
     }
