@@ -182,6 +182,10 @@ fn cases() -> Vec<Case> {
         case("host_userinfo", "GET / HTTP/1.1\r\nHost: evil@app.test\r\n\r\n", Reject),
         case("host_with_path", "GET / HTTP/1.1\r\nHost: app.test/x\r\n\r\n", Reject),
         case("host_with_space", "GET / HTTP/1.1\r\nHost: app.test x\r\n\r\n", Reject),
+        // Found by the `router` fuzz target: an unparseable Host used to reach host normalisation.
+        case("host_brackets", "GET / HTTP/1.1\r\nHost: [[\r\n\r\n", Status(400)),
+        case("host_bad_port", "GET / HTTP/1.1\r\nHost: app.test:8x\r\n\r\n", Status(400)),
+        case("host_ipv6_unclosed", "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", Status(400)),
         case("host_unknown", "GET / HTTP/1.1\r\nHost: other.test\r\n\r\n", Status(404)),
         case("host_case_port_dot", "GET /h HTTP/1.1\r\nHost: APP.test.:80\r\n\r\n", One(path("/h"))),
         case("http10_no_host", "GET / HTTP/1.0\r\n\r\n", Reject),

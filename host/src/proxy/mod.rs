@@ -309,7 +309,20 @@ fn request_authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
             let h = h
                 .to_str()
                 .map_err(|_| ProxyError::BadRequest("Host header is not ASCII"))?;
-            if h.is_empty() || h.contains(['/', ' ', '@']) {
+            // RFC 9112 §3.2: an invalid Host is a 400. `host[:port]` as an authority, without userinfo
+            // (the router's host normalisation assumes that shape: `[[` used to become `[`).
+            // `Authority` accepts any text after the last `:`; the port must be digits (or empty).
+            let port = match h.strip_prefix('[') {
+                Some(rest) => rest.split_once(']').map(|(_, p)| p),
+                None => Some(h.rsplit_once(':').map_or("", |(_, p)| p)),
+            };
+            let port_ok = port.is_some_and(|p| {
+                let digits = p.strip_prefix(':').unwrap_or(p);
+                (p.is_empty() || p.starts_with(':') || !h.starts_with('['))
+                    && (digits.is_empty() || digits.parse::<u16>().is_ok())
+            });
+            let authority_ok = port_ok && h.parse::<http::uri::Authority>().is_ok();
+            if h.is_empty() || h.contains(['/', ' ', '@']) || !authority_ok {
                 return Err(ProxyError::BadRequest("invalid Host header"));
             }
             Ok(h.to_string())
