@@ -3,7 +3,6 @@
 //! plugin calls, reloads. Process-wide, like the log.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -279,8 +278,4 @@ pub fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
-}
-
-pub fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
 }

@@ -232,8 +232,10 @@ impl Server {
             status: Default::default(),
             stopped: CancellationToken::new(),
         });
-        let digest =
-            crate::reload::fingerprint(&shared.runtime.load().config.path, &shared.runtime.load());
+        let digest = {
+            let rt = shared.runtime.load();
+            crate::reload::fingerprint(&rt.config.path, &rt)
+        };
         shared.publish(Some(digest));
         let mut addrs = Vec::new();
         let mut accept_tasks = Vec::new();

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, Response};
 
 use crate::config::{ConfigError, OnError, PluginConfig, PluginSource};
 use crate::error::ProxyError;
@@ -64,10 +64,6 @@ pub struct Chain {
 }
 
 impl Chain {
-    pub fn is_empty(&self) -> bool {
-        self.plugins.is_empty()
-    }
-
     pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
         &self.plugins
     }
@@ -306,6 +302,3 @@ fn describe(source: &PluginSource) -> String {
         PluginSource::Wasm(p) => p.display().to_string(),
     }
 }
-
-/// The status a plugin failure maps to, for docs and tests.
-pub const FAILURE_STATUS: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
