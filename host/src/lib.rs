@@ -9,6 +9,7 @@ pub mod demo;
 pub mod error;
 pub mod handover;
 pub mod log;
+pub mod log_sink;
 pub mod metrics;
 pub mod plugins;
 pub mod proxy;

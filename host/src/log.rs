@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Collected along the request path; [`AccessRecord::emit`] writes it.
+/// Collected along the request path; [`AccessRecord::emit`] writes it. Fields that do not apply
+/// (no tenant, no plugin answered, no error) are left out of the line.
 #[derive(Clone)]
 pub struct AccessRecord {
     pub start: Instant,
@@ -114,9 +115,9 @@ impl AccessRecord {
             id = %self.request_id,
             client = %self.client,
             listener = %self.listener,
-            site = %self.site.as_deref().unwrap_or("-"),
-            tenant = %self.tenant.as_deref().unwrap_or("-"),
-            route = %self.route.as_deref().unwrap_or("-"),
+            site = self.site.as_deref().map(display),
+            tenant = self.tenant.as_deref().map(display),
+            route = self.route.as_deref().map(display),
             method = %self.method,
             path = %self.path,
             version = %self.version,
@@ -124,9 +125,9 @@ impl AccessRecord {
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out,
             duration_ms = elapsed_ms(self.start),
-            upstream = %self.upstream.as_deref().unwrap_or("-"),
-            plugin = %self.answered_by.as_deref().unwrap_or("-"),
-            error = %self.error.as_deref().unwrap_or("-"),
+            upstream = self.upstream.as_deref().map(display),
+            plugin = self.answered_by.as_deref().map(display),
+            error = self.error.as_deref().map(display),
             complete,
             "{} {} {}", self.method, self.path, self.status
         );
@@ -140,9 +141,9 @@ impl AccessRecord {
             id = %self.request_id,
             client = %self.client,
             listener = %self.listener,
-            site = %self.site.as_deref().unwrap_or("-"),
-            tenant = %self.tenant.as_deref().unwrap_or("-"),
-            route = %self.route.as_deref().unwrap_or("-"),
+            site = self.site.as_deref().map(display),
+            tenant = self.tenant.as_deref().map(display),
+            route = self.route.as_deref().map(display),
             method = %self.method,
             path = %self.path,
             version = %self.version,
@@ -150,7 +151,7 @@ impl AccessRecord {
             bytes_in = up,
             bytes_out = down,
             duration_ms = elapsed_ms(self.start),
-            upstream = %self.upstream.as_deref().unwrap_or("-"),
+            upstream = self.upstream.as_deref().map(display),
             websocket = true,
             end = %end,
             "{} {} {} websocket closed: {end}", self.method, self.path, self.status

@@ -63,17 +63,36 @@ pub(crate) mod host_imports {
 /// needs no `Sync` bound on the plugin.
 pub type Slot<P> = LocalKey<RefCell<Option<P>>>;
 
-pub fn init<P: Plugin>(slot: &'static Slot<P>, config: String) -> Result<wit::HookSet, String> {
-    let (plugin, hooks) = start::<P>(&config)?;
+thread_local! {
+    /// The site this instance serves, from `init` (it is the same for every request).
+    static SITE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+pub fn init<P: Plugin>(
+    slot: &'static Slot<P>,
+    config: String,
+    site: String,
+) -> Result<wit::Registration, String> {
+    SITE.with(|s| *s.borrow_mut() = site);
+    let (plugin, reg) = start::<P>(&config)?;
     slot.with(|s| *s.borrow_mut() = Some(plugin));
-    let mut set = wit::HookSet::empty();
-    if hooks.on_request {
-        set = set | wit::HookSet::ON_REQUEST;
+    let mut hooks = wit::HookSet::empty();
+    if reg.hooks.on_request {
+        hooks = hooks | wit::HookSet::ON_REQUEST;
     }
-    if hooks.on_response {
-        set = set | wit::HookSet::ON_RESPONSE;
+    if reg.hooks.on_response {
+        hooks = hooks | wit::HookSet::ON_RESPONSE;
     }
-    Ok(set)
+    Ok(wit::Registration {
+        hooks,
+        request_headers: reg.request_headers,
+        response_headers: reg.response_headers,
+        fixed_response_edits: reg
+            .fixed_response_edits
+            .into_iter()
+            .map(header_op)
+            .collect(),
+    })
 }
 
 pub fn on_request<P: Plugin>(slot: &'static Slot<P>, req: wit::Request) -> wit::RequestAction {
@@ -115,7 +134,12 @@ fn instance<P>(slot: &mut Option<P>) -> &mut P {
 fn request(r: wit::Request) -> Request {
     Request {
         info: request_info(r.info),
-        version: r.version,
+        version: match r.version {
+            wit::HttpVersion::Http10 => "HTTP/1.0",
+            wit::HttpVersion::Http11 => "HTTP/1.1",
+            wit::HttpVersion::Http2 => "HTTP/2",
+        }
+        .to_owned(),
         headers: r.headers.into_iter().map(header_in).collect(),
         tls: r.tls.map(|t| TlsInfo {
             sni: t.sni,
@@ -126,15 +150,37 @@ fn request(r: wit::Request) -> Request {
 }
 
 fn request_info(i: wit::RequestInfo) -> RequestInfo {
+    let method = match i.method {
+        wit::Method::Get => "GET".to_owned(),
+        wit::Method::Head => "HEAD".to_owned(),
+        wit::Method::Post => "POST".to_owned(),
+        wit::Method::Put => "PUT".to_owned(),
+        wit::Method::Delete => "DELETE".to_owned(),
+        wit::Method::Connect => "CONNECT".to_owned(),
+        wit::Method::Options => "OPTIONS".to_owned(),
+        wit::Method::Trace => "TRACE".to_owned(),
+        wit::Method::Patch => "PATCH".to_owned(),
+        wit::Method::Other(m) => m,
+    };
+    let client_addr = match i.client_addr {
+        wit::IpAddress::Ipv4((a, b, c, d)) => std::net::Ipv4Addr::new(a, b, c, d).to_string(),
+        wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+            std::net::Ipv6Addr::new(a, b, c, d, e, f, g, h).to_string()
+        }
+    };
     RequestInfo {
         id: i.id,
-        method: i.method,
-        scheme: i.scheme,
+        method,
+        scheme: match i.scheme {
+            wit::Scheme::Http => "http",
+            wit::Scheme::Https => "https",
+        }
+        .to_owned(),
         authority: i.authority,
         path: i.path,
         query: i.query,
-        client_addr: i.client_addr,
-        site: i.site,
+        client_addr,
+        site: SITE.with(|s| s.borrow().clone()),
         route: i.route,
         websocket: i.websocket,
     }

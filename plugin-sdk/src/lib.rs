@@ -46,7 +46,7 @@ pub use decision::{Decision, RequestEdits, Response};
 pub use host::{
     log, now_monotonic_ns, read_config_file, read_config_text, wall_now_ms, ConfigFileError, Level,
 };
-pub use plugin::{parse_config, ConfigError, InitError, NoConfig, Plugin};
+pub use plugin::{parse_config, ConfigError, InitError, NoConfig, Plugin, Registration};
 pub use query::decode as percent_decode;
 pub use types::{Header, HeaderOp, Hooks, Request, RequestInfo, ResponseHead, TlsInfo};
 
@@ -102,8 +102,9 @@ macro_rules! export_plugin {
             impl __hooks::Guest for __WasmgateExport {
                 fn init(
                     config: ::std::string::String,
-                ) -> ::core::result::Result<__types::HookSet, ::std::string::String> {
-                    $crate::__private::init::<$plugin>(&__INSTANCE, config)
+                    site: ::std::string::String,
+                ) -> ::core::result::Result<__types::Registration, ::std::string::String> {
+                    $crate::__private::init::<$plugin>(&__INSTANCE, config, site)
                 }
 
                 fn on_request(request: __types::Request) -> __types::RequestAction {

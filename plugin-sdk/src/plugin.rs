@@ -31,6 +31,25 @@ pub trait Plugin: Sized + 'static {
         Hooks::BOTH
     }
 
+    /// The request headers `on_request` reads (names, any case). Only these are passed to it, which
+    /// makes each call cheaper (a header costs a copy into the plugin per call); `None`, the default,
+    /// passes every header. Edits may still set or remove any header.
+    fn request_headers(&self) -> Option<Vec<String>> {
+        None
+    }
+
+    /// The response headers `on_response` reads; `None`, the default, passes every header.
+    fn response_headers(&self) -> Option<Vec<String>> {
+        None
+    }
+
+    /// Response header edits that never change (`strict-transport-security`, …). The host applies them
+    /// to every response this plugin's `on_response` is owed, without calling the plugin (after
+    /// `on_response` when [`Plugin::hooks`] lists it too).
+    fn fixed_response_edits(&self) -> Vec<HeaderOp> {
+        Vec::new()
+    }
+
     /// Decide about a request before it reaches the backend.
     fn on_request(&mut self, _req: &Request) -> Decision {
         Decision::allow()
@@ -99,11 +118,44 @@ fn strip_position(e: &serde_json::Error) -> String {
 /// Parse the config and build the plugin: the one start-up path, used by the wasm glue and by
 /// `testing`. Errors come back as the message `init` returns to the host.
 #[doc(hidden)]
-pub fn start<P: Plugin>(config_json: &str) -> Result<(P, Hooks), String> {
+pub fn start<P: Plugin>(config_json: &str) -> Result<(P, Registration), String> {
     let config: P::Config = parse_config(config_json).map_err(|e| e.to_string())?;
     let plugin = crate::host::during_init(|| P::new(config)).map_err(|e| e.to_string())?;
-    let hooks = plugin.hooks();
-    Ok((plugin, hooks))
+    let registration = Registration {
+        hooks: plugin.hooks(),
+        request_headers: plugin.request_headers().map(lower_case),
+        response_headers: plugin.response_headers().map(lower_case),
+        fixed_response_edits: plugin.fixed_response_edits(),
+    };
+    Ok((plugin, registration))
+}
+
+fn lower_case(names: Vec<String>) -> Vec<String> {
+    names.into_iter().map(|n| n.to_ascii_lowercase()).collect()
+}
+
+/// What a plugin tells the host at start (WIT `registration`), collected from its [`Plugin`] methods.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Registration {
+    pub hooks: Hooks,
+    /// Lower-case; `None` = all headers.
+    pub request_headers: Option<Vec<String>>,
+    pub response_headers: Option<Vec<String>>,
+    pub fixed_response_edits: Vec<HeaderOp>,
+}
+
+impl Registration {
+    /// Keep only the headers a hook declared, as the host does before calling it.
+    pub fn filter(declared: &Option<Vec<String>>, headers: &[crate::Header]) -> Vec<crate::Header> {
+        match declared {
+            None => headers.to_vec(),
+            Some(names) => headers
+                .iter()
+                .filter(|h| names.iter().any(|n| h.name.eq_ignore_ascii_case(n)))
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]

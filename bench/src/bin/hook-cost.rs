@@ -54,17 +54,17 @@ fn chains() -> Vec<(&'static str, usize, usize, String)> {
     vec![
         ("none", 0, 0, String::new()),
         ("token-auth", 1, 1, TOKEN_AUTH.to_string()),
-        ("headers", 1, 2, HEADERS.to_string()),
+        ("headers", 1, 1, HEADERS.to_string()),
         (
             "token-auth+headers (seed)",
             2,
-            3,
+            2,
             format!("{TOKEN_AUTH}{HEADERS}"),
         ),
         (
             "token-auth+headers+ip-allow",
             3,
-            4,
+            3,
             format!("{TOKEN_AUTH}{HEADERS}{IP_ALLOW}"),
         ),
     ]

@@ -5,7 +5,11 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
-use super::bindings::{Header, HeaderOp, Request, RequestInfo, TlsInfo};
+use std::net::IpAddr;
+
+use super::bindings::{
+    Header, HeaderOp, HttpVersion, IpAddress, Method, Request, RequestInfo, Scheme, TlsInfo,
+};
 use super::RequestState;
 use crate::proxy::body::{full, ProxyBody};
 
@@ -27,35 +31,88 @@ pub fn is_forbidden(name: &str) -> bool {
     FORBIDDEN.iter().any(|f| f.eq_ignore_ascii_case(name)) || name.starts_with(':')
 }
 
-pub fn headers(map: &HeaderMap) -> Vec<Header> {
-    map.iter()
-        .map(|(n, v)| Header {
-            name: n.as_str().to_string(),
-            value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+/// The headers a hook gets: all of them, or only those it declared (see `registration` in the WIT).
+pub fn headers(map: &HeaderMap, declared: Option<&[HeaderName]>) -> Vec<Header> {
+    let one = |(n, v): (&HeaderName, &HeaderValue)| Header {
+        name: n.as_str().to_string(),
+        value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+    };
+    match declared {
+        None => map.iter().map(one).collect(),
+        Some(names) => names
+            .iter()
+            .flat_map(|n| map.get_all(n).iter().map(move |v| one((n, v))))
+            .collect(),
+    }
+}
+
+/// Header names from a plugin's registration; a name that is not a valid header name cannot match
+/// any header, so it is an error in the plugin.
+pub fn declared_names(names: Option<Vec<String>>) -> Result<Option<Vec<HeaderName>>, String> {
+    names
+        .map(|names| {
+            names
+                .iter()
+                .map(|n| {
+                    HeaderName::from_bytes(n.as_bytes())
+                        .map_err(|_| format!("declares `{n}`, which is not a header name"))
+                })
+                .collect()
         })
-        .collect()
+        .transpose()
 }
 
 pub fn info(s: &RequestState) -> RequestInfo {
     RequestInfo {
         id: s.id.clone(),
-        method: s.method.clone(),
-        scheme: s.scheme.to_string(),
+        method: method(&s.method),
+        scheme: if s.scheme == "https" {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        },
         authority: s.authority.clone(),
         path: s.path.clone(),
         query: s.query.clone(),
-        client_addr: s.client.to_string(),
-        site: s.site.to_string(),
+        client_addr: match s.client {
+            IpAddr::V4(a) => {
+                let [a, b, c, d] = a.octets();
+                IpAddress::Ipv4((a, b, c, d))
+            }
+            IpAddr::V6(a) => {
+                let [a, b, c, d, e, f, g, h] = a.segments();
+                IpAddress::Ipv6((a, b, c, d, e, f, g, h))
+            }
+        },
         route: s.route.to_string(),
         websocket: s.websocket,
     }
 }
 
-pub fn request(s: &RequestState, map: &HeaderMap) -> Request {
+fn method(m: &str) -> Method {
+    match m {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "CONNECT" => Method::Connect,
+        "OPTIONS" => Method::Options,
+        "TRACE" => Method::Trace,
+        "PATCH" => Method::Patch,
+        other => Method::Other(other.to_string()),
+    }
+}
+
+pub fn request(s: &RequestState, map: &HeaderMap, declared: Option<&[HeaderName]>) -> Request {
     Request {
         info: info(s),
-        version: s.version.to_string(),
-        headers: headers(map),
+        version: match s.version {
+            "HTTP/1.0" => HttpVersion::Http10,
+            "HTTP/2" => HttpVersion::Http2,
+            _ => HttpVersion::Http11,
+        },
+        headers: headers(map, declared),
         tls: s.tls.as_ref().map(|t| TlsInfo {
             sni: t.sni.clone(),
             alpn: t.alpn.clone(),
@@ -64,44 +121,86 @@ pub fn request(s: &RequestState, map: &HeaderMap) -> Request {
     }
 }
 
-/// Apply header edits in order. Edits of forbidden or malformed headers are skipped and returned as
-/// a list of complaints for the log.
-pub fn apply(ops: Vec<HeaderOp>, map: &mut HeaderMap) -> Vec<String> {
-    let mut refused = Vec::new();
-    for op in ops {
+/// One checked header edit.
+enum Edit {
+    Set(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+    Remove(HeaderName),
+}
+
+impl Edit {
+    /// Refuse edits of forbidden or malformed headers, with the reason.
+    fn check(op: HeaderOp) -> Result<Edit, String> {
         let (name, value) = match &op {
             HeaderOp::Set(h) | HeaderOp::Append(h) => (h.name.as_str(), Some(h.value.as_str())),
             HeaderOp::Remove(n) => (n.as_str(), None),
         };
         if is_forbidden(name) {
-            refused.push(format!("may not change `{name}`"));
-            continue;
+            return Err(format!("may not change `{name}`"));
         }
-        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-            refused.push(format!("`{name}` is not a header name"));
-            continue;
-        };
-        let value = match value.map(HeaderValue::from_str) {
-            Some(Ok(v)) => Some(v),
-            Some(Err(_)) => {
-                refused.push(format!("invalid value for `{name}`"));
-                continue;
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("`{name}` is not a header name"))?;
+        let value = value
+            .map(HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| format!("invalid value for `{name}`"))?;
+        Ok(match (op, value) {
+            (HeaderOp::Set(_), Some(v)) => Edit::Set(name, v),
+            (HeaderOp::Append(_), Some(v)) => Edit::Append(name, v),
+            _ => Edit::Remove(name),
+        })
+    }
+
+    fn apply(&self, map: &mut HeaderMap) {
+        match self {
+            Edit::Set(n, v) => {
+                map.insert(n.clone(), v.clone());
             }
-            None => None,
-        };
-        match (op, value) {
-            (HeaderOp::Set(_), Some(v)) => {
-                map.insert(name, v);
+            Edit::Append(n, v) => {
+                map.append(n.clone(), v.clone());
             }
-            (HeaderOp::Append(_), Some(v)) => {
-                map.append(name, v);
-            }
-            _ => {
-                map.remove(name);
+            Edit::Remove(n) => {
+                map.remove(n);
             }
         }
     }
+}
+
+/// Apply header edits in order. Edits of forbidden or malformed headers are skipped and returned as
+/// a list of complaints for the log.
+pub fn apply(ops: Vec<HeaderOp>, map: &mut HeaderMap) -> Vec<String> {
+    let mut refused = Vec::new();
+    for op in ops {
+        match Edit::check(op) {
+            Ok(edit) => edit.apply(map),
+            Err(why) => refused.push(why),
+        }
+    }
     refused
+}
+
+/// A plugin's fixed response edits: checked once at load (a bad one refuses the plugin), applied
+/// natively to every response.
+#[derive(Default)]
+pub struct FixedEdits(Vec<Edit>);
+
+impl FixedEdits {
+    pub fn new(ops: Vec<HeaderOp>) -> Result<FixedEdits, String> {
+        ops.into_iter()
+            .map(|op| Edit::check(op).map_err(|why| format!("fixed response edit refused: {why}")))
+            .collect::<Result<_, _>>()
+            .map(FixedEdits)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn apply(&self, map: &mut HeaderMap) {
+        for edit in &self.0 {
+            edit.apply(map);
+        }
+    }
 }
 
 /// A plugin's own response. An impossible status becomes 500; forbidden headers are dropped.

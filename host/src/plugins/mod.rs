@@ -29,7 +29,7 @@ use crate::error::ProxyError;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::TlsConn;
 use bindings::{HookSet, RequestAction};
-pub use instance::LoadedPlugin;
+pub use instance::{set_worker, LoadedPlugin};
 
 /// The request as plugins see and change it.
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ impl Chain {
                 ran.push(p.clone());
                 continue;
             }
-            let req = convert::request(state, headers);
+            let req = convert::request(state, headers, p.request_headers.as_deref());
             match p.on_request(&state.id, &req).await {
                 Ok(RequestAction::Continue(edits)) => {
                     complain(p, &state.id, convert::apply(edits.headers, headers));
@@ -130,39 +130,36 @@ impl Chain {
     }
 }
 
-/// Run `on-response` of the plugins in `ran`, last first.
+/// Run `on-response` of the plugins in `ran`, last first; each plugin's fixed response edits follow
+/// its own call (or stand in for it, when it asked for none).
 pub async fn on_response(
     ran: &[Arc<LoadedPlugin>],
     state: &RequestState,
     mut response: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
-    let wanted: Vec<&Arc<LoadedPlugin>> = ran
-        .iter()
-        .rev()
-        .filter(|p| p.hooks.contains(HookSet::ON_RESPONSE))
-        .collect();
-    if wanted.is_empty() {
-        return response;
-    }
-    let info = convert::info(state);
-    for p in wanted {
-        let head = bindings::ResponseHead {
-            status: response.status().as_u16(),
-            headers: convert::headers(response.headers()),
-        };
-        match p.on_response(&state.id, &info, &head).await {
-            Ok(ops) => complain(p, &state.id, convert::apply(ops, response.headers_mut())),
-            Err(f) => {
-                log_failure(p, &state.id, "on-response", &f);
-                if p.on_error == OnError::Deny {
-                    let err = ProxyError::Plugin {
-                        plugin: p.name.clone(),
-                        cause: f.kind.to_string(),
-                    };
-                    return err.to_response();
+    let mut info = None;
+    for p in ran.iter().rev() {
+        if p.hooks.contains(HookSet::ON_RESPONSE) {
+            let info = info.get_or_insert_with(|| convert::info(state));
+            let head = bindings::ResponseHead {
+                status: response.status().as_u16(),
+                headers: convert::headers(response.headers(), p.response_headers.as_deref()),
+            };
+            match p.on_response(&state.id, info, &head).await {
+                Ok(ops) => complain(p, &state.id, convert::apply(ops, response.headers_mut())),
+                Err(f) => {
+                    log_failure(p, &state.id, "on-response", &f);
+                    if p.on_error == OnError::Deny {
+                        let err = ProxyError::Plugin {
+                            plugin: p.name.clone(),
+                            cause: f.kind.to_string(),
+                        };
+                        return err.to_response();
+                    }
                 }
             }
         }
+        p.fixed_response.apply(response.headers_mut());
     }
     response
 }

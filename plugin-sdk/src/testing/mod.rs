@@ -27,7 +27,7 @@ use std::rc::Rc;
 
 pub use request::{TestRequest, TestResponse};
 
-use crate::plugin::{start, Plugin};
+use crate::plugin::{start, Plugin, Registration};
 use crate::{Decision, HeaderOp, Hooks, Level, Request, RequestInfo, ResponseHead};
 use double::{with_host, State};
 
@@ -72,10 +72,10 @@ impl TestHost {
     ) -> Result<TestPlugin<P>, String> {
         // Through a string, as from the host, so the same parser and messages are exercised.
         let json = config.to_string();
-        let (plugin, hooks) = with_host(&self.state, || start::<P>(&json))?;
+        let (plugin, registration) = with_host(&self.state, || start::<P>(&json))?;
         Ok(TestPlugin {
             plugin,
-            hooks,
+            registration,
             host: self.clone(),
         })
     }
@@ -107,33 +107,52 @@ impl TestHost {
 }
 
 /// A running plugin instance. Hooks behave as the host calls them: a hook the plugin did not list in
-/// `hooks()` is not called (on-request then continues unchanged, on-response changes nothing).
+/// `hooks()` is not called (on-request then continues unchanged, on-response changes nothing), a hook
+/// sees only the headers the plugin declared (`request_headers`, `response_headers`), and the fixed
+/// response edits come after `on_response`'s own.
 pub struct TestPlugin<P> {
     plugin: P,
-    hooks: Hooks,
+    registration: Registration,
     host: TestHost,
 }
 
 impl<P: Plugin> TestPlugin<P> {
     /// The hooks the plugin asked for at init.
     pub fn hooks(&self) -> Hooks {
-        self.hooks
+        self.registration.hooks
+    }
+
+    /// Everything the plugin told the host at init.
+    pub fn registration(&self) -> &Registration {
+        &self.registration
     }
 
     pub fn on_request(&mut self, req: &Request) -> Decision {
-        if !self.hooks.on_request {
+        if !self.registration.hooks.on_request {
             return Decision::allow();
         }
+        let seen = Request {
+            headers: Registration::filter(&self.registration.request_headers, &req.headers),
+            ..req.clone()
+        };
         let plugin = &mut self.plugin;
-        with_host(&self.host.state, || plugin.on_request(req))
+        with_host(&self.host.state, || plugin.on_request(&seen))
     }
 
+    /// The edits the host would apply to this response for this plugin: `on_response`'s (if listed),
+    /// then the fixed ones.
     pub fn on_response(&mut self, req: &RequestInfo, resp: &ResponseHead) -> Vec<HeaderOp> {
-        if !self.hooks.on_response {
-            return Vec::new();
+        let mut ops = Vec::new();
+        if self.registration.hooks.on_response {
+            let seen = ResponseHead {
+                status: resp.status,
+                headers: Registration::filter(&self.registration.response_headers, &resp.headers),
+            };
+            let plugin = &mut self.plugin;
+            ops = with_host(&self.host.state, || plugin.on_response(req, &seen));
         }
-        let plugin = &mut self.plugin;
-        with_host(&self.host.state, || plugin.on_response(req, resp))
+        ops.extend(self.registration.fixed_response_edits.iter().cloned());
+        ops
     }
 
     /// Move the fixed wall clock (e.g. past a token's expiry).

@@ -95,6 +95,10 @@ impl Plugin for BasicAuth {
         Hooks::REQUEST
     }
 
+    fn request_headers(&self) -> Option<Vec<String>> {
+        Some(vec!["authorization".to_owned()])
+    }
+
     fn on_request(&mut self, req: &Request) -> Decision {
         match req.header("authorization").and_then(credentials) {
             Some((user, password)) if self.check(&user, &password) => {

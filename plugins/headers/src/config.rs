@@ -58,6 +58,14 @@ impl Edits {
         self.remove.is_empty() && self.set.is_empty() && self.append.is_empty()
     }
 
+    /// Whether the edits are the same for every request (no value uses a variable).
+    pub fn is_fixed(&self) -> bool {
+        self.set
+            .iter()
+            .chain(&self.append)
+            .all(|(_, t)| t.is_fixed())
+    }
+
     pub fn render(&self, req: &RequestInfo) -> Vec<HeaderOp> {
         let remove = self.remove.iter().map(HeaderOp::remove);
         let set = self

@@ -26,11 +26,29 @@ impl Plugin for Headers {
         Ok(Headers { request, response })
     }
 
-    /// Only the hooks with something to do, so the host skips the other call entirely.
+    /// Only the hooks with something to do, so the host skips the other call entirely. Response
+    /// edits without variables are handed to the host as fixed edits: no call per response at all.
     fn hooks(&self) -> Hooks {
         Hooks {
             on_request: !self.request.is_empty(),
-            on_response: !self.response.is_empty(),
+            on_response: !self.response.is_empty() && !self.response.is_fixed(),
+        }
+    }
+
+    /// Values come from the request's facts (`{client_addr}`, …), never from its headers.
+    fn request_headers(&self) -> Option<Vec<String>> {
+        Some(Vec::new())
+    }
+
+    fn response_headers(&self) -> Option<Vec<String>> {
+        Some(Vec::new())
+    }
+
+    fn fixed_response_edits(&self) -> Vec<HeaderOp> {
+        if self.response.is_fixed() {
+            self.response.render(&RequestInfo::default())
+        } else {
+            Vec::new()
         }
     }
 

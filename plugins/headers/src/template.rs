@@ -111,6 +111,11 @@ impl Template {
         Ok(Template(parts))
     }
 
+    /// Whether the value is the same for every request (no variables).
+    pub fn is_fixed(&self) -> bool {
+        self.0.iter().all(|p| matches!(p, Part::Text(_)))
+    }
+
     pub fn render(&self, req: &RequestInfo) -> String {
         let mut out = String::new();
         for part in &self.0 {

@@ -41,14 +41,45 @@ fn request_and_response_edits() {
 
 #[test]
 fn hooks_follow_sections() {
-    let p = testing::instantiate::<Headers>(json!({"response": {"set": {"x-a": "1"}}}));
+    let p = testing::instantiate::<Headers>(json!({"response": {"set": {"x-a": "{site}"}}}));
     assert_eq!(p.hooks(), Hooks::RESPONSE);
+    assert!(p.registration().fixed_response_edits.is_empty());
     let p = testing::instantiate::<Headers>(json!({"request": {"remove": ["x-a"]}}));
     assert_eq!(p.hooks(), Hooks::REQUEST);
     // An empty section counts as absent.
     let p =
         testing::instantiate::<Headers>(json!({"request": {"remove": ["x-a"]}, "response": {}}));
     assert_eq!(p.hooks(), Hooks::REQUEST);
+}
+
+/// Response edits without variables need no call: the host applies them itself.
+#[test]
+fn fixed_response_edits_need_no_call() {
+    let mut p = testing::instantiate_toml::<Headers>(
+        r#"
+        request = { set = { "x-real-ip" = "{client_addr}" } }
+        response = { set = { "strict-transport-security" = "max-age=63072000" }, remove = ["server"] }
+        "#,
+    );
+    assert_eq!(p.hooks(), Hooks::REQUEST);
+    let reg = p.registration().clone();
+    assert_eq!(reg.request_headers, Some(vec![]));
+    assert_eq!(
+        reg.fixed_response_edits,
+        vec![
+            HeaderOp::remove("server"),
+            HeaderOp::set("strict-transport-security", "max-age=63072000"),
+        ]
+    );
+    // The harness applies them as the host does.
+    let req = TestRequest::get("/").build();
+    let resp = TestResponse::status(200).header("server", "x").build();
+    let mut headers = resp.headers.clone();
+    HeaderOp::apply_all(&mut headers, &p.on_response(&req.info, &resp));
+    assert_eq!(
+        headers,
+        vec![Header::new("strict-transport-security", "max-age=63072000")]
+    );
 }
 
 #[test]

@@ -68,6 +68,11 @@ impl Plugin for IpAllow {
         Hooks::REQUEST
     }
 
+    /// The client address comes from the request's facts (the host resolved trusted proxies).
+    fn request_headers(&self) -> Option<Vec<String>> {
+        Some(Vec::new())
+    }
+
     fn on_request(&mut self, req: &Request) -> Decision {
         let Some(ip) = req.client_ip() else {
             // Fail closed: an address we cannot read matches no rule we could vouch for.

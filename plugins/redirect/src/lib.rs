@@ -23,6 +23,11 @@ impl Plugin for Redirect {
         Hooks::REQUEST
     }
 
+    /// Path, query, scheme and host are request facts; no header is read.
+    fn request_headers(&self) -> Option<Vec<String>> {
+        Some(Vec::new())
+    }
+
     fn on_request(&mut self, req: &Request) -> Decision {
         match &self.rule {
             Rule::Prefix { from, to, status } => match rest_after(from, &req.path) {

@@ -77,6 +77,10 @@ impl Plugin for RequireHeader {
         Hooks::REQUEST
     }
 
+    fn request_headers(&self) -> Option<Vec<String>> {
+        Some(vec![self.name.clone()])
+    }
+
     fn on_request(&mut self, req: &Request) -> Decision {
         let Some(value) = req.header(&self.name) else {
             return Decision::respond(self.status.unwrap_or(401))

@@ -43,6 +43,19 @@ impl Plugin for TokenAuth {
         Hooks::REQUEST
     }
 
+    /// The credential's header (and the subprotocol list when tokens may come that way).
+    fn request_headers(&self) -> Option<Vec<String>> {
+        let mut names = vec![self
+            .s
+            .header
+            .clone()
+            .unwrap_or_else(|| "authorization".to_owned())];
+        if self.s.subprotocol {
+            names.push("sec-websocket-protocol".to_owned());
+        }
+        Some(names)
+    }
+
     fn on_request(&mut self, req: &Request) -> Decision {
         let found = self.credential(req);
         let verdict = match &found {
