@@ -221,3 +221,61 @@ pub fn response(r: super::bindings::Response) -> (Response<ProxyBody>, Vec<Strin
     *resp.headers_mut() = map;
     (resp, refused)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: &str, v: &str) -> HeaderOp {
+        HeaderOp::Set(Header {
+            name: n.into(),
+            value: v.into(),
+        })
+    }
+
+    #[test]
+    fn declared_headers_only() {
+        let mut map = HeaderMap::new();
+        map.insert("authorization", HeaderValue::from_static("Bearer t"));
+        map.insert("cookie", HeaderValue::from_static("c"));
+        map.append("x-a", HeaderValue::from_static("1"));
+        map.append("x-a", HeaderValue::from_static("2"));
+        let names = declared_names(Some(vec!["X-A".into(), "authorization".into()]))
+            .unwrap()
+            .unwrap();
+        let seen: Vec<(String, String)> = headers(&map, Some(&names))
+            .into_iter()
+            .map(|h| (h.name, h.value))
+            .collect();
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        assert_eq!(
+            seen,
+            [
+                pair("x-a", "1"),
+                pair("x-a", "2"),
+                pair("authorization", "Bearer t")
+            ]
+        );
+        assert_eq!(headers(&map, None).len(), 4);
+        assert!(declared_names(Some(vec!["bad name".into()])).is_err());
+    }
+
+    #[test]
+    fn fixed_edits_are_checked_once() {
+        let fixed = FixedEdits::new(vec![
+            set("x-frame-options", "DENY"),
+            HeaderOp::Remove("server".into()),
+        ])
+        .unwrap();
+        let mut map = HeaderMap::new();
+        map.insert("server", HeaderValue::from_static("backend"));
+        fixed.apply(&mut map);
+        assert_eq!(map.get("x-frame-options").unwrap(), "DENY");
+        assert!(map.get("server").is_none());
+        let err = FixedEdits::new(vec![set("content-length", "0")])
+            .err()
+            .unwrap();
+        assert!(err.contains("may not change `content-length`"), "{err}");
+        assert!(FixedEdits::new(vec![set("x-a", "bad\nvalue")]).is_err());
+    }
+}

@@ -279,4 +279,38 @@ mod tests {
             .expect("must fail");
         assert!(e.starts_with("bad TOML"), "{e}");
     }
+
+    /// Sees only what it declared, as under the host.
+    struct Peek;
+
+    impl Plugin for Peek {
+        type Config = crate::NoConfig;
+        fn new(_: crate::NoConfig) -> Result<Self, InitError> {
+            Ok(Peek)
+        }
+        fn request_headers(&self) -> Option<Vec<String>> {
+            Some(vec!["X-Token".into()])
+        }
+        fn on_request(&mut self, req: &Request) -> Decision {
+            let seen: Vec<&str> = req.headers.iter().map(|h| h.name.as_str()).collect();
+            Decision::allow().set_header("x-seen", seen.join(","))
+        }
+    }
+
+    #[test]
+    fn hooks_see_only_declared_headers() {
+        let mut p = instantiate::<Peek>(serde_json::json!({}));
+        assert_eq!(
+            p.registration().request_headers,
+            Some(vec!["x-token".to_owned()])
+        );
+        let req = TestRequest::get("/")
+            .header("x-token", "t")
+            .header("cookie", "secret")
+            .build();
+        assert_eq!(
+            p.on_request(&req),
+            Decision::allow().set_header("x-seen", "x-token")
+        );
+    }
 }
