@@ -59,6 +59,67 @@ fn drain(buf: &mut Vec<u8>) {
     }
 }
 
+/// Append a whole line (with its newline) to this thread's buffer, as a log line at INFO.
+pub fn write_line(line: &[u8]) {
+    let _ = LineWriter { urgent: false }.write(line);
+}
+
+/// The current UTC time as `tracing_subscriber` prints it (`2026-11-25T12:13:54.920769Z`). The
+/// date-and-seconds part is formatted once per second per thread.
+pub fn timestamp(out: &mut String) {
+    use std::cell::RefCell;
+    use std::fmt::Write as _;
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+            let t = secs % 86_400;
+            c.1.clear();
+            let _ = write!(
+                c.1,
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+                t / 3600,
+                t / 60 % 60,
+                t % 60
+            );
+            c.0 = secs;
+        }
+        out.push_str(&c.1);
+    });
+    let _ = write!(out, ".{:06}Z", now.subsec_micros());
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_417), (2025, 11, 25));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(super::civil_from_days(-1), (1969, 12, 31));
+    }
+}
+
 /// The [`MakeWriter`] for `tracing_subscriber::fmt().with_writer(..)`.
 #[derive(Clone, Copy, Default)]
 pub struct BufferedStderr;

@@ -124,6 +124,7 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat, batched: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let writer = if batched {
+        wasmgate::log::write_directly(format);
         BoxMakeWriter::new(wasmgate::log_sink::BufferedStderr)
     } else {
         BoxMakeWriter::new(std::io::stderr)

@@ -85,15 +85,9 @@ pub async fn proxy(
     } else {
         None
     };
-    let uri = backend_uri(route, state, "http")?;
     let mut breq = Request::new(Empty::<bytes::Bytes>::new());
     *breq.method_mut() = Method::GET;
-    *breq.uri_mut() = uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .parse()
-        .expect("path is a URI");
+    *breq.uri_mut() = backend_uri(route, state)?;
     *breq.headers_mut() = headers;
 
     let backend = &route.cfg.backend;

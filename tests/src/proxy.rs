@@ -24,16 +24,27 @@ impl Proxy {
 
     /// Start from a directory the caller prepared (certificates, plugins).
     pub async fn start_in(dir: tempfile::TempDir, config: &str) -> Proxy {
+        Proxy::try_start_in(dir, config)
+            .await
+            .unwrap_or_else(|(_, e)| panic!("proxy did not start: {e}"))
+    }
+
+    /// Like [`Proxy::start_in`], giving the directory back with the error — for configs on fixed
+    /// ports, which another test's outgoing connection may have taken meanwhile (retry on new ones).
+    pub async fn try_start_in(
+        dir: tempfile::TempDir,
+        config: &str,
+    ) -> Result<Proxy, (tempfile::TempDir, wasmgate::StartError)> {
         crate::init_logging();
         let path = dir.path().join("wasmgate.toml");
         std::fs::write(&path, config).unwrap();
         let cfg = Config::load(&path).unwrap_or_else(|e| panic!("config refused:\n{e}"));
-        let server = Server::start(cfg)
-            .await
-            .unwrap_or_else(|e| panic!("proxy did not start: {e}"));
-        Proxy {
-            server: Some(server),
-            dir,
+        match Server::start(cfg).await {
+            Ok(server) => Ok(Proxy {
+                server: Some(server),
+                dir,
+            }),
+            Err(e) => Err((dir, e)),
         }
     }
 

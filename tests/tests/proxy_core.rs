@@ -78,6 +78,40 @@ async fn longest_prefix_maps_path_and_query_like_proxypass() {
 }
 
 #[tokio::test]
+async fn backend_connections_are_kept_alive_and_reused() {
+    let (root, api) = (Backend::start().await, Backend::start().await);
+    // One worker: one pool, so sequential requests must all share one backend connection.
+    let cfg = format!("workers = 1\n{}", config(&root, &api, ""));
+    let p = Proxy::start(&cfg, &[]).await;
+    let addr = p.addr("web");
+    for i in 0..30 {
+        let r = get(addr, "app.test", &format!("/seq/{i}")).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(root.count(), 30);
+    assert_eq!(
+        root.connections(),
+        1,
+        "sequential requests reuse one connection"
+    );
+
+    // Concurrent clients need a connection each at most, and keep reusing them.
+    let rounds = (0..8).map(|c| async move {
+        for i in 0..10 {
+            let r = get(addr, "app.test", &format!("/par/{c}/{i}")).await;
+            assert_eq!(r.status, 200);
+        }
+    });
+    futures_util::future::join_all(rounds).await;
+    assert_eq!(root.count(), 110);
+    assert!(
+        root.connections() <= 1 + 8,
+        "{} backend connections for 8 concurrent clients",
+        root.connections()
+    );
+}
+
+#[tokio::test]
 async fn host_header_follows_preserve_host() {
     let (root, api) = (Backend::start().await, Backend::start().await);
     let p = Proxy::start(&config(&root, &api, ""), &[]).await;

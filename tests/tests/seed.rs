@@ -39,22 +39,35 @@ async fn seed(edit: impl Fn(String) -> String) -> Seed {
     )
     .unwrap();
     let backend = Backend::start().await;
-    let (http, https) = (free_port(), free_port());
-    let opts = DemoOptions {
-        data_dir: dir.path().to_path_buf(),
-        bind: "127.0.0.1".parse().unwrap(),
-        http_port: http,
-        https_port: https,
-    };
-    let config = edit(seed_config(&opts, backend.addr));
-    let proxy = Proxy::start_in(dir, &config).await;
-    Seed {
-        ca,
-        leaf,
-        backend,
-        proxy,
-        https,
+    let mut dir = dir;
+    // The seed config names its ports; a port found free can be taken (by another test's outgoing
+    // connection) before the proxy binds it, so try a few pairs.
+    for attempt in 1.. {
+        let (http, https) = (free_port(), free_port());
+        let opts = DemoOptions {
+            data_dir: dir.path().to_path_buf(),
+            bind: "127.0.0.1".parse().unwrap(),
+            http_port: http,
+            https_port: https,
+        };
+        let config = edit(seed_config(&opts, backend.addr));
+        match Proxy::try_start_in(dir, &config).await {
+            Ok(proxy) => {
+                return Seed {
+                    ca,
+                    leaf,
+                    backend,
+                    proxy,
+                    https,
+                }
+            }
+            Err((back, e)) if attempt < 5 && matches!(e, wasmgate::StartError::Bind { .. }) => {
+                dir = back
+            }
+            Err((_, e)) => panic!("proxy did not start: {e}"),
+        }
     }
+    unreachable!()
 }
 
 impl Seed {

@@ -172,17 +172,6 @@ pub struct Backend {
     pub ca: Option<PathBuf>,
 }
 
-impl Backend {
-    /// The scheme used on the wire for plain HTTP requests.
-    pub fn http_scheme(&self) -> &'static str {
-        if self.tls {
-            "https"
-        } else {
-            "http"
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginConfig {
     /// For logs and metrics.

@@ -1,16 +1,22 @@
-//! Connections to backends: a pooled keep-alive client per (connect timeout, CA) pair, shared across
-//! reloads so a config change does not throw away warm connections; and one-off connections for
-//! WebSocket upgrades, which leave the pool for good once upgraded.
+//! Connections to backends: per-worker pools of keep-alive HTTP/1.1 connections (hyper's connection
+//! API with a pool of our own — checkout and checkin are a `Vec` pop and push on the worker's
+//! thread), shared across reloads so a config change does not throw away warm connections; and
+//! one-off connections for WebSocket upgrades, which leave the pool for good once upgraded.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -18,56 +24,203 @@ use crate::config::Backend;
 use crate::error::ProxyError;
 use crate::proxy::body::ProxyBody;
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
-
-/// How to reach the backends of one route.
-///
-/// The pooled client is per worker thread: a pooled connection is driven by a task on the runtime that
-/// opened it, so sharing one pool between workers would make every request wake another thread. Each
-/// worker (one per core, see `server.rs`) keeps its own pools, like nginx's workers do.
+/// How to reach the backends of one route: connect timeout and TLS settings. Requests go out on
+/// keep-alive connections from the pool of the worker thread they run on (see [`Upstream::send`]).
 pub struct Upstream {
     pub connect_timeout: Duration,
-    ca: Option<PathBuf>,
     tls: Arc<rustls::ClientConfig>,
 }
 
 type Key = (Duration, Option<PathBuf>);
 
+/// An idle keep-alive connection: hyper's handle to it (the connection itself is driven by a task).
+struct Idle {
+    tx: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// Idle connections are closed after this long unused (nginx's `keepalive_timeout` default is 60 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per backend and worker; more are closed when they come back.
+const MAX_IDLE: usize = 256;
+
+/// Which pool: the upstream (by address, it lives as long as the server) and plain/TLS; then the
+/// backend's `host:port`.
+type PoolKey = (usize, bool);
+
 thread_local! {
-    static CLIENTS: std::cell::RefCell<HashMap<Key, HttpClient>> = Default::default();
+    /// This worker thread's idle connections. A connection's task runs on the runtime that opened it,
+    /// so sharing a pool between workers would make every request wake another thread; like nginx's
+    /// workers, each keeps its own. No lock: one thread, and checkout/checkin never `.await`.
+    static IDLE: RefCell<HashMap<PoolKey, HashMap<String, Vec<Idle>>>> = Default::default();
+    static REAPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn checkout(key: PoolKey, authority: &str) -> Option<SendRequest<ProxyBody>> {
+    IDLE.with(|pools| {
+        let mut pools = pools.borrow_mut();
+        let list = pools.get_mut(&key)?.get_mut(authority)?;
+        // Most recently used first: its socket is warm, and stale ones sink to the front.
+        while let Some(c) = list.pop() {
+            if !c.tx.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+                return Some(c.tx);
+            }
+        }
+        None
+    })
+}
+
+fn checkin(key: PoolKey, authority: &str, tx: SendRequest<ProxyBody>) {
+    if tx.is_closed() {
+        return;
+    }
+    start_reaper();
+    IDLE.with(|pools| {
+        let mut pools = pools.borrow_mut();
+        let by_host = pools.entry(key).or_default();
+        let list = match by_host.get_mut(authority) {
+            Some(list) => list,
+            None => by_host.entry(authority.to_owned()).or_default(),
+        };
+        // Amortised pruning: the oldest entry goes if it is dead or stale.
+        if list
+            .first()
+            .is_some_and(|c| c.tx.is_closed() || c.since.elapsed() >= IDLE_TIMEOUT)
+        {
+            list.remove(0);
+        }
+        if list.len() < MAX_IDLE {
+            list.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    });
+}
+
+/// Close idle connections past [`IDLE_TIMEOUT`] on a worker that has gone quiet (a busy one prunes as
+/// it goes). One task per worker thread, started with its first pooled connection.
+fn start_reaper() {
+    if REAPER.get() || tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    REAPER.set(true);
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+            IDLE.with(|pools| {
+                for by_host in pools.borrow_mut().values_mut() {
+                    for list in by_host.values_mut() {
+                        list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < IDLE_TIMEOUT);
+                    }
+                }
+            });
+        }
+    });
 }
 
 impl Upstream {
-    /// This thread's pooled client for this upstream.
-    pub fn client(&self) -> HttpClient {
-        let key = (self.connect_timeout, self.ca.clone());
-        CLIENTS.with(|c| {
-            c.borrow_mut()
-                .entry(key)
-                .or_insert_with(|| self.new_client())
-                .clone()
-        })
+    /// Send `req` (origin-form target, `Host` set) to `backend` on an idle keep-alive connection of
+    /// this worker, or on a new one. The connection goes back to the pool when the response body has
+    /// been read to its end; a request that a reused connection could not take (it closed meanwhile)
+    /// is retried once on a fresh connection — it was never sent, so this is safe for any method.
+    pub async fn send(
+        &self,
+        backend: &Backend,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        let key = (self as *const Upstream as usize, backend.tls);
+        let mut req = req;
+        let mut pooled = checkout(key, &backend.authority);
+        loop {
+            let reused = pooled.is_some();
+            let mut tx = match pooled.take() {
+                Some(tx) => tx,
+                None => self.handshake(backend).await?,
+            };
+            // A pooled connection may still be finishing the previous exchange for a moment.
+            let ready = tokio::time::timeout(self.connect_timeout, tx.ready()).await;
+            if !matches!(ready, Ok(Ok(()))) {
+                if reused {
+                    continue;
+                }
+                return Err(ProxyError::UpstreamConnect {
+                    backend: backend.authority.clone(),
+                    cause: "the new connection was closed before it could take the request".into(),
+                });
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    return Ok(resp.map(|body| PooledBody {
+                        body,
+                        ended: false,
+                        back: Some((key, backend.authority.clone(), tx)),
+                    }))
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(classify(&e.into_error(), backend)),
+                },
+            }
+        }
     }
 
-    fn new_client(&self) -> HttpClient {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(self.connect_timeout));
-        // hyper-rustls sets ALPN itself from the enabled protocols.
-        let mut pool_tls = (*self.tls).clone();
-        pool_tls.alpn_protocols.clear();
-        let https = HttpsConnectorBuilder::new()
-            .with_tls_config(pool_tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(https)
+    async fn handshake(&self, backend: &Backend) -> Result<SendRequest<ProxyBody>, ProxyError> {
+        let io = self.connect(backend).await?;
+        let (tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| classify(&e, backend))?;
+        let authority = backend.authority.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(backend = %authority, "backend connection ended: {}", crate::error::Chain(&e));
+            }
+        });
+        Ok(tx)
+    }
+}
+
+/// A backend response body that returns its connection to the pool once read to the end (when it is
+/// dropped; hyper drops it after the last byte went out, or never polls it when it is empty).
+pub struct PooledBody {
+    body: Incoming,
+    ended: bool,
+    back: Option<(PoolKey, String, SendRequest<ProxyBody>)>,
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if self.ended || self.body.is_end_stream() {
+            if let Some((key, authority, tx)) = self.back.take() {
+                checkin(key, &authority, tx);
+            }
+        }
+        // Otherwise the body was abandoned mid-way: dropping the handle closes the connection.
     }
 }
 
@@ -91,7 +244,6 @@ impl UpstreamCache {
         let tls = crate::tls::client_config(ca.map(PathBuf::as_path), true)?;
         let up = Arc::new(Upstream {
             connect_timeout,
-            ca: ca.cloned(),
             tls,
         });
         map.insert(key, up.clone());
@@ -143,37 +295,17 @@ impl Upstream {
     }
 }
 
-/// Classify a pooled-client error: refused/reset → 502, connect timeout → 504, our body limit → 413.
-pub fn classify(
-    err: hyper_util::client::legacy::Error,
-    backend: &Backend,
-    connect_timeout: Duration,
-) -> ProxyError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+/// Classify a backend exchange error: our body limit → 413, anything else → 502.
+fn classify(err: &hyper::Error, backend: &Backend) -> ProxyError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = src {
         if let Some(t) = e.downcast_ref::<crate::proxy::body::TooLarge>() {
             return ProxyError::BodyTooLarge { limit: t.0 };
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return ProxyError::UpstreamConnectTimeout {
-                    backend: backend.authority.clone(),
-                    after_ms: connect_timeout.as_millis(),
-                };
-            }
-        }
         src = e.source();
     }
-    let cause = crate::error::Chain(&err).to_string();
-    if err.is_connect() {
-        ProxyError::UpstreamConnect {
-            backend: backend.authority.clone(),
-            cause,
-        }
-    } else {
-        ProxyError::UpstreamProtocol {
-            backend: backend.authority.clone(),
-            cause,
-        }
+    ProxyError::UpstreamProtocol {
+        backend: backend.authority.clone(),
+        cause: crate::error::Chain(err).to_string(),
     }
 }

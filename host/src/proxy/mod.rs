@@ -402,16 +402,16 @@ pub fn is_websocket_request<B>(req: &Request<B>) -> bool {
     }
 }
 
-/// The backend URI for a request on `route` with the (normalised, possibly plugin-rewritten) path.
-pub fn backend_uri(route: &Route, state: &RequestState, scheme: &str) -> Result<Uri, ProxyError> {
+/// The request target (origin-form, `/path?query`) for the backend of `route`, from the (normalised,
+/// possibly plugin-rewritten) path.
+pub fn backend_uri(route: &Route, state: &RequestState) -> Result<Uri, ProxyError> {
     let b = &route.cfg.backend;
     let mut target = map_path(&route.cfg.path, &b.path, &state.path);
     if let Some(q) = &state.query {
         target.push('?');
         target.push_str(q);
     }
-    format!("{scheme}://{}{target}", b.authority)
-        .parse()
+    Uri::try_from(target)
         .map_err(|_| ProxyError::BadRequest("request target cannot be mapped to the backend"))
 }
 
@@ -470,7 +470,7 @@ async fn forward(
         return Err(ProxyError::BodyTooLarge { limit });
     }
     let (mut parts, body) = req.into_parts();
-    parts.uri = backend_uri(route, state, route.cfg.backend.http_scheme())?;
+    parts.uri = backend_uri(route, state)?;
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     upstream_headers(&mut parts.headers, conn, route, state, peer_trusted);
@@ -479,17 +479,16 @@ async fn forward(
 
     let timeout = route.cfg.timeouts.response;
     let backend = &route.cfg.backend;
-    let resp =
-        match tokio::time::timeout(timeout, route.upstream.client().request(upstream_req)).await {
-            Err(_) => {
-                return Err(ProxyError::UpstreamTimeout {
-                    backend: backend.authority.clone(),
-                    after_ms: timeout.as_millis(),
-                })
-            }
-            Ok(Err(e)) => return Err(client::classify(e, backend, route.upstream.connect_timeout)),
-            Ok(Ok(r)) => r,
-        };
+    let resp = match tokio::time::timeout(timeout, route.upstream.send(backend, upstream_req)).await
+    {
+        Err(_) => {
+            return Err(ProxyError::UpstreamTimeout {
+                backend: backend.authority.clone(),
+                after_ms: timeout.as_millis(),
+            })
+        }
+        Ok(r) => r?,
+    };
     // A 101 to a request that asked for no upgrade (WebSockets take the other path) would switch the
     // client's connection to a protocol nobody agreed on: the backend is broken (RFC 9110 §15.2.2).
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
