@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -591,7 +591,9 @@ where
     let service = service_fn(move |req| {
         // Counted from the parsed head until the response body is sent or dropped.
         let in_flight = InFlight::start(tracked.clone());
-        let handled = crate::proxy::handle(shared.clone(), conn_info.clone(), req);
+        // Boxed: the pipeline's future is large (kilobytes of state across its awaits); hyper moves
+        // the service future around, and a box makes each move a pointer copy.
+        let handled = Box::pin(crate::proxy::handle(shared.clone(), conn_info.clone(), req));
         async move {
             let resp = handled.await?;
             Ok::<_, Infallible>(resp.map(|body| {
@@ -626,12 +628,9 @@ where
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            // The watchdog enforces header_read and keepalive; hyper's own timer (which starts when the
-            // connection goes idle, so it would cap keepalive at header_read) stays as a backstop.
-            .header_read_timeout(
-                ctx.header_read_timeout
-                    .saturating_add(ctx.keepalive_timeout),
-            )
+            // The watchdog enforces header_read and keepalive. hyper's own header timer would arm a
+            // timer per request (and start when the connection goes idle, capping keepalive).
+            .header_read_timeout(None)
             // `max_buf_size` alone is no header limit: a head that arrives in few large reads can
             // outgrow it before the check runs. `max_header_size` counts the parsed head exactly.
             .max_header_size(ctx.max_header_bytes)
@@ -658,7 +657,6 @@ struct Activity {
     first_byte: AtomicU64,
     /// A request has been answered: later idle periods are keep-alive waits.
     served: AtomicBool,
-    wake: Notify,
 }
 
 const NOTHING: u64 = u64::MAX;
@@ -671,7 +669,6 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             first_byte: AtomicU64::new(NOTHING),
             served: AtomicBool::new(false),
-            wake: Notify::new(),
         }
     }
 
@@ -703,7 +700,6 @@ impl Drop for InFlight {
         a.first_byte.store(NOTHING, Ordering::SeqCst);
         a.served.store(true, Ordering::SeqCst);
         a.in_flight.fetch_sub(1, Ordering::SeqCst);
-        a.wake.notify_one();
     }
 }
 
@@ -718,7 +714,12 @@ impl Drop for InFlight {
 /// only get the idle rule (their bytes include PINGs and SETTINGS, not just request heads).
 async fn idle_watchdog(a: Arc<Activity>, header_read: Duration, keepalive: Duration, h2: bool) {
     let (header_read, keepalive) = (header_read.as_millis() as u64, keepalive.as_millis() as u64);
+    // Nothing on the request path wakes the watchdog (three wake-ups and a timer per request, before):
+    // it looks again at least every `period`, and every deadline lies at least `period` after the
+    // event that starts it (accept, first byte, end of a response), so none is missed or seen late.
+    let period = header_read.min(keepalive).max(1);
     loop {
+        let now = a.now();
         let deadline = if a.in_flight.load(Ordering::SeqCst) > 0 {
             None
         } else if !a.served.load(Ordering::SeqCst) {
@@ -735,19 +736,14 @@ async fn idle_watchdog(a: Arc<Activity>, header_read: Duration, keepalive: Durat
                 )
             }
         };
-        match deadline {
-            None => a.wake.notified().await,
-            Some(at) => {
-                if a.now() >= at {
-                    return;
-                }
-                let when = tokio::time::Instant::from_std(a.start + Duration::from_millis(at));
-                tokio::select! {
-                    _ = tokio::time::sleep_until(when) => {}
-                    _ = a.wake.notified() => {}
-                }
-            }
+        if deadline.is_some_and(|at| now >= at) {
+            return;
         }
+        let next = deadline.map_or(now + period, |at| at.min(now + period));
+        tokio::time::sleep_until(tokio::time::Instant::from_std(
+            a.start + Duration::from_millis(next),
+        ))
+        .await;
     }
 }
 
@@ -769,11 +765,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             let a = &self.activity;
             if a.in_flight.load(Ordering::SeqCst) == 0
                 && a.first_byte.load(Ordering::SeqCst) == NOTHING
-                && a.first_byte
-                    .compare_exchange(NOTHING, a.now(), Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
             {
-                a.wake.notify_one();
+                let _ = a.first_byte.compare_exchange(
+                    NOTHING,
+                    a.now(),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
             }
         }
         res
