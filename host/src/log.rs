@@ -1,7 +1,6 @@
 //! The access log: one line per request (or tunnel), written when it is really over — after the last
 //! body byte, or when the client went away — with what a person debugging needs.
 
-use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -116,9 +115,8 @@ impl AccessRecord {
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
         self.record(bytes_in, bytes_out);
         if let Some(format) = DIRECT.get() {
-            let msg = format_args!("{} {} {}", self.method, self.path, self.status);
             let end = [("complete", Value::Bool(complete))];
-            return self.write_direct(*format, msg, bytes_in, bytes_out, &end);
+            return self.write_direct(*format, "", bytes_in, bytes_out, &end);
         }
         tracing::info!(
             target: "wasmgate::access",
@@ -147,12 +145,9 @@ impl AccessRecord {
     pub fn emit_tunnel(&self, up: u64, down: u64, end: &str) {
         self.record(up, down);
         if let Some(format) = DIRECT.get() {
-            let msg = format_args!(
-                "{} {} {} websocket closed: {end}",
-                self.method, self.path, self.status
-            );
+            let msg = format!(" websocket closed: {end}");
             let tail = [("websocket", Value::Bool(true)), ("end", Value::Str(end))];
-            return self.write_direct(*format, msg, up, down, &tail);
+            return self.write_direct(*format, &msg, up, down, &tail);
         }
         tracing::info!(
             target: "wasmgate::access",
@@ -195,10 +190,12 @@ enum Value<'a> {
 }
 
 impl AccessRecord {
+    /// The line by hand: `push_str` and integer formatting, no `fmt` machinery (which was half of
+    /// this function's cost with `write!` per field).
     fn write_direct(
         &self,
         format: LogFormat,
-        msg: std::fmt::Arguments<'_>,
+        tail_msg: &str,
         bytes_in: u64,
         bytes_out: u64,
         tail: &[(&str, Value<'_>)],
@@ -206,14 +203,24 @@ impl AccessRecord {
         if !tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO) {
             return;
         }
-        let client = self.client.to_string();
-        let status = self.status.to_string();
-        let (bytes_in, bytes_out) = (bytes_in.to_string(), bytes_out.to_string());
-        let duration = format!("{:.3}", elapsed_ms(self.start));
+        let mut nums = [0u8; 128];
+        let mut at = 0;
+        let mut num = |n: u64| {
+            let len = decimal(n, &mut nums[at..]);
+            at += len;
+            at - len..at
+        };
+        let (status, b_in, b_out) = (num(u64::from(self.status)), num(bytes_in), num(bytes_out));
+        let micros = self.start.elapsed().as_micros() as u64;
+        let (ms, frac) = (num(micros / 1000), num(1000 + micros % 1000));
+        let mut client = [0u8; 64];
+        let client = ip(self.client, &mut client);
+        let text = |r: std::ops::Range<usize>| std::str::from_utf8(&nums[r]).unwrap_or("0");
+        let duration = [text(ms), ".", &text(frac)[1..]].concat();
         // (name, value, is a number) in the order `emit`'s tracing event has them; absent ones skipped.
-        let fields: [(&str, Option<&str>, bool); 15] = [
+        let fields: [(&str, Option<&str>, bool); 16] = [
             ("id", Some(&self.request_id), false),
-            ("client", Some(&client), false),
+            ("client", Some(client), false),
             ("listener", Some(&self.listener), false),
             ("site", self.site.as_deref(), false),
             ("tenant", self.tenant.as_deref(), false),
@@ -221,40 +228,49 @@ impl AccessRecord {
             ("method", Some(&self.method), false),
             ("path", Some(&self.path), false),
             ("version", Some(self.version), false),
-            ("status", Some(&status), true),
-            ("bytes_in", Some(&bytes_in), true),
-            ("bytes_out", Some(&bytes_out), true),
+            ("status", Some(text(status.clone())), true),
+            ("bytes_in", Some(text(b_in)), true),
+            ("bytes_out", Some(text(b_out)), true),
             ("duration_ms", Some(&duration), true),
             ("upstream", self.upstream.as_deref(), false),
             ("plugin", self.answered_by.as_deref(), false),
+            ("error", self.error.as_deref(), false),
         ];
-        let error = [("error", self.error.as_deref(), false)];
-        let fields = fields
-            .iter()
-            .chain(&error)
-            .filter_map(|(k, v, n)| Some((*k, (*v)?, *n)));
+        let fields = fields.iter().filter_map(|(k, v, n)| Some((*k, (*v)?, *n)));
         let mut line = String::with_capacity(384);
+        let msg = [
+            self.method.as_str(),
+            " ",
+            &self.path,
+            " ",
+            text(status),
+            tail_msg,
+        ];
         match format {
             LogFormat::Text => {
                 crate::log_sink::timestamp(&mut line);
-                let _ = write!(line, "  INFO wasmgate::access: {msg}");
+                line.push_str("  INFO wasmgate::access: ");
+                msg.iter().for_each(|m| line.push_str(m));
                 for (k, v, _) in fields {
-                    let _ = write!(line, " {k}={v}");
+                    for part in [" ", k, "=", v] {
+                        line.push_str(part);
+                    }
                 }
                 for (k, v) in tail {
-                    let _ = match v {
-                        Value::Str(s) => write!(line, " {k}={s}"),
-                        Value::Bool(b) => write!(line, " {k}={b}"),
-                    };
+                    for part in [" ", k, "=", v.as_str()] {
+                        line.push_str(part);
+                    }
                 }
             }
             LogFormat::Json => {
                 line.push_str("{\"timestamp\":\"");
                 crate::log_sink::timestamp(&mut line);
                 line.push_str("\",\"level\":\"INFO\",\"message\":");
-                json_str(&mut line, &msg.to_string());
+                json_str(&mut line, &msg.concat());
                 for (k, v, number) in fields {
-                    let _ = write!(line, ",\"{k}\":");
+                    for part in [",\"", k, "\":"] {
+                        line.push_str(part);
+                    }
                     if number {
                         line.push_str(v);
                     } else {
@@ -262,10 +278,12 @@ impl AccessRecord {
                     }
                 }
                 for (k, v) in tail {
-                    let _ = write!(line, ",\"{k}\":");
+                    for part in [",\"", k, "\":"] {
+                        line.push_str(part);
+                    }
                     match v {
                         Value::Str(s) => json_str(&mut line, s),
-                        Value::Bool(b) => line.push_str(if *b { "true" } else { "false" }),
+                        Value::Bool(_) => line.push_str(v.as_str()),
                     }
                 }
                 line.push_str(",\"target\":\"wasmgate::access\"}");
@@ -276,6 +294,56 @@ impl AccessRecord {
     }
 }
 
+impl Value<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Value::Str(s) => s,
+            Value::Bool(true) => "true",
+            Value::Bool(false) => "false",
+        }
+    }
+}
+
+/// `n` in decimal into `out`; returns the length.
+fn decimal(mut n: u64, out: &mut [u8]) -> usize {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - i;
+    out[..len].copy_from_slice(&digits[i..]);
+    len
+}
+
+/// An IPv4 address by hand (the common case); IPv6 through `Display`.
+fn ip(addr: IpAddr, out: &mut [u8; 64]) -> &str {
+    let len = match addr {
+        IpAddr::V4(v4) => {
+            let mut at = 0;
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out[at] = b'.';
+                    at += 1;
+                }
+                at += decimal(u64::from(o), &mut out[at..]);
+            }
+            at
+        }
+        IpAddr::V6(v6) => {
+            let mut cursor = std::io::Cursor::new(&mut out[..]);
+            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{v6}"));
+            cursor.position() as usize
+        }
+    };
+    std::str::from_utf8(&out[..len]).unwrap_or("-")
+}
+
 fn json_str(out: &mut String, s: &str) {
     // serde_json's escaping, without building a `Value`.
     out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
@@ -283,4 +351,22 @@ fn json_str(out: &mut String, s: &str) {
 
 fn elapsed_ms(start: Instant) -> f64 {
     (start.elapsed().as_micros() as f64) / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_addresses_by_hand() {
+        let mut out = [0u8; 20];
+        for n in [0u64, 7, 10, 999, 1000, u64::MAX] {
+            let len = decimal(n, &mut out);
+            assert_eq!(std::str::from_utf8(&out[..len]).unwrap(), n.to_string());
+        }
+        let mut buf = [0u8; 64];
+        for a in ["0.0.0.0", "127.0.0.1", "255.255.255.255", "::1", "2001:db8::8:1"] {
+            assert_eq!(ip(a.parse().unwrap(), &mut buf), a);
+        }
+    }
 }
