@@ -365,7 +365,13 @@ mod tests {
             assert_eq!(std::str::from_utf8(&out[..len]).unwrap(), n.to_string());
         }
         let mut buf = [0u8; 64];
-        for a in ["0.0.0.0", "127.0.0.1", "255.255.255.255", "::1", "2001:db8::8:1"] {
+        for a in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8:1",
+        ] {
             assert_eq!(ip(a.parse().unwrap(), &mut buf), a);
         }
     }

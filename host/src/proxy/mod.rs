@@ -117,7 +117,11 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(err) => error_response(err, &mut access),
     };
-    let response = crate::plugins::on_response(&ran, &routed.state, response).await;
+    let response = if ran.is_empty() {
+        response
+    } else {
+        Box::pin(crate::plugins::on_response(&ran, &routed.state, response)).await
+    };
     Ok(finish(response, access, slot))
 }
 
@@ -246,11 +250,13 @@ async fn serve(
         Some(&site.plugins),
         routed.route.as_ref().map(|r| &r.plugins),
     ];
+    // The plugin and WebSocket paths are boxed: their futures (wasmtime's call state, the upgrade)
+    // are large, and inline they would make every request's future — moved by hyper — that large.
     for chain in chains.into_iter().flatten() {
-        match chain
-            .on_request(&mut routed.state, req.headers_mut(), ran)
-            .await?
-        {
+        if chain.plugins().is_empty() {
+            continue;
+        }
+        match Box::pin(chain.on_request(&mut routed.state, req.headers_mut(), ran)).await? {
             Flow::Continue => {}
             Flow::Respond { response, plugin } => {
                 access.answered_by = Some(plugin);
@@ -263,7 +269,7 @@ async fn serve(
     access.upstream = Some(route.cfg.backend.authority.clone());
     if routed.websocket {
         if route.cfg.websocket {
-            return crate::websocket::proxy(
+            return Box::pin(crate::websocket::proxy(
                 shared,
                 conn,
                 &route,
@@ -272,7 +278,7 @@ async fn serve(
                 req,
                 peer_trusted,
                 access,
-            )
+            ))
             .await;
         }
         tracing::info!(id = %access.request_id, route = %route.name, "WebSocket upgrade refused: websocket = false on this route");
