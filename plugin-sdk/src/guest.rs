@@ -92,7 +92,26 @@ pub fn init<P: Plugin>(
             .into_iter()
             .map(header_op)
             .collect(),
+        decision_cache: reg.decision_cache.map(|c| wit::DecisionCache {
+            key: c.key.into_iter().map(request_part).collect(),
+            ttl_ms: c.ttl.as_millis().clamp(1, u128::from(u32::MAX)) as u32,
+        }),
     })
+}
+
+fn request_part(p: crate::RequestPart) -> wit::RequestPart {
+    use crate::RequestPart as P;
+    match p {
+        P::Header(n) => wit::RequestPart::Header(n),
+        P::ClientAddr => wit::RequestPart::ClientAddr,
+        P::Method => wit::RequestPart::Method,
+        P::Scheme => wit::RequestPart::Scheme,
+        P::Authority => wit::RequestPart::Authority,
+        P::Path => wit::RequestPart::Path,
+        P::Query => wit::RequestPart::Query,
+        P::Route => wit::RequestPart::Route,
+        P::WebSocket => wit::RequestPart::Websocket,
+    }
 }
 
 pub fn on_request<P: Plugin>(slot: &'static Slot<P>, req: wit::Request) -> wit::RequestAction {

@@ -46,15 +46,18 @@ pub use decision::{Decision, RequestEdits, Response};
 pub use host::{
     log, now_monotonic_ns, read_config_file, read_config_text, wall_now_ms, ConfigFileError, Level,
 };
-pub use plugin::{parse_config, ConfigError, InitError, NoConfig, Plugin, Registration};
+pub use plugin::{
+    parse_config, ConfigError, DecisionCache, InitError, NoConfig, Plugin, Registration,
+    RequestPart,
+};
 pub use query::decode as percent_decode;
 pub use types::{Header, HeaderOp, Hooks, Request, RequestInfo, ResponseHead, TlsInfo};
 
 /// Everything a plugin usually needs: `use wasmgate_plugin_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        log, Decision, Header, HeaderOp, Hooks, InitError, Level, NoConfig, Plugin, Request,
-        RequestEdits, RequestInfo, Response, ResponseHead,
+        log, Decision, DecisionCache, Header, HeaderOp, Hooks, InitError, Level, NoConfig, Plugin,
+        Request, RequestEdits, RequestInfo, RequestPart, Response, ResponseHead,
     };
 }
 

@@ -50,6 +50,13 @@ pub trait Plugin: Sized + 'static {
         Vec::new()
     }
 
+    /// Declare that `on_request` depends only on these parts of the request, so the host may reuse
+    /// an answer for an equal request for up to `ttl` without calling the plugin. Only for pure
+    /// decisions: no clock beyond `ttl`, no counting, no fact that is not in the key.
+    fn decision_cache(&self) -> Option<DecisionCache> {
+        None
+    }
+
     /// Decide about a request before it reaches the backend.
     fn on_request(&mut self, _req: &Request) -> Decision {
         Decision::allow()
@@ -126,6 +133,14 @@ pub fn start<P: Plugin>(config_json: &str) -> Result<(P, Registration), String> 
         request_headers: plugin.request_headers().map(lower_case),
         response_headers: plugin.response_headers().map(lower_case),
         fixed_response_edits: plugin.fixed_response_edits(),
+        decision_cache: plugin.decision_cache().map(|mut c| {
+            for part in &mut c.key {
+                if let RequestPart::Header(name) = part {
+                    name.make_ascii_lowercase();
+                }
+            }
+            c
+        }),
     };
     Ok((plugin, registration))
 }
@@ -142,6 +157,29 @@ pub struct Registration {
     pub request_headers: Option<Vec<String>>,
     pub response_headers: Option<Vec<String>>,
     pub fixed_response_edits: Vec<HeaderOp>,
+    pub decision_cache: Option<DecisionCache>,
+}
+
+/// A part of the request a cached decision is keyed by (see [`Plugin::decision_cache`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestPart {
+    /// Every value of this header.
+    Header(String),
+    ClientAddr,
+    Method,
+    Scheme,
+    Authority,
+    Path,
+    Query,
+    Route,
+    WebSocket,
+}
+
+/// `on_request` is a function of `key` alone; its answers may be reused for `ttl`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionCache {
+    pub key: Vec<RequestPart>,
+    pub ttl: std::time::Duration,
 }
 
 impl Registration {

@@ -76,6 +76,50 @@ config = { name = "x-added", value = "v1" }
     assert_eq!(r.header("x-plugin-version"), Some("v1"));
 }
 
+/// A plugin that declares a decision cache is called once per distinct key and TTL; the host answers
+/// the rest (the fixture numbers its real calls in the header it sets).
+#[tokio::test]
+async fn declared_decision_caches_answer_equal_requests_without_a_call() {
+    let b = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(dir.path(), "add-header", "plugins/add-header.wasm");
+    let site = r#"
+[[site.plugin]]
+wasm = "plugins/add-header.wasm"
+config = { name = "x-added", value = "v", cache_on = "x-key", cache_ttl_ms = 400 }
+"#;
+    // One worker: one cache and one instance, so the call numbers are predictable.
+    let cfg = format!("workers = 1\n{}", config(&b, site, ""));
+    let p = Proxy::start_in(dir, &cfg).await;
+    let addr = p.addr("web");
+    let seen = |key: Option<&str>| {
+        let b = &b;
+        let key = key.map(str::to_owned);
+        async move {
+            let mut req = http::Request::get("/c").header("host", "app.test");
+            if let Some(k) = key {
+                req = req.header("x-key", k);
+            }
+            let r = wasmgate_tests::client::send(
+                addr,
+                req.body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(r.status, 200);
+            b.last().header("x-added").unwrap().to_owned()
+        }
+    };
+    assert_eq!(seen(Some("a")).await, "v#0");
+    assert_eq!(seen(Some("a")).await, "v#0", "same key: the cached answer");
+    assert_eq!(seen(Some("b")).await, "v#1", "another key: a call");
+    assert_eq!(seen(None).await, "v#2", "no header is a key of its own");
+    assert_eq!(seen(None).await, "v#2");
+    assert_eq!(seen(Some("a")).await, "v#0");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(seen(Some("a")).await, "v#3", "past the TTL: a call again");
+}
+
 #[tokio::test]
 async fn a_plugin_can_deny_and_route_chains_have_their_own_config() {
     let b = Backend::start().await;

@@ -10,6 +10,6 @@ wasmtime::component::bindgen!({
 
 pub use wasmgate::plugin::host::Level;
 pub use wasmgate::plugin::types::{
-    Header, HeaderOp, HookSet, HttpVersion, IpAddress, Method, Registration, Request,
-    RequestAction, RequestInfo, Response, ResponseHead, Scheme, TlsInfo,
+    DecisionCache, Header, HeaderOp, HookSet, HttpVersion, IpAddress, Method, Registration,
+    Request, RequestAction, RequestInfo, RequestPart, Response, ResponseHead, Scheme, TlsInfo,
 };

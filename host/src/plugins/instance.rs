@@ -58,6 +58,7 @@ pub struct LoadedPlugin {
     pub request_headers: Option<Vec<http::HeaderName>>,
     pub response_headers: Option<Vec<http::HeaderName>>,
     pub fixed_response: FixedEdits,
+    pub cache: Option<super::cache::DecisionCache>,
     pub files: Arc<ConfigFiles>,
     engine: Engine,
     pre: PluginPre<State>,
@@ -124,6 +125,7 @@ impl LoadedPlugin {
             request_headers: None,
             response_headers: None,
             fixed_response: FixedEdits::default(),
+            cache: None,
             files: Arc::new(ConfigFiles {
                 base_dir: cfg.base_dir.clone(),
                 read: Default::default(),
@@ -146,6 +148,10 @@ impl LoadedPlugin {
         plugin.request_headers = convert::declared_names(reg.request_headers)?;
         plugin.response_headers = convert::declared_names(reg.response_headers)?;
         plugin.fixed_response = FixedEdits::new(reg.fixed_response_edits)?;
+        plugin.cache = reg
+            .decision_cache
+            .map(|c| super::cache::DecisionCache::new(c, shards()))
+            .transpose()?;
         plugin.pool[0]
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
@@ -315,6 +321,11 @@ impl LoadedPlugin {
 
 thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// This thread's worker index (for per-worker pools and caches).
+pub fn worker() -> usize {
+    WORKER.get()
 }
 
 /// Tell the plugin pools which worker this thread is (the server calls it once per worker thread;

@@ -13,6 +13,7 @@
 
 mod bindings;
 pub mod builtin;
+mod cache;
 mod convert;
 mod engine;
 mod instance;
@@ -97,8 +98,24 @@ impl Chain {
                 ran.push(p.clone());
                 continue;
             }
-            let req = convert::request(state, headers, p.request_headers.as_deref());
-            match p.on_request(&state.id, &req).await {
+            // A plugin with a decision cache is called only for a request whose key it has not
+            // answered within the TTL (on this worker).
+            let cached = p.cache.as_ref().map(|c| (c, c.key(state, headers)));
+            let hit = cached
+                .as_ref()
+                .and_then(|(c, key)| c.get(instance::worker(), key));
+            let result = match hit {
+                Some(action) => Ok(action),
+                None => {
+                    let req = convert::request(state, headers, p.request_headers.as_deref());
+                    let result = p.on_request(&state.id, &req).await;
+                    if let (Ok(action), Some((c, key))) = (&result, cached) {
+                        c.put(instance::worker(), key, action);
+                    }
+                    result
+                }
+            };
+            match result {
                 Ok(RequestAction::Continue(edits)) => {
                     complain(p, &state.id, convert::apply(edits.headers, headers));
                     if let Some(target) = edits.path {

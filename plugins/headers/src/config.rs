@@ -58,6 +58,19 @@ impl Edits {
         self.remove.is_empty() && self.set.is_empty() && self.append.is_empty()
     }
 
+    /// The request parts the rendered edits depend on; `None` if one differs for every request.
+    pub fn parts(&self) -> Option<Vec<wasmgate_plugin_sdk::RequestPart>> {
+        let mut parts = Vec::new();
+        for (_, t) in self.set.iter().chain(&self.append) {
+            for p in t.parts()? {
+                if !parts.contains(&p) {
+                    parts.push(p);
+                }
+            }
+        }
+        Some(parts)
+    }
+
     /// Whether the edits are the same for every request (no value uses a variable).
     pub fn is_fixed(&self) -> bool {
         self.set

@@ -44,6 +44,15 @@ impl Plugin for Headers {
         Some(Vec::new())
     }
 
+    /// Request edits are rendered from request facts only; unless one uses `{request_id}`, equal
+    /// facts give equal edits.
+    fn decision_cache(&self) -> Option<DecisionCache> {
+        Some(DecisionCache {
+            key: self.request.parts()?,
+            ttl: std::time::Duration::from_secs(60),
+        })
+    }
+
     fn fixed_response_edits(&self) -> Vec<HeaderOp> {
         if self.response.is_fixed() {
             self.response.render(&RequestInfo::default())

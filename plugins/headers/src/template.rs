@@ -111,6 +111,29 @@ impl Template {
         Ok(Template(parts))
     }
 
+    /// The request parts the value is made of, or `None` when it uses one that differs for every
+    /// request (`{request_id}`). `{site}` is fixed for an instance.
+    pub fn parts(&self) -> Option<Vec<wasmgate_plugin_sdk::RequestPart>> {
+        use wasmgate_plugin_sdk::RequestPart as P;
+        let mut parts = Vec::new();
+        for p in &self.0 {
+            let part = match p {
+                Part::Text(_) | Part::Var(Var::Site) => continue,
+                Part::Var(Var::RequestId) => return None,
+                Part::Var(Var::ClientAddr) => P::ClientAddr,
+                Part::Var(Var::Host | Var::Authority) => P::Authority,
+                Part::Var(Var::Scheme) => P::Scheme,
+                Part::Var(Var::Method) => P::Method,
+                Part::Var(Var::Path) => P::Path,
+                Part::Var(Var::Route) => P::Route,
+            };
+            if !parts.contains(&part) {
+                parts.push(part);
+            }
+        }
+        Some(parts)
+    }
+
     /// Whether the value is the same for every request (no variables).
     pub fn is_fixed(&self) -> bool {
         self.0.iter().all(|p| matches!(p, Part::Text(_)))

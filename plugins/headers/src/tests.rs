@@ -130,3 +130,24 @@ fn config_errors() {
     assert!(err(json!({"request": {"sett": {}}})).contains("unknown field `sett`"));
     assert!(err(json!({"requests": {}})).contains("unknown field `requests`"));
 }
+
+/// Request edits are cacheable by the facts their values use — unless one uses `{request_id}`.
+#[test]
+fn decision_cache_keys_follow_the_variables() {
+    use wasmgate_plugin_sdk::RequestPart;
+    let p = testing::instantiate::<Headers>(
+        json!({"request": {"set": {"x-ip": "{client_addr}", "x-h": "{host}{path} {site}"}}}),
+    );
+    let cache = p.registration().decision_cache.clone().expect("cacheable");
+    assert_eq!(
+        cache.key,
+        // In header-name order (`x-h` before `x-ip`), each part once.
+        vec![
+            RequestPart::Authority,
+            RequestPart::Path,
+            RequestPart::ClientAddr
+        ]
+    );
+    let p = testing::instantiate::<Headers>(json!({"request": {"set": {"x-id": "{request_id}"}}}));
+    assert_eq!(p.registration().decision_cache, None);
+}

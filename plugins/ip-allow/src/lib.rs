@@ -73,6 +73,14 @@ impl Plugin for IpAllow {
         Some(Vec::new())
     }
 
+    /// The verdict is a function of the client address alone.
+    fn decision_cache(&self) -> Option<DecisionCache> {
+        Some(DecisionCache {
+            key: vec![RequestPart::ClientAddr],
+            ttl: std::time::Duration::from_secs(60),
+        })
+    }
+
     fn on_request(&mut self, req: &Request) -> Decision {
         let Some(ip) = req.client_ip() else {
             // Fail closed: an address we cannot read matches no rule we could vouch for.

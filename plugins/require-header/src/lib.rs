@@ -81,6 +81,14 @@ impl Plugin for RequireHeader {
         Some(vec![self.name.clone()])
     }
 
+    /// The verdict is a function of the header's values alone.
+    fn decision_cache(&self) -> Option<DecisionCache> {
+        Some(DecisionCache {
+            key: vec![RequestPart::Header(self.name.clone())],
+            ttl: std::time::Duration::from_secs(60),
+        })
+    }
+
     fn on_request(&mut self, req: &Request) -> Decision {
         let Some(value) = req.header(&self.name) else {
             return Decision::respond(self.status.unwrap_or(401))

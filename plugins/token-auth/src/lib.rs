@@ -56,6 +56,24 @@ impl Plugin for TokenAuth {
         Some(names)
     }
 
+    /// The verdict depends only on where a credential may come from — and, for signed tokens, on
+    /// the clock (expiry has one-second resolution, so answers are reused for a second at most).
+    fn decision_cache(&self) -> Option<DecisionCache> {
+        let name = self.s.header.as_deref().unwrap_or("authorization");
+        let mut key = vec![RequestPart::Header(name.to_owned()), RequestPart::WebSocket];
+        if self.s.query.is_some() {
+            key.push(RequestPart::Query);
+        }
+        if self.s.subprotocol {
+            key.push(RequestPart::Header("sec-websocket-protocol".to_owned()));
+        }
+        let ttl = if self.s.secret.is_some() { 1 } else { 60 };
+        Some(DecisionCache {
+            key,
+            ttl: std::time::Duration::from_secs(ttl),
+        })
+    }
+
     fn on_request(&mut self, req: &Request) -> Decision {
         let found = self.credential(req);
         let verdict = match &found {

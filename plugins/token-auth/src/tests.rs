@@ -277,3 +277,35 @@ fn config_errors() {
         "tokens.txt line 2: a token must be non-empty, without spaces or control characters"
     );
 }
+
+/// The verdict is keyed by where a credential may come from; signed tokens expire, so their answers
+/// are reused for a second at most.
+#[test]
+fn decision_cache_covers_every_credential_source() {
+    use wasmgate_plugin_sdk::RequestPart;
+    let p = plugin(serde_json::json!({"tokens": ["t"]}));
+    let c = p.registration().decision_cache.clone().unwrap();
+    assert_eq!(
+        c.key,
+        vec![
+            RequestPart::Header("authorization".into()),
+            RequestPart::WebSocket
+        ]
+    );
+    assert_eq!(c.ttl, std::time::Duration::from_secs(60));
+    let p = plugin(serde_json::json!({
+        "header": "X-Token", "query": "token", "subprotocol": true,
+        "hmac": {"secret": "0123456789abcdef0123456789abcdef"}
+    }));
+    let c = p.registration().decision_cache.clone().unwrap();
+    assert_eq!(
+        c.key,
+        vec![
+            RequestPart::Header("x-token".into()),
+            RequestPart::WebSocket,
+            RequestPart::Query,
+            RequestPart::Header("sec-websocket-protocol".into()),
+        ]
+    );
+    assert_eq!(c.ttl, std::time::Duration::from_secs(1));
+}

@@ -1,0 +1,129 @@
+//! Reused `on-request` answers for plugins that declare a `decision-cache` in their registration: the
+//! plugin promises its answer depends only on the listed request parts, so an equal request within
+//! the TTL gets the same answer without a call (a token check becomes a hash lookup).
+//!
+//! One map per worker thread (like the instance pools: no lock contention, no cache-line traffic),
+//! bounded: a full map is emptied rather than tracked per entry, which keeps a flood of distinct keys
+//! (random tokens) from costing more than a call each. A reload builds new plugins, so new caches.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderName};
+
+use super::bindings::{self, RequestAction};
+use super::RequestState;
+
+/// Answers kept per plugin and worker.
+const MAX_ENTRIES: usize = 4096;
+
+enum Part {
+    Header(HeaderName),
+    ClientAddr,
+    Method,
+    Scheme,
+    Authority,
+    Path,
+    Query,
+    Route,
+    WebSocket,
+}
+
+/// Answers by key, with the time they were given.
+type Answers = HashMap<Vec<u8>, (Instant, RequestAction)>;
+
+pub struct DecisionCache {
+    key: Vec<Part>,
+    ttl: Duration,
+    shards: Box<[Mutex<Answers>]>,
+}
+
+impl DecisionCache {
+    pub fn new(c: bindings::DecisionCache, shards: usize) -> Result<DecisionCache, String> {
+        use bindings::RequestPart as P;
+        let key = c
+            .key
+            .into_iter()
+            .map(|p| {
+                Ok(match p {
+                    P::Header(n) => {
+                        Part::Header(HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                            format!("decision cache keyed by `{n}`, which is not a header name")
+                        })?)
+                    }
+                    P::ClientAddr => Part::ClientAddr,
+                    P::Method => Part::Method,
+                    P::Scheme => Part::Scheme,
+                    P::Authority => Part::Authority,
+                    P::Path => Part::Path,
+                    P::Query => Part::Query,
+                    P::Route => Part::Route,
+                    P::Websocket => Part::WebSocket,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(DecisionCache {
+            key,
+            ttl: Duration::from_millis(u64::from(c.ttl_ms.max(1))),
+            shards: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
+        })
+    }
+
+    /// The request's key: each part tagged and length-prefixed, so no two requests that differ in a
+    /// listed part can produce the same bytes.
+    pub fn key(&self, s: &RequestState, headers: &HeaderMap) -> Vec<u8> {
+        let mut k = Vec::with_capacity(64);
+        let mut field = |tag: u8, bytes: &[u8]| {
+            k.push(tag);
+            k.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            k.extend_from_slice(bytes);
+        };
+        for part in &self.key {
+            match part {
+                Part::Header(name) => {
+                    let values = headers.get_all(name);
+                    field(b'h', &(values.iter().count() as u32).to_le_bytes());
+                    for v in values {
+                        field(b'v', v.as_bytes());
+                    }
+                }
+                Part::ClientAddr => match s.client {
+                    std::net::IpAddr::V4(a) => field(b'c', &a.octets()),
+                    std::net::IpAddr::V6(a) => field(b'c', &a.octets()),
+                },
+                Part::Method => field(b'm', s.method.as_bytes()),
+                Part::Scheme => field(b's', s.scheme.as_bytes()),
+                Part::Authority => field(b'a', s.authority.as_bytes()),
+                Part::Path => field(b'p', s.path.as_bytes()),
+                Part::Query => match &s.query {
+                    Some(q) => field(b'q', q.as_bytes()),
+                    None => field(b'Q', &[]),
+                },
+                Part::Route => field(b'r', s.route.as_bytes()),
+                Part::WebSocket => field(b'w', &[u8::from(s.websocket)]),
+            }
+        }
+        k
+    }
+
+    pub fn get(&self, shard: usize, key: &[u8]) -> Option<RequestAction> {
+        let map = self.shards[shard % self.shards.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match map.get(key) {
+            Some((at, action)) if at.elapsed() < self.ttl => Some(action.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn put(&self, shard: usize, key: Vec<u8>, action: &RequestAction) {
+        let mut map = self.shards[shard % self.shards.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(key, (Instant::now(), action.clone()));
+    }
+}
