@@ -83,6 +83,8 @@ pub struct Metrics {
     pub tunnels_open: Family<SiteLabels, Gauge>,
     pub upstream_errors: Family<KindLabels, Counter>,
     pub plugin_calls: Family<PluginLabels, Counter>,
+    /// `on-request` answers taken from a plugin's decision cache instead of a call.
+    pub plugin_cache_hits: Family<PluginLabels, Counter>,
     pub plugin_errors: Family<PluginErrorLabels, Counter>,
     pub plugin_latency: PluginHist,
     pub reloads: Family<ResultLabels, Counter>,
@@ -120,6 +122,7 @@ impl Metrics {
             tunnels_open: Family::default(),
             upstream_errors: Family::default(),
             plugin_calls: Family::default(),
+            plugin_cache_hits: Family::default(),
             plugin_errors: Family::default(),
             plugin_latency: Family::new_with_constructor(plugin_buckets),
             reloads: Family::default(),
@@ -169,6 +172,11 @@ impl Metrics {
             m.upstream_errors.clone(),
         );
         registry.register("plugin_calls", "Plugin hook calls", m.plugin_calls.clone());
+        registry.register(
+            "plugin_cache_hits",
+            "On-request answers reused from a plugin's decision cache",
+            m.plugin_cache_hits.clone(),
+        );
         registry.register(
             "plugin_errors",
             "Plugin failures by kind (trap, deadline, memory, stack)",

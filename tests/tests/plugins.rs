@@ -118,6 +118,18 @@ config = { name = "x-added", value = "v", cache_on = "x-key", cache_ttl_ms = 400
     assert_eq!(seen(Some("a")).await, "v#0");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(seen(Some("a")).await, "v#3", "past the TTL: a call again");
+    // Operators see the reuse: three answers came from the cache.
+    let text = wasmgate::metrics::get().encode();
+    let hits: f64 = text
+        .lines()
+        .find(|l| {
+            l.starts_with("wasmgate_plugin_cache_hits_total{")
+                && l.contains("plugin=\"add-header\"")
+                && l.contains("site=\"app\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no cache-hit metric:\n{text}"));
+    assert_eq!(hits, 3.0);
 }
 
 #[tokio::test]

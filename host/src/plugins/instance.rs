@@ -68,6 +68,7 @@ pub struct LoadedPlugin {
     /// call 1.7× slower (bench `hook-cost --threads 2`).
     pool: Box<[Mutex<Vec<Warm>>]>,
     calls: prometheus_client::metrics::counter::Counter,
+    pub cache_hits: prometheus_client::metrics::counter::Counter,
     latency: prometheus_client::metrics::histogram::Histogram,
 }
 
@@ -136,6 +137,10 @@ impl LoadedPlugin {
             pool: (0..shards()).map(|_| Mutex::default()).collect(),
             calls: crate::metrics::get()
                 .plugin_calls
+                .get_or_create(&labels)
+                .clone(),
+            cache_hits: crate::metrics::get()
+                .plugin_cache_hits
                 .get_or_create(&labels)
                 .clone(),
             latency: crate::metrics::get()

@@ -105,7 +105,10 @@ impl Chain {
                 .as_ref()
                 .and_then(|(c, key)| c.get(instance::worker(), key));
             let result = match hit {
-                Some(action) => Ok(action),
+                Some(action) => {
+                    p.cache_hits.inc();
+                    Ok(action)
+                }
                 None => {
                     let req = convert::request(state, headers, p.request_headers.as_deref());
                     let result = p.on_request(&state.id, &req).await;
