@@ -82,3 +82,29 @@ pub fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, bytes).unwrap();
 }
+
+/// A port that was free a moment ago (for configs that must name their ports).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Run `start(http_port, https_port)` on two ports found free. A port found free can be taken (by
+/// another test's outgoing connection) before the proxy binds it, so a bind failure is retried on a
+/// new pair, up to five times; any other error fails the test.
+pub async fn on_free_ports<T, Fut>(mut start: impl FnMut(u16, u16) -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Result<T, wasmgate::StartError>>,
+{
+    for attempt in 1.. {
+        match start(free_port(), free_port()).await {
+            Ok(started) => return started,
+            Err(wasmgate::StartError::Bind { .. }) if attempt < 5 => continue,
+            Err(e) => panic!("proxy did not start: {e}"),
+        }
+    }
+    unreachable!()
+}

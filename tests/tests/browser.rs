@@ -7,14 +7,7 @@ use std::time::{Duration, Instant};
 
 use wasmgate::demo::{prepare, ChatBackend, DemoOptions, DEMO_TOKEN};
 use wasmgate::{Config, Server};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use wasmgate_tests::proxy::on_free_ports;
 
 fn chromium() -> Option<&'static str> {
     ["chromium", "chromium-browser", "google-chrome"]
@@ -35,24 +28,22 @@ async fn the_demo_chat_works_in_a_real_browser() {
         .expect("headless Chromium is needed: run scripts/test, or apt-get install chromium");
     let backend = ChatBackend::start(DEMO_TOKEN).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // The demo config names its ports; one found free can be taken (by another test's outgoing
-    // connection) before the proxy binds it, so try a few pairs.
-    let mut attempt = 0;
-    let (opts, server) = loop {
-        attempt += 1;
-        let opts = DemoOptions {
-            data_dir: dir.path().to_path_buf(),
-            bind: "127.0.0.1".parse().unwrap(),
-            http_port: free_port(),
-            https_port: free_port(),
-        };
-        let path = prepare(&opts, backend.addr).unwrap();
-        match Server::start(Config::load(&path).unwrap()).await {
-            Ok(server) => break (opts, server),
-            Err(wasmgate::StartError::Bind { .. }) if attempt < 5 => continue,
-            Err(e) => panic!("the demo config did not start: {e}"),
+    let (opts, server) = on_free_ports(|http_port, https_port| {
+        let (dir, backend) = (&dir, &backend);
+        async move {
+            let opts = DemoOptions {
+                data_dir: dir.path().to_path_buf(),
+                bind: "127.0.0.1".parse().unwrap(),
+                http_port,
+                https_port,
+            };
+            let path = prepare(&opts, backend.addr).unwrap();
+            Server::start(Config::load(&path).unwrap())
+                .await
+                .map(|server| (opts, server))
         }
-    };
+    })
+    .await;
 
     let profile = tempfile::tempdir().unwrap();
     let url = format!(

@@ -8,7 +8,7 @@ use wasmgate::demo::{seed_config, DemoOptions};
 use wasmgate_tests::backend::Backend;
 use wasmgate_tests::certs::TestCa;
 use wasmgate_tests::client::{get, https_get, tls_config, tls_connect, wss_connect};
-use wasmgate_tests::proxy::Proxy;
+use wasmgate_tests::proxy::{on_free_ports, Proxy};
 use wasmgate_tests::{capture_logs, LogBuffer};
 
 struct Seed {
@@ -19,55 +19,42 @@ struct Seed {
     https: u16,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `examples/seed/wasmgate.toml` on test ports, in front of a test backend, with `edit` applied.
 async fn seed(edit: impl Fn(String) -> String) -> Seed {
     let ca = TestCa::new("seed CA");
     let leaf = ca.leaf(&["chat.example.org", "localhost"]);
-    let dir = tempfile::tempdir().unwrap();
-    leaf.write(&dir.path().join("certs"), "chat");
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/seed/tokens.txt"),
-        dir.path().join("tokens.txt"),
-    )
-    .unwrap();
     let backend = Backend::start().await;
-    let mut dir = dir;
-    // The seed config names its ports; a port found free can be taken (by another test's outgoing
-    // connection) before the proxy binds it, so try a few pairs.
-    for attempt in 1.. {
-        let (http, https) = (free_port(), free_port());
-        let opts = DemoOptions {
-            data_dir: dir.path().to_path_buf(),
-            bind: "127.0.0.1".parse().unwrap(),
-            http_port: http,
-            https_port: https,
-        };
-        let config = edit(seed_config(&opts, backend.addr));
-        match Proxy::try_start_in(dir, &config).await {
-            Ok(proxy) => {
-                return Seed {
-                    ca,
-                    leaf,
-                    backend,
-                    proxy,
-                    https,
-                }
-            }
-            Err((back, e)) if attempt < 5 && matches!(e, wasmgate::StartError::Bind { .. }) => {
-                dir = back
-            }
-            Err((_, e)) => panic!("proxy did not start: {e}"),
+    let (proxy, https) = on_free_ports(|http, https| {
+        let (leaf, edit, backend) = (&leaf, &edit, &backend);
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            leaf.write(&dir.path().join("certs"), "chat");
+            std::fs::copy(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/seed/tokens.txt"),
+                dir.path().join("tokens.txt"),
+            )
+            .unwrap();
+            let opts = DemoOptions {
+                data_dir: dir.path().to_path_buf(),
+                bind: "127.0.0.1".parse().unwrap(),
+                http_port: http,
+                https_port: https,
+            };
+            let config = edit(seed_config(&opts, backend.addr));
+            Proxy::try_start_in(dir, &config)
+                .await
+                .map(|proxy| (proxy, https))
+                .map_err(|(_, e)| e)
         }
+    })
+    .await;
+    Seed {
+        ca,
+        leaf,
+        backend,
+        proxy,
+        https,
     }
-    unreachable!()
 }
 
 impl Seed {
