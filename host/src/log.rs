@@ -130,7 +130,7 @@ impl AccessRecord {
             path = %self.path,
             version = %self.version,
             status = self.status,
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_in,
             bytes_out,
             duration_ms = elapsed_ms(self.start),
             upstream = self.upstream.as_deref().map(display),

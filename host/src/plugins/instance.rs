@@ -341,7 +341,9 @@ pub fn set_worker(i: usize) {
 
 /// Pools per plugin: one per core, the default number of workers (more workers share them).
 fn shards() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(16))
+    // Asked once: `available_parallelism` reads cgroup files, and every plugin load needs it.
+    static SHARDS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SHARDS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(16)))
 }
 
 /// Start the clock for one call of at most `limit` (in whole ticks, plus one for the partial tick the
