@@ -108,3 +108,22 @@ where
     }
     unreachable!()
 }
+
+/// A config with one plain listener `web` and one site `app` for host `app.test` — the shape most
+/// tests need: `top` (global settings) comes before the listener, `site` (the site's settings,
+/// plugins and routes) after the site's header.
+pub fn app_config(top: &str, site: &str) -> String {
+    format!(
+        r#"{top}
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+
+[[site]]
+name = "app"
+listeners = ["web"]
+hosts = ["app.test"]
+{site}
+"#
+    )
+}

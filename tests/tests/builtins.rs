@@ -5,20 +5,13 @@ use http::Request;
 use http_body_util::Full;
 use wasmgate_tests::backend::Backend;
 use wasmgate_tests::client::{get, send};
-use wasmgate_tests::proxy::Proxy;
+use wasmgate_tests::proxy::{app_config, Proxy};
 
 async fn start(b: &Backend, plugins: &str, extra: &str, files: &[(&str, &[u8])]) -> Proxy {
-    let config = format!(
-        r#"{extra}
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-
-[[site]]
-name = "app"
-listeners = ["web"]
-hosts = ["app.test"]
-
+    let config = app_config(
+        extra,
+        &format!(
+            r#"
 [[site.route]]
 path = "/"
 backend = "{b}/"
@@ -26,9 +19,9 @@ backend = "{b}/"
 [[site.route]]
 path = "/guarded"
 backend = "{b}/guarded"
-{plugins}
-"#,
-        b = b.url()
+{plugins}"#,
+            b = b.url()
+        ),
     );
     Proxy::start(&config, files).await
 }

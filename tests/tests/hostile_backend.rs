@@ -10,29 +10,20 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wasmgate_tests::proxy::Proxy;
+use wasmgate_tests::proxy::{app_config, Proxy};
 use wasmgate_tests::raw_backend::{End, Fault, RawBackend};
 use wasmgate_tests::wire::{exchange, Closed, Exchange, Wait};
 
 fn config(backend: &str) -> String {
-    format!(
-        r#"
-timeouts = {{ header_read = "2s", keepalive = "5s" }}
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-
-[[site]]
-name = "app"
-listeners = ["web"]
-hosts = ["app.test"]
-
+    app_config(
+        r#"timeouts = { header_read = "2s", keepalive = "5s" }"#,
+        &format!(
+            r#"
 [[site.route]]
 path = "/"
 backend = "{backend}/"
-timeouts = {{ response = "700ms", connect = "700ms" }}
-"#
+timeouts = {{ response = "700ms", connect = "700ms" }}"#
+        ),
     )
 }
 

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmgate_tests::proxy::Proxy;
+use wasmgate_tests::proxy::{app_config, Proxy};
 use wasmgate_tests::raw_backend::{Fault, RawBackend, RawRequest};
 use wasmgate_tests::wire::{exchange, Closed, Exchange, Wait};
 
@@ -253,26 +253,18 @@ fn cases() -> Vec<Case> {
 }
 
 fn config(backend: &RawBackend) -> String {
-    format!(
+    app_config(
         r#"
-timeouts = {{ header_read = "2s", keepalive = "5s" }}
-limits = {{ max_body_bytes = "64KiB", max_header_bytes = "16KiB" }}
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-
-[[site]]
-name = "app"
-listeners = ["web"]
-hosts = ["app.test"]
-
+timeouts = { header_read = "2s", keepalive = "5s" }
+limits = { max_body_bytes = "64KiB", max_header_bytes = "16KiB" }"#,
+        &format!(
+            r#"
 [[site.route]]
 path = "/"
 backend = "{}/"
-timeouts = {{ response = "2s" }}
-"#,
-        backend.url()
+timeouts = {{ response = "2s" }}"#,
+            backend.url()
+        ),
     )
 }
 
@@ -517,17 +509,10 @@ const QUICK: Wait = Wait {
 async fn plugins_on_a_route_cannot_be_bypassed_with_path_tricks() {
     let public = RawBackend::start(Fault::None).await;
     let admin = RawBackend::start(Fault::None).await;
-    let cfg = format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-
-[[site]]
-name = "app"
-listeners = ["web"]
-hosts = ["app.test"]
-
+    let cfg = app_config(
+        "",
+        &format!(
+            r#"
 [[site.route]]
 path = "/"
 backend = "{}/"
@@ -537,10 +522,10 @@ path = "/admin"
 backend = "{}/admin"
 
 [[site.route.plugin]]
-wasm = "plugins/deny.wasm"
-"#,
-        public.url(),
-        admin.url()
+wasm = "plugins/deny.wasm""#,
+            public.url(),
+            admin.url()
+        ),
     );
     let deny = std::fs::read(wasmgate_tests::fixture("deny")).unwrap();
     let p = Proxy::start(&cfg, &[("plugins/deny.wasm", &deny)]).await;

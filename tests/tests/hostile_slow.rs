@@ -16,29 +16,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wasmgate_tests::backend::Backend;
 use wasmgate_tests::client::get;
-use wasmgate_tests::proxy::Proxy;
+use wasmgate_tests::proxy::{app_config, Proxy};
 use wasmgate_tests::raw_backend::{Fault, RawBackend};
 use wasmgate_tests::wire::{read_responses, Wait};
 
 fn config(backend: &str, header_read: &str, keepalive: &str) -> String {
-    format!(
-        r#"
-timeouts = {{ header_read = "{header_read}", keepalive = "{keepalive}" }}
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-
-[[site]]
-name = "app"
-listeners = ["web"]
-hosts = ["app.test"]
-
+    app_config(
+        &format!(r#"timeouts = {{ header_read = "{header_read}", keepalive = "{keepalive}" }}"#),
+        &format!(
+            r#"
 [[site.route]]
 path = "/"
 backend = "{backend}/"
-timeouts = {{ response = "1s" }}
-"#
+timeouts = {{ response = "1s" }}"#
+        ),
     )
 }
 

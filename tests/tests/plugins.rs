@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use wasmgate_tests::backend::Backend;
 use wasmgate_tests::client::get;
-use wasmgate_tests::proxy::{write, Proxy};
+use wasmgate_tests::proxy::{app_config, write, Proxy};
 use wasmgate_tests::{capture_logs, fixture};
 
 fn copy_fixture(dir: &std::path::Path, name: &str, as_file: &str) {
@@ -15,17 +15,10 @@ fn copy_fixture(dir: &std::path::Path, name: &str, as_file: &str) {
 
 /// A site whose chain is `site_plugins`, with routes `/` and `/other` carrying `route_plugins`.
 fn config(b: &Backend, site_plugins: &str, route_plugins: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-
-[[site]]
-name = "app"
-listeners = ["web"]
-hosts = ["app.test"]
-{site_plugins}
+    app_config(
+        "",
+        &format!(
+            r#"{site_plugins}
 
 [[site.route]]
 path = "/"
@@ -34,9 +27,9 @@ backend = "{b}/"
 [[site.route]]
 path = "/other"
 backend = "{b}/other"
-{route_plugins}
-"#,
-        b = b.url()
+{route_plugins}"#,
+            b = b.url()
+        ),
     )
 }
 
