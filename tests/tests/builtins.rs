@@ -255,3 +255,49 @@ async fn a_bad_builtin_config_is_refused_with_the_field() {
         "{err}"
     );
 }
+
+/// token-auth declares a decision cache: a refusal replayed from it is the same response — status,
+/// challenge and body — and a cached refusal for one credential never answers another.
+#[tokio::test]
+async fn cached_refusals_replay_the_whole_response() {
+    let b = Backend::start().await;
+    let p = start(
+        &b,
+        r#"
+[[site.route.plugin]]
+builtin = "token-auth"
+config = { tokens = ["s3cret"], realm = "cached" }
+"#,
+        "workers = 1\n",
+        &[],
+    )
+    .await;
+    let addr = p.addr("web");
+    for round in 0..3 {
+        let r = get(addr, "app.test", "/guarded").await;
+        assert_eq!(r.status, 401, "round {round}");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"cached\""),
+            "round {round}"
+        );
+        assert_eq!(r.text(), "missing token\n", "round {round}");
+        let r = send(
+            addr,
+            with_headers("/guarded", &[("authorization", "Bearer no")]),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (http::StatusCode::FORBIDDEN, "invalid token\n"),
+            "round {round}"
+        );
+        let r = send(
+            addr,
+            with_headers("/guarded", &[("authorization", "Bearer s3cret")]),
+        )
+        .await;
+        assert_eq!(r.status, 200, "round {round}");
+    }
+    assert_eq!(b.count(), 3, "only the valid token reached the backend");
+}

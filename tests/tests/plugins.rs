@@ -168,6 +168,12 @@ wasm = "plugins/deny.wasm"
 }
 
 async fn contained(path: &str, limits: &str, kind: &str) {
+    contained_after(Duration::ZERO, path, limits, kind).await
+}
+
+/// `idle`: wait this long after start before the bad request (the epoch ticker sleeps when no call is
+/// in flight; the call that follows must wake it, or a runaway guest would never be stopped).
+async fn contained_after(idle: Duration, path: &str, limits: &str, kind: &str) {
     let b = Backend::start().await;
     let (_guard, logs) = capture_logs();
     let plugin = match path {
@@ -183,6 +189,7 @@ async fn contained(path: &str, limits: &str, kind: &str) {
     )
     .await;
     let addr = p.addr("web");
+    tokio::time::sleep(idle).await;
     let started = Instant::now();
     let (bad, good) = tokio::join!(get(addr, "app.test", path), get(addr, "app.test", "/fine"));
     assert_eq!(bad.status, 500, "{path} must fail closed");
@@ -220,6 +227,17 @@ async fn a_trap_is_contained_and_logged_with_a_backtrace() {
 #[tokio::test]
 async fn an_infinite_loop_hits_the_deadline() {
     contained("/spin", "{ time = \"20ms\" }", "deadline").await;
+}
+
+#[tokio::test]
+async fn an_infinite_loop_hits_the_deadline_after_the_proxy_idled() {
+    contained_after(
+        Duration::from_millis(300),
+        "/spin",
+        "{ time = \"20ms\" }",
+        "deadline",
+    )
+    .await;
 }
 
 #[tokio::test]

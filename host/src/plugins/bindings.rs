@@ -11,5 +11,5 @@ wasmtime::component::bindgen!({
 pub use wasmgate::plugin::host::Level;
 pub use wasmgate::plugin::types::{
     DecisionCache, Header, HeaderOp, HookSet, HttpVersion, IpAddress, Method, Registration,
-    Request, RequestAction, RequestInfo, RequestPart, Response, ResponseHead, Scheme, TlsInfo,
+    Request, RequestAction, RequestInfo, RequestPart, ResponseHead, Scheme, TlsInfo,
 };

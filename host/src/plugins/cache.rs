@@ -7,12 +7,13 @@
 //! (random tokens) from costing more than a call each. A reload builds new plugins, so new caches.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName};
 
-use super::bindings::{self, RequestAction};
+use super::bindings;
+use super::convert::Decision;
 use super::RequestState;
 
 /// Answers kept per plugin and worker.
@@ -30,8 +31,9 @@ enum Part {
     WebSocket,
 }
 
-/// Answers by key, with the time they were given.
-type Answers = HashMap<Vec<u8>, (Instant, RequestAction)>;
+/// Answers by key, with the time they were given. std's SipHash with a random key, on purpose: the
+/// keys are client-controlled (tokens), so a cheaper unkeyed hash would invite collision floods.
+type Answers = HashMap<Vec<u8>, (Instant, Arc<Decision>)>;
 
 pub struct DecisionCache {
     key: Vec<Part>,
@@ -107,7 +109,7 @@ impl DecisionCache {
         k
     }
 
-    pub fn get(&self, shard: usize, key: &[u8]) -> Option<RequestAction> {
+    pub fn get(&self, shard: usize, key: &[u8]) -> Option<Arc<Decision>> {
         let map = self.shards[shard % self.shards.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -117,13 +119,13 @@ impl DecisionCache {
         }
     }
 
-    pub fn put(&self, shard: usize, key: Vec<u8>, action: &RequestAction) {
+    pub fn put(&self, shard: usize, key: Vec<u8>, decision: Arc<Decision>) {
         let mut map = self.shards[shard % self.shards.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
-        map.insert(key, (Instant::now(), action.clone()));
+        map.insert(key, (Instant::now(), decision));
     }
 }

@@ -8,7 +8,8 @@ use http::{Response, StatusCode};
 use std::net::IpAddr;
 
 use super::bindings::{
-    Header, HeaderOp, HttpVersion, IpAddress, Method, Request, RequestInfo, Scheme, TlsInfo,
+    Header, HeaderOp, HttpVersion, IpAddress, Method, Request, RequestAction, RequestInfo, Scheme,
+    TlsInfo,
 };
 use super::RequestState;
 use crate::proxy::body::{full, ProxyBody};
@@ -122,7 +123,7 @@ pub fn request(s: &RequestState, map: &HeaderMap, declared: Option<&[HeaderName]
 }
 
 /// One checked header edit.
-enum Edit {
+pub enum Edit {
     Set(HeaderName, HeaderValue),
     Append(HeaderName, HeaderValue),
     Remove(HeaderName),
@@ -151,7 +152,7 @@ impl Edit {
         })
     }
 
-    fn apply(&self, map: &mut HeaderMap) {
+    pub fn apply(&self, map: &mut HeaderMap) {
         match self {
             Edit::Set(n, v) => {
                 map.insert(n.clone(), v.clone());
@@ -203,23 +204,76 @@ impl FixedEdits {
     }
 }
 
-/// A plugin's own response. An impossible status becomes 500; forbidden headers are dropped.
-pub fn response(r: super::bindings::Response) -> (Response<ProxyBody>, Vec<String>) {
-    let mut refused = Vec::new();
-    let status = match StatusCode::from_u16(r.status) {
-        Ok(s) if s.as_u16() >= 200 => s,
-        _ => {
-            refused.push(format!("status {} is not a final status", r.status));
-            StatusCode::INTERNAL_SERVER_ERROR
+/// An `on-request` answer, checked once: a decision-cache hit replays it without lifting or
+/// re-validating anything.
+pub enum Decision {
+    Continue {
+        edits: Vec<Edit>,
+        /// The rewritten path (and query), as the plugin gave it.
+        path: Option<String>,
+        refused: Vec<String>,
+    },
+    /// The plugin's own response. An impossible status became 500; forbidden headers were dropped.
+    Respond {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        refused: Vec<String>,
+    },
+}
+
+impl Decision {
+    pub fn check(action: RequestAction) -> Decision {
+        match action {
+            RequestAction::Continue(c) => {
+                let mut refused = Vec::new();
+                let edits = c
+                    .headers
+                    .into_iter()
+                    .filter_map(|op| Edit::check(op).map_err(|why| refused.push(why)).ok())
+                    .collect();
+                Decision::Continue {
+                    edits,
+                    path: c.path,
+                    refused,
+                }
+            }
+            RequestAction::Respond(r) => {
+                let mut refused = Vec::new();
+                let status = match StatusCode::from_u16(r.status) {
+                    Ok(s) if s.as_u16() >= 200 => s,
+                    _ => {
+                        refused.push(format!("status {} is not a final status", r.status));
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                };
+                let mut headers = HeaderMap::new();
+                let ops = r.headers.into_iter().map(HeaderOp::Append).collect();
+                refused.extend(apply(ops, &mut headers));
+                Decision::Respond {
+                    status,
+                    headers,
+                    body: Bytes::from(r.body),
+                    refused,
+                }
+            }
         }
-    };
-    let mut map = HeaderMap::new();
-    let ops = r.headers.into_iter().map(HeaderOp::Append).collect();
-    refused.extend(apply(ops, &mut map));
-    let mut resp = Response::new(full(Bytes::from(r.body)));
+    }
+
+    /// Edits the log should hear about.
+    pub fn refused(&self) -> &[String] {
+        match self {
+            Decision::Continue { refused, .. } | Decision::Respond { refused, .. } => refused,
+        }
+    }
+}
+
+/// The response a `Respond` decision stands for (a cheap copy: the body is shared).
+pub fn response(status: StatusCode, headers: &HeaderMap, body: &Bytes) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(body.clone()));
     *resp.status_mut() = status;
-    *resp.headers_mut() = map;
-    (resp, refused)
+    *resp.headers_mut() = headers.clone();
+    resp
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
 use std::time::Duration;
 
 use wasmtime::component::Component;
@@ -19,17 +21,22 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// One epoch tick. Deadlines are whole ticks, so a 5 ms limit traps between 5 and 6 ms.
 pub const TICK: Duration = Duration::from_millis(1);
 
+/// Ticks without a call in flight after which the ticker goes to sleep until the next call: an idle
+/// proxy (or one whose plugins answer from their decision caches) should not wake 1,000 times a second.
+const IDLE_TICKS: u32 = 100;
+
 /// The largest linear memory any plugin may have; `limits.memory` is checked against it.
 pub const MAX_MEMORY: u64 = 256 << 20;
 
 /// Engines by maximum wasm stack size: wasmtime fixes the stack limit per engine, so each distinct
 /// `limits.stack` gets its own (almost always there is exactly one).
-static ENGINES: OnceLock<Mutex<HashMap<u64, Engine>>> = OnceLock::new();
+static ENGINES: OnceLock<Mutex<HashMap<u64, (Engine, Arc<Ticker>)>>> = OnceLock::new();
 
 /// Compiled components by (stack size, content digest), shared by every server in the process.
 static COMPONENTS: OnceLock<Mutex<HashMap<(u64, String), Component>>> = OnceLock::new();
 
-pub fn engine(stack: u64) -> Result<Engine, String> {
+/// The engine for plugins with this stack limit, and the ticker that drives its epochs.
+pub fn engine(stack: u64) -> Result<(Engine, Arc<Ticker>), String> {
     let mut engines = ENGINES
         .get_or_init(Default::default)
         .lock()
@@ -55,24 +62,89 @@ pub fn engine(stack: u64) -> Result<Engine, String> {
         .memory_reservation(MAX_MEMORY)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&cfg).map_err(|e| format!("cannot create the wasm engine: {e}"))?;
-    start_ticker(&engine);
-    engines.insert(stack, engine.clone());
-    Ok(engine)
+    let ticker = Ticker::start(&engine);
+    engines.insert(stack, (engine.clone(), ticker.clone()));
+    Ok((engine, ticker))
 }
 
-/// Advance the engine's epoch every tick for as long as the engine lives.
-fn start_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("wasmgate-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(TICK);
+/// Advances an engine's epoch every tick while any call into its plugins is in flight (and for
+/// `IDLE_TICKS` after the last one), then sleeps until the next call starts.
+pub struct Ticker {
+    /// Calls in flight (see [`Ticker::running`]).
+    active: AtomicUsize,
+    asleep: AtomicBool,
+    /// Epochs advanced so far (for tests and curiosity; the engine keeps the real one).
+    ticks: AtomicU64,
+    thread: OnceLock<Thread>,
+}
+
+/// Held for the duration of one call into a plugin: keeps the ticker awake.
+pub struct Running<'a>(&'a Ticker);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, SeqCst);
+    }
+}
+
+impl Ticker {
+    fn start(engine: &Engine) -> Arc<Ticker> {
+        let ticker = Arc::new(Ticker {
+            active: AtomicUsize::new(0),
+            asleep: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
+            thread: OnceLock::new(),
+        });
+        let weak = engine.weak();
+        let t = ticker.clone();
+        let handle = std::thread::Builder::new()
+            .name("wasmgate-epoch".into())
+            .spawn(move || t.run(weak))
+            .expect("spawn the epoch thread");
+        let _ = ticker.thread.set(handle.thread().clone());
+        ticker
+    }
+
+    /// Mark a call as in flight until the guard drops, waking the ticker if it sleeps.
+    pub fn running(&self) -> Running<'_> {
+        // SeqCst pairs with `run`: either the ticker sees `active > 0` before it parks, or this
+        // sees `asleep` and unparks it (an unpark before the park makes the park return at once).
+        self.active.fetch_add(1, SeqCst);
+        if self.asleep.load(SeqCst) {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
             }
-        })
-        .expect("spawn the epoch thread");
+        }
+        Running(self)
+    }
+
+    fn run(&self, weak: wasmtime::EngineWeak) {
+        let mut idle = 0;
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            self.ticks.fetch_add(1, SeqCst);
+            std::thread::sleep(TICK);
+            idle = if self.active.load(SeqCst) == 0 {
+                idle + 1
+            } else {
+                0
+            };
+            if idle < IDLE_TICKS {
+                continue;
+            }
+            self.asleep.store(true, SeqCst);
+            while self.active.load(SeqCst) == 0 {
+                // The timeout only lets a thread whose engine is gone notice and end.
+                std::thread::park_timeout(Duration::from_secs(1));
+                if weak.upgrade().is_none() {
+                    return;
+                }
+            }
+            self.asleep.store(false, SeqCst);
+            idle = 0;
+        }
+    }
 }
 
 /// Compile `bytes` (or fetch them compiled from memory or the disk cache).
@@ -151,4 +223,40 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .map(|d| d.join("wasmgate"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < until,
+                "timed out waiting: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn the_ticker_sleeps_when_idle_and_ticks_while_a_call_runs() {
+        let engine = Engine::new(Config::new().epoch_interruption(true)).unwrap();
+        let ticker = Ticker::start(&engine);
+        wait_for("the ticker to fall asleep", || ticker.asleep.load(SeqCst));
+        let before = ticker.ticks.load(SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(ticker.ticks.load(SeqCst), before, "an idle ticker ticked");
+
+        let call = ticker.running();
+        wait_for("ticks while a call is in flight", || {
+            ticker.ticks.load(SeqCst) >= before + 20
+        });
+        assert!(!ticker.asleep.load(SeqCst));
+        drop(call);
+        wait_for("the ticker to fall asleep again", || {
+            ticker.asleep.load(SeqCst)
+        });
+    }
 }

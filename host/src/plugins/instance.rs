@@ -9,7 +9,8 @@
 //! Deadlines: every epoch tick (1 ms) that a call is still running, the store's epoch callback either
 //! yields to the tokio scheduler (so a busy plugin cannot monopolise a worker thread and starve other
 //! sites' requests) or, once the plugin's time limit has passed, interrupts it with a trap. Short calls
-//! (the normal case, microseconds) never reach a tick and pay nothing for this.
+//! (the normal case, microseconds) never reach a tick and pay nothing for this; the ticker itself
+//! sleeps while no call is in flight (`engine::Ticker`).
 
 use std::sync::{Arc, Mutex};
 
@@ -61,6 +62,7 @@ pub struct LoadedPlugin {
     pub cache: Option<super::cache::DecisionCache>,
     pub files: Arc<ConfigFiles>,
     engine: Engine,
+    ticker: Arc<engine::Ticker>,
     pre: PluginPre<State>,
     config_json: String,
     /// One pool per worker thread (see [`set_worker`]): an instance keeps being used on the core whose
@@ -92,7 +94,7 @@ impl LoadedPlugin {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let engine = engine::engine(cfg.limits.stack)?;
+        let (engine, ticker) = engine::engine(cfg.limits.stack)?;
         let component = engine::component(&engine, cfg.limits.stack, &digest, &bytes, cache_dir)?;
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -132,6 +134,7 @@ impl LoadedPlugin {
                 read: Default::default(),
             }),
             engine,
+            ticker,
             pre,
             config_json: cfg.config.to_string(),
             pool: (0..shards()).map(|_| Mutex::default()).collect(),
@@ -169,6 +172,7 @@ impl LoadedPlugin {
     }
 
     async fn instantiate(&self) -> Result<(Warm, Registration), Failure> {
+        let _running = self.ticker.running();
         let mut store = Store::new(
             &self.engine,
             State::new(self.who.clone(), self.files.clone(), self.limits.memory),
@@ -219,7 +223,8 @@ impl LoadedPlugin {
         let pooled = self.shard().lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut warm = match pooled {
             Some(w) => w,
-            None => self.instantiate().await?.0,
+            // Boxed: rare, and its future is large.
+            None => Box::pin(self.instantiate()).await?.0,
         };
         arm(&mut warm.store, self.limits.time);
         warm.store.data_mut().request_id = Some(request_id.to_string());
@@ -253,6 +258,7 @@ impl LoadedPlugin {
     ) -> Result<RequestAction, Failure> {
         let started = std::time::Instant::now();
         let mut warm = self.checkout(request_id).await?;
+        let _running = self.ticker.running();
         let call = warm
             .plugin
             .wasmgate_plugin_hooks()
@@ -269,6 +275,7 @@ impl LoadedPlugin {
     ) -> Result<Vec<bindings::HeaderOp>, Failure> {
         let started = std::time::Instant::now();
         let mut warm = self.checkout(request_id).await?;
+        let _running = self.ticker.running();
         let call =
             warm.plugin
                 .wasmgate_plugin_hooks()

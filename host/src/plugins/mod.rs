@@ -29,7 +29,8 @@ use crate::config::{ConfigError, OnError, PluginConfig, PluginSource};
 use crate::error::ProxyError;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::TlsConn;
-use bindings::{HookSet, RequestAction};
+use bindings::HookSet;
+use convert::Decision;
 pub use instance::{set_worker, LoadedPlugin};
 
 /// The request as plugins see and change it.
@@ -104,45 +105,58 @@ impl Chain {
             let hit = cached
                 .as_ref()
                 .and_then(|(c, key)| c.get(instance::worker(), key));
-            let result = match hit {
-                Some(action) => {
+            let decision = match hit {
+                Some(decision) => {
                     p.cache_hits.inc();
-                    Ok(action)
+                    decision
                 }
                 None => {
                     let req = convert::request(state, headers, p.request_headers.as_deref());
-                    let result = p.on_request(&state.id, &req).await;
-                    if let (Ok(action), Some((c, key))) = (&result, cached) {
-                        c.put(instance::worker(), key, action);
+                    // Boxed: the call's future (wasmtime's fiber call, maybe an instantiation)
+                    // is kilobytes, and inline every request with a plugin — cache hit or not —
+                    // would allocate and move it.
+                    match Box::pin(p.on_request(&state.id, &req)).await {
+                        Ok(action) => {
+                            let decision = Arc::new(Decision::check(action));
+                            if let Some((c, key)) = cached {
+                                c.put(instance::worker(), key, decision.clone());
+                            }
+                            decision
+                        }
+                        Err(f) => {
+                            log_failure(p, &state.id, "on-request", &f);
+                            if p.on_error == OnError::Deny {
+                                return Err(ProxyError::Plugin {
+                                    plugin: p.name.clone(),
+                                    cause: f.kind.to_string(),
+                                });
+                            }
+                            continue;
+                        }
                     }
-                    result
                 }
             };
-            match result {
-                Ok(RequestAction::Continue(edits)) => {
-                    complain(p, &state.id, convert::apply(edits.headers, headers));
-                    if let Some(target) = edits.path {
-                        rewrite_path(p, state, &target)?;
+            complain(p, &state.id, decision.refused());
+            ran.push(p.clone());
+            match &*decision {
+                Decision::Continue { edits, path, .. } => {
+                    for edit in edits {
+                        edit.apply(headers);
                     }
-                    ran.push(p.clone());
+                    if let Some(target) = path {
+                        rewrite_path(p, state, target)?;
+                    }
                 }
-                Ok(RequestAction::Respond(r)) => {
-                    let (response, refused) = convert::response(r);
-                    complain(p, &state.id, refused);
-                    ran.push(p.clone());
+                Decision::Respond {
+                    status,
+                    headers,
+                    body,
+                    ..
+                } => {
                     return Ok(Flow::Respond {
-                        response,
+                        response: convert::response(*status, headers, body),
                         plugin: p.name.clone(),
                     });
-                }
-                Err(f) => {
-                    log_failure(p, &state.id, "on-request", &f);
-                    if p.on_error == OnError::Deny {
-                        return Err(ProxyError::Plugin {
-                            plugin: p.name.clone(),
-                            cause: f.kind.to_string(),
-                        });
-                    }
                 }
             }
         }
@@ -165,8 +179,8 @@ pub async fn on_response(
                 status: response.status().as_u16(),
                 headers: convert::headers(response.headers(), p.response_headers.as_deref()),
             };
-            match p.on_response(&state.id, info, &head).await {
-                Ok(ops) => complain(p, &state.id, convert::apply(ops, response.headers_mut())),
+            match Box::pin(p.on_response(&state.id, info, &head)).await {
+                Ok(ops) => complain(p, &state.id, &convert::apply(ops, response.headers_mut())),
                 Err(f) => {
                     log_failure(p, &state.id, "on-response", &f);
                     if p.on_error == OnError::Deny {
@@ -209,7 +223,7 @@ fn rewrite_path(
     }
 }
 
-fn complain(p: &LoadedPlugin, id: &str, refused: Vec<String>) {
+fn complain(p: &LoadedPlugin, id: &str, refused: &[String]) {
     for r in refused {
         tracing::warn!(target: "wasmgate::plugin", plugin = %p.name, digest = %p.digest(), id, "edit refused: {r}");
     }
