@@ -30,13 +30,15 @@ pub const MAX_MEMORY: u64 = 256 << 20;
 
 /// Engines by maximum wasm stack size: wasmtime fixes the stack limit per engine, so each distinct
 /// `limits.stack` gets its own (almost always there is exactly one).
-static ENGINES: OnceLock<Mutex<HashMap<u64, (Engine, Arc<Ticker>)>>> = OnceLock::new();
+static ENGINES: OnceLock<Mutex<HashMap<u64, EngineAndTicker>>> = OnceLock::new();
+
+type EngineAndTicker = (Engine, Arc<Ticker>);
 
 /// Compiled components by (stack size, content digest), shared by every server in the process.
 static COMPONENTS: OnceLock<Mutex<HashMap<(u64, String), Component>>> = OnceLock::new();
 
 /// The engine for plugins with this stack limit, and the ticker that drives its epochs.
-pub fn engine(stack: u64) -> Result<(Engine, Arc<Ticker>), String> {
+pub fn engine(stack: u64) -> Result<EngineAndTicker, String> {
     let mut engines = ENGINES
         .get_or_init(Default::default)
         .lock()
