@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::LogFormat;
 
@@ -70,14 +70,9 @@ impl AccessRecord {
         }
     }
 
-    fn record(&self, bytes_in: u64, bytes_out: u64) {
+    fn record(&self, bytes_in: u64, bytes_out: u64, took: Duration) {
         if let Some(m) = &self.metrics {
-            m.record(
-                self.status,
-                self.start.elapsed().as_secs_f64(),
-                bytes_in,
-                bytes_out,
-            );
+            m.record(self.status, took.as_secs_f64(), bytes_in, bytes_out);
             return;
         }
         // Before a site was chosen (bad request, unknown host): the slower, labelled path.
@@ -91,9 +86,7 @@ impl AccessRecord {
                 class: crate::metrics::status_class(self.status),
             })
             .inc();
-        m.latency
-            .get_or_create(&site)
-            .observe(self.start.elapsed().as_secs_f64());
+        m.latency.get_or_create(&site).observe(took.as_secs_f64());
         m.bytes_in.get_or_create(&site).inc_by(bytes_in);
         m.bytes_out.get_or_create(&site).inc_by(bytes_out);
     }
@@ -113,10 +106,12 @@ impl AccessRecord {
     /// Write the line for an HTTP exchange.
     pub fn emit(&self, bytes_out: u64, complete: bool) {
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        self.record(bytes_in, bytes_out);
+        // One clock read serves the metrics, the duration and the line's timestamp.
+        let now = Instant::now();
+        self.record(bytes_in, bytes_out, now - self.start);
         if let Some(format) = DIRECT.get() {
             let end = [("complete", Value::Bool(complete))];
-            return self.write_direct(*format, "", bytes_in, bytes_out, &end);
+            return self.write_direct(*format, now, "", bytes_in, bytes_out, &end);
         }
         tracing::info!(
             target: "wasmgate::access",
@@ -143,11 +138,12 @@ impl AccessRecord {
 
     /// Write the line for a finished WebSocket tunnel.
     pub fn emit_tunnel(&self, up: u64, down: u64, end: &str) {
-        self.record(up, down);
+        let now = Instant::now();
+        self.record(up, down, now - self.start);
         if let Some(format) = DIRECT.get() {
             let msg = format!(" websocket closed: {end}");
             let tail = [("websocket", Value::Bool(true)), ("end", Value::Str(end))];
-            return self.write_direct(*format, &msg, up, down, &tail);
+            return self.write_direct(*format, now, &msg, up, down, &tail);
         }
         tracing::info!(
             target: "wasmgate::access",
@@ -195,6 +191,7 @@ impl AccessRecord {
     fn write_direct(
         &self,
         format: LogFormat,
+        now: Instant,
         tail_msg: &str,
         bytes_in: u64,
         bytes_out: u64,
@@ -211,7 +208,7 @@ impl AccessRecord {
             at - len..at
         };
         let (status, b_in, b_out) = (num(u64::from(self.status)), num(bytes_in), num(bytes_out));
-        let micros = self.start.elapsed().as_micros() as u64;
+        let micros = (now - self.start).as_micros() as u64;
         let (ms, frac) = (num(micros / 1000), num(1000 + micros % 1000));
         let mut client = [0u8; 64];
         let client = ip(self.client, &mut client);
@@ -248,7 +245,7 @@ impl AccessRecord {
         ];
         match format {
             LogFormat::Text => {
-                crate::log_sink::timestamp(&mut line);
+                crate::log_sink::timestamp_at(&mut line, now);
                 line.push_str("  INFO wasmgate::access: ");
                 msg.iter().for_each(|m| line.push_str(m));
                 for (k, v, _) in fields {
@@ -264,7 +261,7 @@ impl AccessRecord {
             }
             LogFormat::Json => {
                 line.push_str("{\"timestamp\":\"");
-                crate::log_sink::timestamp(&mut line);
+                crate::log_sink::timestamp_at(&mut line, now);
                 line.push_str("\",\"level\":\"INFO\",\"message\":");
                 json_str(&mut line, &msg.concat());
                 for (k, v, number) in fields {
@@ -322,7 +319,8 @@ fn decimal(mut n: u64, out: &mut [u8]) -> usize {
 }
 
 /// An IPv4 address by hand (the common case); IPv6 through `Display`.
-fn ip(addr: IpAddr, out: &mut [u8; 64]) -> &str {
+/// `addr` as text in `out`, without `fmt` for IPv4 (the common case, on every request).
+pub(crate) fn ip(addr: IpAddr, out: &mut [u8; 64]) -> &str {
     let len = match addr {
         IpAddr::V4(v4) => {
             let mut at = 0;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -33,14 +33,19 @@ pub struct Upstream {
 
 type Key = (Duration, Option<PathBuf>);
 
-/// An idle keep-alive connection: hyper's handle to it (the connection itself is driven by a task).
+/// An idle keep-alive connection: hyper's handle to it (the connection itself is driven by a task),
+/// and the reaper generation it came back in.
 struct Idle {
     tx: SendRequest<ProxyBody>,
-    since: Instant,
+    generation: u64,
 }
 
-/// Idle connections are closed after this long unused (nginx's `keepalive_timeout` default is 60 s).
+/// Idle connections are closed after this long unused, give or take one reaper round (nginx's
+/// `keepalive_timeout` default is 60 s). The reaper looks every `IDLE_TIMEOUT / 2` and counts
+/// rounds, so the request path never reads the clock for the pool.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Reaper rounds after which an idle connection goes: 3 rounds of 30 s, so 60–90 s unused.
+const IDLE_ROUNDS: u64 = 3;
 /// Idle connections kept per backend and worker; more are closed when they come back.
 const MAX_IDLE: usize = 256;
 
@@ -54,6 +59,8 @@ thread_local! {
     /// workers, each keeps its own. No lock: one thread, and checkout/checkin never `.await`.
     static IDLE: RefCell<HashMap<PoolKey, HashMap<String, Vec<Idle>>>> = Default::default();
     static REAPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Reaper rounds so far on this worker.
+    static GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 fn checkout(key: PoolKey, authority: &str) -> Option<SendRequest<ProxyBody>> {
@@ -62,7 +69,7 @@ fn checkout(key: PoolKey, authority: &str) -> Option<SendRequest<ProxyBody>> {
         let list = pools.get_mut(&key)?.get_mut(authority)?;
         // Most recently used first: its socket is warm, and stale ones sink to the front.
         while let Some(c) = list.pop() {
-            if !c.tx.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+            if !c.tx.is_closed() {
                 return Some(c.tx);
             }
         }
@@ -82,24 +89,21 @@ fn checkin(key: PoolKey, authority: &str, tx: SendRequest<ProxyBody>) {
             Some(list) => list,
             None => by_host.entry(authority.to_owned()).or_default(),
         };
-        // Amortised pruning: the oldest entry goes if it is dead or stale.
-        if list
-            .first()
-            .is_some_and(|c| c.tx.is_closed() || c.since.elapsed() >= IDLE_TIMEOUT)
-        {
+        // Amortised pruning: the oldest entry goes if it is dead.
+        if list.first().is_some_and(|c| c.tx.is_closed()) {
             list.remove(0);
         }
         if list.len() < MAX_IDLE {
             list.push(Idle {
                 tx,
-                since: Instant::now(),
+                generation: GENERATION.get(),
             });
         }
     });
 }
 
-/// Close idle connections past [`IDLE_TIMEOUT`] on a worker that has gone quiet (a busy one prunes as
-/// it goes). One task per worker thread, started with its first pooled connection.
+/// Close idle connections past [`IDLE_TIMEOUT`] (and dead ones). One task per worker thread, started
+/// with its first pooled connection.
 fn start_reaper() {
     if REAPER.get() || tokio::runtime::Handle::try_current().is_err() {
         return;
@@ -108,10 +112,12 @@ fn start_reaper() {
     tokio::spawn(async {
         loop {
             tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+            let now = GENERATION.get() + 1;
+            GENERATION.set(now);
             IDLE.with(|pools| {
                 for by_host in pools.borrow_mut().values_mut() {
                     for list in by_host.values_mut() {
-                        list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < IDLE_TIMEOUT);
+                        list.retain(|c| !c.tx.is_closed() && now - c.generation < IDLE_ROUNDS);
                     }
                 }
             });

@@ -123,20 +123,23 @@ pub struct Forwarding<'a> {
     /// The Host/`:authority` the client used.
     pub authority: &'a str,
     pub request_id: &'a str,
-    /// "1.1" or "2" for `Via`.
+    /// "1.1" or "2" for `Via` (anything else counts as "1.1").
     pub via_version: &'a str,
 }
 
 /// Add `X-Forwarded-For/-Host/-Proto`, `X-Request-Id` and `Via`. From an untrusted peer, any incoming
 /// `X-Forwarded-*` and `Forwarded` are dropped first: a client must not be able to claim another address.
 pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
-    let peer = canonical(f.peer).to_string();
+    let mut buf = [0u8; 64];
+    let peer = crate::log::ip(canonical(f.peer), &mut buf);
     if f.peer_trusted {
-        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer}"),
-            _ => peer,
-        };
-        set(headers, &X_FORWARDED_FOR, &xff);
+        match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.trim().is_empty() => {
+                let xff = format!("{prev}, {peer}");
+                set(headers, &X_FORWARDED_FOR, &xff)
+            }
+            _ => set(headers, &X_FORWARDED_FOR, peer),
+        }
         if !headers.contains_key(&X_FORWARDED_HOST) {
             set(headers, &X_FORWARDED_HOST, f.authority);
         }
@@ -145,18 +148,24 @@ pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         }
     } else {
         headers.remove(&FORWARDED);
-        set(headers, &X_FORWARDED_FOR, &peer);
+        set(headers, &X_FORWARDED_FOR, peer);
         set(headers, &X_FORWARDED_HOST, f.authority);
         set(headers, &X_FORWARDED_PROTO, f.scheme);
     }
     set(headers, &X_REQUEST_ID, f.request_id);
-    let via = format!("{} wasmgate", f.via_version);
+    let via = if f.via_version == "2" {
+        "2 wasmgate"
+    } else {
+        "1.1 wasmgate"
+    };
     match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
         Some(prev) => {
             let v = format!("{prev}, {via}");
             set(headers, &header::VIA, &v)
         }
-        None => set(headers, &header::VIA, &via),
+        None => {
+            headers.insert(header::VIA, HeaderValue::from_static(via));
+        }
     }
 }
 
