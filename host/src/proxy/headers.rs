@@ -141,16 +141,16 @@ pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
             _ => set(headers, &X_FORWARDED_FOR, peer),
         }
         if !headers.contains_key(&X_FORWARDED_HOST) {
-            set(headers, &X_FORWARDED_HOST, f.authority);
+            forwarded_host(headers, f.authority);
         }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            set(headers, &X_FORWARDED_PROTO, f.scheme);
+            headers.insert(&X_FORWARDED_PROTO, scheme_value(f.scheme));
         }
     } else {
         headers.remove(&FORWARDED);
         set(headers, &X_FORWARDED_FOR, peer);
-        set(headers, &X_FORWARDED_HOST, f.authority);
-        set(headers, &X_FORWARDED_PROTO, f.scheme);
+        forwarded_host(headers, f.authority);
+        headers.insert(&X_FORWARDED_PROTO, scheme_value(f.scheme));
     }
     set(headers, &X_REQUEST_ID, f.request_id);
     let via = if f.via_version == "2" {
@@ -195,6 +195,22 @@ pub fn join_cookies(headers: &mut HeaderMap) {
     if let Ok(v) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, v);
     }
+}
+
+/// `X-Forwarded-Host`: a copy of the `Host` value when that is the authority (the usual case, with
+/// `preserve_host`: a reference count, no validation or allocation), else the authority as given.
+fn forwarded_host(headers: &mut HeaderMap, authority: &str) {
+    match headers.get(header::HOST) {
+        Some(h) if h.as_bytes() == authority.as_bytes() => {
+            let h = h.clone();
+            headers.insert(&X_FORWARDED_HOST, h);
+        }
+        _ => set(headers, &X_FORWARDED_HOST, authority),
+    }
+}
+
+fn scheme_value(scheme: &str) -> HeaderValue {
+    HeaderValue::from_static(if scheme == "https" { "https" } else { "http" })
 }
 
 fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {

@@ -350,12 +350,12 @@ fn select(
     let site_idx = listener
         .hosts
         .lookup(&host)
-        .ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
+        .ok_or_else(|| ProxyError::UnknownHost(host.to_string()))?;
     if let Some(sni) = conn.tls.as_ref().and_then(|t| t.sni.as_deref()) {
         if listener.hosts.lookup(&normalise_host(sni)) != Some(site_idx) {
             return Err(ProxyError::Misdirected {
                 sni: sni.to_string(),
-                host,
+                host: host.into_owned(),
             });
         }
     }
@@ -437,8 +437,14 @@ pub fn upstream_headers(
     } else {
         route.cfg.backend.authority.as_str()
     };
-    if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert(header::HOST, v);
+    // The client's own `Host` stays as it is when it already says `host` (no copy, no validation).
+    let unchanged = headers
+        .get(header::HOST)
+        .is_some_and(|h| h.as_bytes() == host.as_bytes());
+    if !unchanged {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(header::HOST, v);
+        }
     }
     add_forwarding(
         headers,
