@@ -20,6 +20,11 @@ const ENV_PREDECESSOR: &str = "WASMGATE_HANDOVER_FROM";
 
 static INHERITED: Mutex<Option<HashMap<String, std::net::TcpListener>>> = Mutex::new(None);
 
+/// Was this process started by a predecessor handing over (and has not yet released it)?
+pub fn is_successor() -> bool {
+    std::env::var_os(ENV_PREDECESSOR).is_some()
+}
+
 /// Take the inherited listening socket for `listener`, if a predecessor passed one.
 pub fn take_inherited(listener: &str) -> Option<std::net::TcpListener> {
     let mut guard = INHERITED.lock().unwrap_or_else(|p| p.into_inner());

@@ -193,6 +193,7 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 async fn demo(opts: wasmgate::demo::DemoOptions) -> anyhow::Result<ExitCode> {
+    let _dir = wasmgate::demo::lock_data_dir(&opts.data_dir).map_err(|e| anyhow::anyhow!(e))?;
     let backend = wasmgate::demo::ChatBackend::start(wasmgate::demo::DEMO_TOKEN)
         .await
         .context("starting the chat backend")?;

@@ -58,6 +58,38 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Held while a demo runs: its data dir (config, certificate, tokens) belongs to it.
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+/// Claim `dir` for this demo. A second demo on the same dir would rewrite the first one's config with
+/// its own backend port, and the first would reload onto a backend that is about to go away; so it is
+/// refused, unless it is the first one's successor (a `SIGUSR2` handover, which takes over the dir).
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("demo.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) if crate::handover::is_successor() => {
+            Ok(DataDirLock { _file: file })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "{} is in use by another `wasmgate demo` (it holds {}); stop that one, or give this one \
+             its own --data-dir",
+            dir.display(),
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 /// Lay out the demo's data dir (certificate, tokens, config for `backend`) and return the config path.
 pub fn prepare(opts: &DemoOptions, backend: std::net::SocketAddr) -> Result<PathBuf, String> {
     let dir = &opts.data_dir;
@@ -127,4 +159,21 @@ The access log below shows every request (101s too). Edit {config} and it reload
 Ctrl-C stops (in-flight requests finish first).
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_data_dir_serves_one_demo_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = super::lock_data_dir(dir.path()).unwrap();
+        let err = super::lock_data_dir(dir.path()).err().unwrap();
+        assert!(err.contains("in use by another `wasmgate demo`"), "{err}");
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+        drop(first);
+        assert!(
+            super::lock_data_dir(dir.path()).is_ok(),
+            "free again once the first demo ends"
+        );
+    }
 }
