@@ -144,6 +144,7 @@ fn main() -> anyhow::Result<()> {
             websocket: false,
             version: "HTTP/1.1",
             tls: None,
+            at: std::time::Instant::now(),
         });
         let per_task = args.iters / args.threads.max(1);
         let mut samples: Vec<u32> = Vec::with_capacity(args.iters);

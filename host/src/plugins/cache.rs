@@ -109,23 +109,27 @@ impl DecisionCache {
         k
     }
 
-    pub fn get(&self, shard: usize, key: &[u8]) -> Option<Arc<Decision>> {
+    /// The answer for `key` if it was given less than the TTL before `now`.
+    pub fn get(&self, shard: usize, key: &[u8], now: Instant) -> Option<Arc<Decision>> {
         let map = self.shards[shard % self.shards.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match map.get(key) {
-            Some((at, action)) if at.elapsed() < self.ttl => Some(action.clone()),
+            Some((at, action)) if now.saturating_duration_since(*at) < self.ttl => {
+                Some(action.clone())
+            }
             _ => None,
         }
     }
 
-    pub fn put(&self, shard: usize, key: Vec<u8>, decision: Arc<Decision>) {
+    /// Keep the answer for `key`, given at `now`.
+    pub fn put(&self, shard: usize, key: Vec<u8>, decision: Arc<Decision>, now: Instant) {
         let mut map = self.shards[shard % self.shards.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
-        map.insert(key, (Instant::now(), decision));
+        map.insert(key, (now, decision));
     }
 }

@@ -48,6 +48,8 @@ pub struct RequestState {
     pub websocket: bool,
     pub version: &'static str,
     pub tls: Option<TlsConn>,
+    /// When the request arrived (decision-cache ages are measured from it: no clock read per lookup).
+    pub at: std::time::Instant,
 }
 
 /// What a chain decided.
@@ -104,7 +106,7 @@ impl Chain {
             let cached = p.cache.as_ref().map(|c| (c, c.key(state, headers)));
             let hit = cached
                 .as_ref()
-                .and_then(|(c, key)| c.get(instance::worker(), key));
+                .and_then(|(c, key)| c.get(instance::worker(), key, state.at));
             let decision = match hit {
                 Some(decision) => {
                     p.cache_hits.inc();
@@ -119,7 +121,7 @@ impl Chain {
                         Ok(action) => {
                             let decision = Arc::new(Decision::check(action));
                             if let Some((c, key)) = cached {
-                                c.put(instance::worker(), key, decision.clone());
+                                c.put(instance::worker(), key, decision.clone(), state.at);
                             }
                             decision
                         }
@@ -162,6 +164,23 @@ impl Chain {
         }
         Ok(Flow::Continue)
     }
+}
+
+/// Does any plugin in `ran` have an `on-response` hook? If not, [`fixed_response_edits`] is all there
+/// is to do, with no call and no future.
+pub fn calls_on_response(ran: &[Arc<LoadedPlugin>]) -> bool {
+    ran.iter().any(|p| p.hooks.contains(HookSet::ON_RESPONSE))
+}
+
+/// The fixed response edits of the plugins in `ran`, last first (for chains without `on-response`).
+pub fn fixed_response_edits(
+    ran: &[Arc<LoadedPlugin>],
+    mut response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    for p in ran.iter().rev() {
+        p.fixed_response.apply(response.headers_mut());
+    }
+    response
 }
 
 /// Run `on-response` of the plugins in `ran`, last first; each plugin's fixed response edits follow

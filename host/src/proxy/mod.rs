@@ -119,6 +119,8 @@ pub async fn handle(
     };
     let response = if ran.is_empty() {
         response
+    } else if !crate::plugins::calls_on_response(&ran) {
+        crate::plugins::fixed_response_edits(&ran, response)
     } else {
         Box::pin(crate::plugins::on_response(&ran, &routed.state, response)).await
     };
@@ -228,6 +230,7 @@ fn route_request(
             websocket,
             version: version_name(req.version()),
             tls: conn.tls.clone(),
+            at: access.start,
         },
         site,
         route,
