@@ -142,7 +142,9 @@ impl Upstream {
             let reused = pooled.is_some();
             let mut tx = match pooled.take() {
                 Some(tx) => tx,
-                None => self.handshake(backend).await?,
+                // Boxed: rare, and connecting (TCP, maybe TLS) makes a large future; inline, every
+                // request's future would carry (and move) it.
+                None => Box::pin(self.handshake(backend)).await?,
             };
             // A pooled connection may still be finishing the previous exchange for a moment.
             let ready = tokio::time::timeout(self.connect_timeout, tx.ready()).await;
