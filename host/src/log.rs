@@ -318,8 +318,7 @@ fn decimal(mut n: u64, out: &mut [u8]) -> usize {
     len
 }
 
-/// An IPv4 address by hand (the common case); IPv6 through `Display`.
-/// `addr` as text in `out`, without `fmt` for IPv4 (the common case, on every request).
+/// `addr` as text in `out`: IPv4 (the common case, on every request) by hand, IPv6 through `Display`.
 pub(crate) fn ip(addr: IpAddr, out: &mut [u8; 64]) -> &str {
     let len = match addr {
         IpAddr::V4(v4) => {

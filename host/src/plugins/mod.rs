@@ -151,12 +151,12 @@ impl Chain {
                 }
                 Decision::Respond {
                     status,
-                    headers,
+                    headers: own,
                     body,
                     ..
                 } => {
                     return Ok(Flow::Respond {
-                        response: convert::response(*status, headers, body),
+                        response: convert::response(*status, own, body),
                         plugin: p.name.clone(),
                     });
                 }
