@@ -301,3 +301,41 @@ config = { tokens = ["s3cret"], realm = "cached" }
     }
     assert_eq!(b.count(), 3, "only the valid token reached the backend");
 }
+
+/// A chain whose response edits are all fixed (no `on-response` call): they apply to the backend's
+/// answers and to a later plugin's refusal, for every plugin whose `on-request` ran.
+#[tokio::test]
+async fn fixed_response_edits_apply_without_a_call() {
+    let b = Backend::start().await;
+    let p = start(
+        &b,
+        r#"
+[[site.route.plugin]]
+builtin = "headers"
+config.response = { set = { "x-frame-options" = "DENY" }, remove = ["x-backend"] }
+
+[[site.route.plugin]]
+builtin = "token-auth"
+config = { tokens = ["s3cret"] }
+"#,
+        "",
+        &[],
+    )
+    .await;
+    let addr = p.addr("web");
+    let r = send(
+        addr,
+        with_headers("/guarded", &[("authorization", "Bearer s3cret")]),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert!(r.header("x-backend").is_none(), "{:?}", r.headers);
+    let r = get(addr, "app.test", "/guarded").await;
+    assert_eq!(r.status, 401, "token-auth refuses");
+    assert_eq!(
+        r.header("x-frame-options"),
+        Some("DENY"),
+        "headers ran before the refusal, so its edits apply to it"
+    );
+}
