@@ -232,17 +232,10 @@ impl Running {
 }
 
 fn plain_config(backend: &Backend, extra: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-
-[[site]]
-name = "app"
-listeners = ["web"]
-hosts = ["app.test"]
-{extra}
+    wasmgate_tests::proxy::app_config(
+        "",
+        &format!(
+            r#"{extra}
 
 [[site.route]]
 path = "/"
@@ -252,8 +245,9 @@ backend = "{b}/"
 path = "/socket"
 backend = "ws://{a}/socket"
 "#,
-        b = backend.url(),
-        a = backend.addr
+            b = backend.url(),
+            a = backend.addr
+        ),
     )
 }
 
