@@ -123,6 +123,7 @@ pub fn request(s: &RequestState, map: &HeaderMap, declared: Option<&[HeaderName]
 }
 
 /// One checked header edit.
+#[derive(Clone)]
 pub enum Edit {
     Set(HeaderName, HeaderValue),
     Append(HeaderName, HeaderValue),
@@ -152,30 +153,43 @@ impl Edit {
         })
     }
 
-    pub fn apply(&self, map: &mut HeaderMap) {
+    fn put(self, map: &mut HeaderMap) {
         match self {
             Edit::Set(n, v) => {
-                map.insert(n.clone(), v.clone());
+                map.insert(n, v);
             }
             Edit::Append(n, v) => {
-                map.append(n.clone(), v.clone());
+                map.append(n, v);
             }
             Edit::Remove(n) => {
                 map.remove(n);
             }
         }
     }
+
+    /// Apply a kept edit (fixed, or from a cached decision): name and value are reference-counted.
+    pub fn apply(&self, map: &mut HeaderMap) {
+        self.clone().put(map)
+    }
+}
+
+/// Check header edits in order: the ones that pass, and a complaint for the log about each of the
+/// others (forbidden or malformed headers).
+fn check_all(ops: Vec<HeaderOp>) -> (Vec<Edit>, Vec<String>) {
+    let mut refused = Vec::new();
+    let edits = ops
+        .into_iter()
+        .filter_map(|op| Edit::check(op).map_err(|why| refused.push(why)).ok())
+        .collect();
+    (edits, refused)
 }
 
 /// Apply header edits in order. Edits of forbidden or malformed headers are skipped and returned as
 /// a list of complaints for the log.
 pub fn apply(ops: Vec<HeaderOp>, map: &mut HeaderMap) -> Vec<String> {
-    let mut refused = Vec::new();
-    for op in ops {
-        match Edit::check(op) {
-            Ok(edit) => edit.apply(map),
-            Err(why) => refused.push(why),
-        }
+    let (edits, refused) = check_all(ops);
+    for edit in edits {
+        edit.put(map);
     }
     refused
 }
@@ -226,12 +240,7 @@ impl Decision {
     pub fn check(action: RequestAction) -> Decision {
         match action {
             RequestAction::Continue(c) => {
-                let mut refused = Vec::new();
-                let edits = c
-                    .headers
-                    .into_iter()
-                    .filter_map(|op| Edit::check(op).map_err(|why| refused.push(why)).ok())
-                    .collect();
+                let (edits, refused) = check_all(c.headers);
                 Decision::Continue {
                     edits,
                     path: c.path,
