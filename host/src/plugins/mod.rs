@@ -166,26 +166,26 @@ impl Chain {
     }
 }
 
-/// Does any plugin in `ran` have an `on-response` hook? If not, [`fixed_response_edits`] is all there
-/// is to do, with no call and no future.
-pub fn calls_on_response(ran: &[Arc<LoadedPlugin>]) -> bool {
-    ran.iter().any(|p| p.hooks.contains(HookSet::ON_RESPONSE))
-}
-
-/// The fixed response edits of the plugins in `ran`, last first (for chains without `on-response`).
-pub fn fixed_response_edits(
+/// Run `on-response` of the plugins in `ran`, last first; each plugin's fixed response edits follow
+/// its own call (or stand in for it, when it asked for none). A chain without `on-response` hooks
+/// (fixed edits only, like the seed's `headers`) is done inline, with no call and no boxed future.
+pub async fn on_response(
     ran: &[Arc<LoadedPlugin>],
+    state: &RequestState,
     mut response: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
-    for p in ran.iter().rev() {
-        p.fixed_response.apply(response.headers_mut());
+    if !ran.iter().any(|p| p.hooks.contains(HookSet::ON_RESPONSE)) {
+        for p in ran.iter().rev() {
+            p.fixed_response.apply(response.headers_mut());
+        }
+        return response;
     }
-    response
+    // Boxed: the calls' futures (wasmtime's call state) are kilobytes; inline, every request's
+    // future would carry them.
+    Box::pin(call_on_response(ran, state, response)).await
 }
 
-/// Run `on-response` of the plugins in `ran`, last first; each plugin's fixed response edits follow
-/// its own call (or stand in for it, when it asked for none).
-pub async fn on_response(
+async fn call_on_response(
     ran: &[Arc<LoadedPlugin>],
     state: &RequestState,
     mut response: Response<ProxyBody>,
@@ -198,7 +198,7 @@ pub async fn on_response(
                 status: response.status().as_u16(),
                 headers: convert::headers(response.headers(), p.response_headers.as_deref()),
             };
-            match Box::pin(p.on_response(&state.id, info, &head)).await {
+            match p.on_response(&state.id, info, &head).await {
                 Ok(ops) => complain(p, &state.id, &convert::apply(ops, response.headers_mut())),
                 Err(f) => {
                     log_failure(p, &state.id, "on-response", &f);

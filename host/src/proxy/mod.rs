@@ -117,13 +117,7 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(err) => error_response(err, &mut access),
     };
-    let response = if ran.is_empty() {
-        response
-    } else if !crate::plugins::calls_on_response(&ran) {
-        crate::plugins::fixed_response_edits(&ran, response)
-    } else {
-        Box::pin(crate::plugins::on_response(&ran, &routed.state, response)).await
-    };
+    let response = crate::plugins::on_response(&ran, &routed.state, response).await;
     Ok(finish(response, access, slot))
 }
 
@@ -253,13 +247,14 @@ async fn serve(
         Some(&site.plugins),
         routed.route.as_ref().map(|r| &r.plugins),
     ];
-    // The plugin and WebSocket paths are boxed: their futures (wasmtime's call state, the upgrade)
-    // are large, and inline they would make every request's future — moved by hyper — that large.
+    // Plugin calls box themselves (see `Chain::on_request`), and the WebSocket path is boxed below:
+    // their futures (wasmtime's call state, the upgrade) are large, and inline they would make every
+    // request's future that large.
     for chain in chains.into_iter().flatten() {
-        if chain.plugins().is_empty() {
-            continue;
-        }
-        match Box::pin(chain.on_request(&mut routed.state, req.headers_mut(), ran)).await? {
+        match chain
+            .on_request(&mut routed.state, req.headers_mut(), ran)
+            .await?
+        {
             Flow::Continue => {}
             Flow::Respond { response, plugin } => {
                 access.answered_by = Some(plugin);
