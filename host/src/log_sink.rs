@@ -64,15 +64,10 @@ pub fn write_line(line: &[u8]) {
     let _ = LineWriter { urgent: false }.write(line);
 }
 
-/// The current UTC time as `tracing_subscriber` prints it (`2026-11-25T12:13:54.920769Z`). The
+/// The UTC time of `at` as `tracing_subscriber` prints it (`2026-11-25T12:13:54.920769Z`). The wall
+/// clock is read once a second per thread and `at` is placed relative to that reading, so a request's
+/// line needs no clock read of its own beyond the one that measured its duration; the
 /// date-and-seconds part is formatted once per second per thread.
-pub fn timestamp(out: &mut String) {
-    timestamp_at(out, Instant::now())
-}
-
-/// The UTC time of `at`, as [`timestamp`] writes it. The wall clock is read once a second per thread
-/// and `at` is placed relative to that reading: a request's line needs no clock read of its own
-/// beyond the one that measured its duration.
 pub fn timestamp_at(out: &mut String, at: Instant) {
     use std::cell::{Cell, RefCell};
     use std::fmt::Write as _;
@@ -127,41 +122,6 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn civil_dates() {
-        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
-        assert_eq!(super::civil_from_days(20_417), (2025, 11, 25));
-        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(super::civil_from_days(-1), (1969, 12, 31));
-    }
-
-    /// A timestamp placed relative to the per-thread wall-clock reading agrees with the wall clock.
-    #[test]
-    fn timestamps_of_instants() {
-        use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-        let parse = |t: &str| {
-            // `…T12:13:54.920769Z` → seconds into the day, with micros.
-            let clock = &t[t.find('T').unwrap() + 1..t.len() - 1];
-            let parts: Vec<f64> = clock.split(':').map(|p| p.parse().unwrap()).collect();
-            parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
-        };
-        let mut a = String::new();
-        super::timestamp_at(&mut a, Instant::now());
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-        let wall = (wall.as_secs() % 86_400) as f64 + f64::from(wall.subsec_micros()) / 1e6;
-        assert!((parse(&a) - wall).abs() < 0.05, "{a} vs {wall}");
-        assert_eq!(a.len(), "2026-11-25T12:13:54.920769Z".len(), "{a}");
-        // A later instant (past the anchor's second) comes out later by as much.
-        let later = Instant::now() + Duration::from_millis(1500);
-        let mut b = String::new();
-        super::timestamp_at(&mut b, later);
-        let step = (parse(&b) - parse(&a)).rem_euclid(86_400.0);
-        assert!((step - 1.5).abs() < 0.05, "{a} → {b}");
-    }
-}
-
 /// The [`MakeWriter`] for `tracing_subscriber::fmt().with_writer(..)`.
 #[derive(Clone, Copy, Default)]
 pub struct BufferedStderr;
@@ -198,5 +158,40 @@ impl Write for LineWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_417), (2025, 11, 25));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(super::civil_from_days(-1), (1969, 12, 31));
+    }
+
+    /// A timestamp placed relative to the per-thread wall-clock reading agrees with the wall clock.
+    #[test]
+    fn timestamps_of_instants() {
+        use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+        let parse = |t: &str| {
+            // `…T12:13:54.920769Z` → seconds into the day, with micros.
+            let clock = &t[t.find('T').unwrap() + 1..t.len() - 1];
+            let parts: Vec<f64> = clock.split(':').map(|p| p.parse().unwrap()).collect();
+            parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+        };
+        let mut a = String::new();
+        super::timestamp_at(&mut a, Instant::now());
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let wall = (wall.as_secs() % 86_400) as f64 + f64::from(wall.subsec_micros()) / 1e6;
+        assert!((parse(&a) - wall).abs() < 0.05, "{a} vs {wall}");
+        assert_eq!(a.len(), "2026-11-25T12:13:54.920769Z".len(), "{a}");
+        // A later instant (past the anchor's second) comes out later by as much.
+        let later = Instant::now() + Duration::from_millis(1500);
+        let mut b = String::new();
+        super::timestamp_at(&mut b, later);
+        let step = (parse(&b) - parse(&a)).rem_euclid(86_400.0);
+        assert!((step - 1.5).abs() < 0.05, "{a} → {b}");
     }
 }
