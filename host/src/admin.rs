@@ -94,6 +94,11 @@ pub fn status(shared: &Shared) -> serde_json::Value {
                     "digest": p.digest(),
                     "config": p.location,
                     "warm_instances": p.warm_instances(),
+                    // Lines of its files the plugin refused; the rest of each file applies.
+                    "config_problems": p.problems.iter().map(|c| serde_json::json!({
+                        "file": c.file, "line": c.line, "message": c.message,
+                    })).collect::<Vec<_>>(),
+                    "config_problems_not_listed": p.more_problems,
                 }));
             }
         }

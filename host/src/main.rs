@@ -178,7 +178,27 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
         }
         Ok(rt) => {
             print!("{}", rt.describe());
-            println!("configuration OK");
+            // Lines of credential files that plugins refused: the rest applies, so the config is
+            // accepted, but each one is worth fixing (it grants nothing).
+            let mut refused = 0;
+            for site in &rt.sites {
+                let chains =
+                    std::iter::once(&site.plugins).chain(site.routes.iter().map(|r| &r.plugins));
+                for p in chains.flat_map(|c| c.plugins()) {
+                    for problem in &p.problems {
+                        eprintln!(
+                            "warning: plugin `{}` of site `{}`: {problem} (line refused)",
+                            p.name, site.name
+                        );
+                    }
+                    refused += p.problems.len() + p.more_problems;
+                }
+            }
+            if refused > 0 {
+                println!("configuration OK, {refused} line(s) refused (see above)");
+            } else {
+                println!("configuration OK");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {

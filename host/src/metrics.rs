@@ -90,6 +90,8 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     pub config_info: Family<DigestLabels, Gauge>,
     pub plugin_info: Family<PluginInfoLabels, Gauge>,
+    /// Lines of credential and other config files that live plugins refused (the rest applied).
+    pub plugin_config_problems: Family<PluginLabels, Gauge>,
     pub tenant_refused: Family<TenantLabels, Counter>,
 }
 
@@ -128,6 +130,7 @@ impl Metrics {
             reloads: Family::default(),
             config_info: Family::default(),
             plugin_info: Family::default(),
+            plugin_config_problems: Family::default(),
             tenant_refused: Family::default(),
             registry: Registry::default(),
         };
@@ -201,6 +204,11 @@ impl Metrics {
             "plugin_info",
             "Live plugins and their digests (value 1)",
             m.plugin_info.clone(),
+        );
+        registry.register(
+            "plugin_config_problems",
+            "Lines of files read by live plugins that were refused (see /status)",
+            m.plugin_config_problems.clone(),
         );
         registry.register(
             "tenant_refused",

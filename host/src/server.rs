@@ -66,6 +66,7 @@ impl Shared {
             self.status.lock().unwrap_or_else(|p| p.into_inner()).digest = digest;
         }
         m.plugin_info.clear();
+        m.plugin_config_problems.clear();
         for site in &rt.sites {
             for chain in
                 std::iter::once(&site.plugins).chain(site.routes.iter().map(|r| &r.plugins))
@@ -81,6 +82,17 @@ impl Shared {
                         digest: p.digest().to_string(),
                     };
                     m.plugin_info.get_or_create(&labels).set(1);
+                    let refused = p.problems.len() + p.more_problems;
+                    if refused > 0 {
+                        let labels = crate::metrics::PluginLabels {
+                            plugin: labels.plugin,
+                            site: labels.site,
+                            tenant: labels.tenant,
+                        };
+                        m.plugin_config_problems
+                            .get_or_create(&labels)
+                            .inc_by(refused as i64);
+                    }
                 }
             }
         }

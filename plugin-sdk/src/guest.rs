@@ -53,6 +53,32 @@ pub(crate) mod host_imports {
         wit_host::read_config_file(path)
     }
 
+    pub fn identity_headers(names: Vec<String>) {
+        wit_host::identity_headers(&names)
+    }
+
+    pub fn report_config_problem(path: &str, line: u32, message: &str) {
+        wit_host::report_config_problem(path, line, message)
+    }
+
+    pub fn limit_decision_cache(max_age_ms: u64) {
+        wit_host::limit_decision_cache(max_age_ms)
+    }
+
+    pub fn verify_password(
+        hash: &str,
+        password: &[u8],
+    ) -> Result<crate::host::PasswordVerdict, String> {
+        use crate::host::PasswordVerdict as V;
+        Ok(match wit_host::verify_password(hash, password)? {
+            wit_host::PasswordVerdict::Match => V::Match,
+            wit_host::PasswordVerdict::Mismatch => V::Mismatch,
+            wit_host::PasswordVerdict::Throttled(s) => V::Throttled {
+                retry_after_secs: s,
+            },
+        })
+    }
+
     /// The host itself refuses file reads outside `init`; nothing to track here.
     pub fn during_init<R>(f: impl FnOnce() -> R) -> R {
         f()

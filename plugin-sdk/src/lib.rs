@@ -31,6 +31,7 @@
 //! ```
 
 mod decision;
+mod hash_kind;
 mod host;
 mod plugin;
 mod query;
@@ -44,7 +45,9 @@ pub mod testing;
 
 pub use decision::{Decision, RequestEdits, Response};
 pub use host::{
-    log, now_monotonic_ns, read_config_file, read_config_text, wall_now_ms, ConfigFileError, Level,
+    limit_decision_cache, log, now_monotonic_ns, password_hash_kind, read_config_file,
+    read_config_text, report_config_problem, verify_password, wall_now_ms, ConfigFileError, Level,
+    PasswordVerdict,
 };
 pub use plugin::{
     parse_config, ConfigError, DecisionCache, InitError, NoConfig, Plugin, Registration,

@@ -57,6 +57,13 @@ pub trait Plugin: Sized + 'static {
         None
     }
 
+    /// The request headers this plugin sets or removes to tell the backend who the client is
+    /// (`x-remote-user`, …). If the plugin fails and is skipped (`on_error = "allow"`), wasmgate
+    /// removes them itself, so a client's own value never reaches the backend in the plugin's stead.
+    fn identity_headers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Decide about a request before it reaches the backend.
     fn on_request(&mut self, _req: &Request) -> Decision {
         Decision::allow()
@@ -127,8 +134,14 @@ fn strip_position(e: &serde_json::Error) -> String {
 #[doc(hidden)]
 pub fn start<P: Plugin>(config_json: &str) -> Result<(P, Registration), String> {
     let config: P::Config = parse_config(config_json).map_err(|e| e.to_string())?;
-    let plugin = crate::host::during_init(|| P::new(config)).map_err(|e| e.to_string())?;
+    let plugin = crate::host::during_init(|| {
+        let plugin = P::new(config)?;
+        crate::host::identity_headers(lower_case(plugin.identity_headers()));
+        Ok::<P, InitError>(plugin)
+    })
+    .map_err(|e| e.to_string())?;
     let registration = Registration {
+        identity_headers: lower_case(plugin.identity_headers()),
         hooks: plugin.hooks(),
         request_headers: plugin.request_headers().map(lower_case),
         response_headers: plugin.response_headers().map(lower_case),
@@ -158,6 +171,8 @@ pub struct Registration {
     pub response_headers: Option<Vec<String>>,
     pub fixed_response_edits: Vec<HeaderOp>,
     pub decision_cache: Option<DecisionCache>,
+    /// Lower-case ([`Plugin::identity_headers`]).
+    pub identity_headers: Vec<String>,
 }
 
 /// A part of the request a cached decision is keyed by (see [`Plugin::decision_cache`]).

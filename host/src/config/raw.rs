@@ -163,6 +163,9 @@ pub struct RawPlugin {
     #[serde(default)]
     pub config: Option<toml::Table>,
     pub on_error: Option<Spanned<String>>,
+    /// Required with `on_error = "allow"` on an access-control built-in: skipping it lets in what it
+    /// exists to keep out, and a client can often make it fail (slow input, a crafted header).
+    pub i_understand_this_disables_auth: Option<Spanned<bool>>,
     #[serde(default)]
     pub limits: RawPluginLimits,
 }

@@ -629,6 +629,7 @@ impl<'a> Validator<'a> {
                 )
             }
         };
+        self.fail_open(p, &source, on_error, field);
         let d = PluginLimits::default();
         let limits = PluginLimits {
             time: self
@@ -688,6 +689,40 @@ impl<'a> Validator<'a> {
             base_dir: self.base_dir.clone(),
             location: format!("{}:{line}:{col}", self.loc.file.display()),
         })
+    }
+
+    /// `on_error = "allow"` on an access-control built-in is a bypass any client that can make the
+    /// plugin fail may use; it takes `i_understand_this_disables_auth = true` to be accepted.
+    fn fail_open(&mut self, p: &RawPlugin, source: &PluginSource, on_error: OnError, field: &str) {
+        let opt_in = p.i_understand_this_disables_auth.as_ref();
+        let guard = match source {
+            PluginSource::Builtin(n)
+                if crate::plugins::builtin::ACCESS_CONTROL.contains(&n.as_str()) =>
+            {
+                Some(n)
+            }
+            _ => None,
+        };
+        match (on_error, guard, opt_in.map(|o| (*o.get_ref(), o.span()))) {
+            (OnError::Allow, Some(name), None | Some((false, _))) => {
+                let span = p.on_error.as_ref().map_or(0..0, |s| s.span());
+                self.err::<()>(
+                    span,
+                    &format!("{field}.on_error"),
+                    format!(
+                        "`on_error = \"allow\"` on `{name}` lets every request it would refuse through whenever it fails, and a client can make it fail (slow credentials, a crafted header); remove it to fail closed, or add `i_understand_this_disables_auth = true`"
+                    ),
+                );
+            }
+            (OnError::Deny, _, Some((true, span))) => {
+                self.err::<()>(
+                    span,
+                    &format!("{field}.i_understand_this_disables_auth"),
+                    "only meaningful with `on_error = \"allow\"`",
+                );
+            }
+            _ => {}
+        }
     }
 
     fn timeouts(

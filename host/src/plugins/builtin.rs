@@ -24,6 +24,10 @@ builtins! {
     "require-header" => "require_header.wasm",
 }
 
+/// The built-ins that decide who gets in. Skipping one (`on_error = "allow"`) admits every request it
+/// would have refused, so that needs an explicit opt-in (`i_understand_this_disables_auth`).
+pub const ACCESS_CONTROL: &[&str] = &["token-auth", "basic-auth", "ip-allow", "require-header"];
+
 pub fn exists(name: &str) -> bool {
     NAMES.contains(&name)
 }

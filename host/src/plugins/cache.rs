@@ -5,6 +5,12 @@
 //! One map per worker thread (like the instance pools: no lock contention, no cache-line traffic),
 //! bounded: a full map is emptied rather than tracked per entry, which keeps a flood of distinct keys
 //! (random tokens) from costing more than a call each. A reload builds new plugins, so new caches.
+//!
+//! What is never kept, because replaying it for a request equal only in the key would lie: an answer
+//! that rewrites the path (the new path is built from the request's path, which the key may not
+//! hold: `token-auth`'s `strip` of a query token), and an answer the plugin limited to zero with
+//! `limit-decision-cache`. An answer limited to less than the TTL (a signed token's acceptance,
+//! until the token expires) is kept only that long.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,8 +37,9 @@ enum Part {
     WebSocket,
 }
 
-/// Answers by key, with the time they were given. std's SipHash with a random key, on purpose: the
-/// keys are client-controlled (tokens), so a cheaper unkeyed hash would invite collision floods.
+/// Answers by key, with the instant they stop being valid. std's SipHash with a random key, on
+/// purpose: the keys are client-controlled (tokens), so a cheaper unkeyed hash would invite
+/// collision floods.
 type Answers = HashMap<Vec<u8>, (Instant, Arc<Decision>)>;
 
 pub struct DecisionCache {
@@ -109,27 +116,37 @@ impl DecisionCache {
         k
     }
 
-    /// The answer for `key` if it was given less than the TTL before `now`.
+    /// The answer for `key` if it is still valid at `now`.
     pub fn get(&self, shard: usize, key: &[u8], now: Instant) -> Option<Arc<Decision>> {
         let map = self.shards[shard % self.shards.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match map.get(key) {
-            Some((at, action)) if now.saturating_duration_since(*at) < self.ttl => {
-                Some(action.clone())
-            }
+            Some((until, action)) if now < *until => Some(action.clone()),
             _ => None,
         }
     }
 
-    /// Keep the answer for `key`, given at `now`.
-    pub fn put(&self, shard: usize, key: Vec<u8>, decision: Arc<Decision>, now: Instant) {
+    /// Keep the answer for `key`, given at `now`, for the TTL or `max_age` if shorter — unless it
+    /// must not be kept at all (see the module's doc).
+    pub fn put(
+        &self,
+        shard: usize,
+        key: Vec<u8>,
+        decision: Arc<Decision>,
+        now: Instant,
+        max_age: Option<Duration>,
+    ) {
+        let ttl = max_age.map_or(self.ttl, |m| m.min(self.ttl));
+        if ttl.is_zero() || decision.rewrites_path() {
+            return;
+        }
         let mut map = self.shards[shard % self.shards.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
-        map.insert(key, (now, decision));
+        map.insert(key, (now + ttl, decision));
     }
 }

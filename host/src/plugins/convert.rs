@@ -269,6 +269,11 @@ impl Decision {
         }
     }
 
+    /// True for a `continue` that gives the request a new path.
+    pub fn rewrites_path(&self) -> bool {
+        matches!(self, Decision::Continue { path: Some(_), .. })
+    }
+
     /// Edits the log should hear about.
     pub fn refused(&self) -> &[String] {
         match self {

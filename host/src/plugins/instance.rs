@@ -21,7 +21,8 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline, WasmBacktrace};
 use super::bindings::{self, HookSet, PluginPre, Registration, RequestAction};
 use super::convert::{self, FixedEdits};
 use super::engine;
-use super::state::{ConfigFiles, Identity, State};
+use super::password::Passwords;
+use super::state::{ConfigFiles, ConfigProblem, Declared, Identity, State};
 use crate::config::{OnError, PluginConfig, PluginLimits, PluginSource};
 
 /// Calls after which a warm instance is replaced by a fresh one.
@@ -60,7 +61,15 @@ pub struct LoadedPlugin {
     pub response_headers: Option<Vec<http::HeaderName>>,
     pub fixed_response: FixedEdits,
     pub cache: Option<super::cache::DecisionCache>,
+    /// Request headers the plugin declared as identity claims (WIT `identity-headers`): removed by
+    /// the host when the plugin is skipped after a failure.
+    pub identity_headers: Vec<http::HeaderName>,
+    /// Lines of its files the plugin refused (WIT `report-config-problem`), for `/status`.
+    pub problems: Vec<ConfigProblem>,
+    /// Problems beyond those kept.
+    pub more_problems: usize,
     pub files: Arc<ConfigFiles>,
+    passwords: Arc<Passwords>,
     engine: Engine,
     ticker: Arc<engine::Ticker>,
     pre: PluginPre<State>,
@@ -103,7 +112,7 @@ impl LoadedPlugin {
             .map_err(|e| format!("linking the host interface: {e}"))?;
         let pre = linker
             .instantiate_pre(&component)
-            .map_err(|e| format!("does not link against wasmgate:plugin@0.2.0: {e:#}"))?;
+            .map_err(|e| format!("does not link against wasmgate:plugin@0.2: {e:#}"))?;
         let pre = PluginPre::new(pre)
             .map_err(|e| format!("is not a wasmgate plugin (world `plugin`): {e:#}"))?;
         let labels = crate::metrics::PluginLabels {
@@ -129,6 +138,10 @@ impl LoadedPlugin {
             response_headers: None,
             fixed_response: FixedEdits::default(),
             cache: None,
+            identity_headers: Vec::new(),
+            problems: Vec::new(),
+            more_problems: 0,
+            passwords: Arc::default(),
             files: Arc::new(ConfigFiles {
                 base_dir: cfg.base_dir.clone(),
                 read: Default::default(),
@@ -151,7 +164,21 @@ impl LoadedPlugin {
                 .get_or_create(&labels)
                 .clone(),
         };
-        let (warm, reg) = plugin.instantiate().await.map_err(|f| f.detail)?;
+        let (warm, reg, declared) = plugin.instantiate().await.map_err(|f| f.detail)?;
+        if let Some(bad) = declared.bad_identity_headers.first() {
+            return Err(format!(
+                "declares identity header `{bad}`, which is not a header name a plugin may change"
+            ));
+        }
+        for p in &declared.problems {
+            tracing::warn!(target: "wasmgate::plugin", plugin = %cfg.name, site = owner.site, config = %cfg.location, "line refused, the rest applies: {p}");
+        }
+        if declared.more_problems > 0 {
+            tracing::warn!(target: "wasmgate::plugin", plugin = %cfg.name, site = owner.site, "{} more refused lines not listed", declared.more_problems);
+        }
+        plugin.identity_headers = declared.identity_headers;
+        plugin.problems = declared.problems;
+        plugin.more_problems = declared.more_problems;
         plugin.hooks = reg.hooks;
         plugin.request_headers = convert::declared_names(reg.request_headers)?;
         plugin.response_headers = convert::declared_names(reg.response_headers)?;
@@ -171,11 +198,16 @@ impl LoadedPlugin {
         &self.who.digest
     }
 
-    async fn instantiate(&self) -> Result<(Warm, Registration), Failure> {
+    async fn instantiate(&self) -> Result<(Warm, Registration, Declared), Failure> {
         let _running = self.ticker.running();
         let mut store = Store::new(
             &self.engine,
-            State::new(self.who.clone(), self.files.clone(), self.limits.memory),
+            State::new(
+                self.who.clone(),
+                self.files.clone(),
+                self.passwords.clone(),
+                self.limits.memory,
+            ),
         );
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(|mut ctx| {
@@ -201,6 +233,7 @@ impl LoadedPlugin {
             .call_init(&mut store, &self.config_json, &self.who.site)
             .await;
         store.data_mut().in_init = false;
+        let declared = std::mem::take(&mut store.data_mut().declared);
         match init {
             Ok(Ok(reg)) => Ok((
                 Warm {
@@ -209,6 +242,7 @@ impl LoadedPlugin {
                     uses: 0,
                 },
                 reg,
+                declared,
             )),
             Ok(Err(msg)) => Err(Failure {
                 kind: "init",
@@ -235,6 +269,7 @@ impl LoadedPlugin {
     /// trapped instance's state cannot be trusted (and wasmtime refuses further calls into it).
     fn checkin(&self, mut warm: Warm) {
         warm.store.data_mut().request_id = None;
+        warm.store.data_mut().client = None;
         warm.uses += 1;
         if warm.uses < MAX_USES {
             let mut pool = self.shard().lock().unwrap_or_else(|p| p.into_inner());
@@ -251,20 +286,27 @@ impl LoadedPlugin {
         self.limits.time * 4 + std::time::Duration::from_millis(250)
     }
 
+    /// Call `on-request` for a request from `client`. Besides the plugin's answer, how long the
+    /// answer may be reused at most, if the plugin said so (`limit-decision-cache`).
     pub async fn on_request(
         &self,
         request_id: &str,
+        client: std::net::IpAddr,
         req: &bindings::Request,
-    ) -> Result<RequestAction, Failure> {
+    ) -> Result<(RequestAction, Option<std::time::Duration>), Failure> {
         let started = std::time::Instant::now();
         let mut warm = self.checkout(request_id).await?;
+        let data = warm.store.data_mut();
+        data.client = Some(client);
+        data.max_age = None;
         let _running = self.ticker.running();
         let call = warm
             .plugin
             .wasmgate_plugin_hooks()
             .call_on_request(&mut warm.store, req);
         let result = tokio::time::timeout(self.wall_limit(), call).await;
-        self.finish(warm, result, started)
+        let max_age = warm.store.data().max_age;
+        self.finish(warm, result, started).map(|a| (a, max_age))
     }
 
     pub async fn on_response(

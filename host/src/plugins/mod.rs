@@ -8,15 +8,20 @@
 //!
 //! Per request, the site's chain runs, then the route's; `on-response` runs in reverse for each plugin
 //! whose `on-request` ran. A failing plugin (trap, deadline, memory, stack) fails the request closed
-//! (500) unless its `on_error = "allow"`; either way it is logged with the plugin's name, digest and
-//! wasm backtrace, and its instance is discarded.
+//! (500) unless its `on_error = "allow"` — and then the identity headers it declared are removed
+//! before the request goes on, so a skipped auth plugin never passes on a client's own claim; either
+//! way it is logged with the plugin's name, digest and wasm backtrace, and its instance is discarded.
+//! - `password`: the host's `verify-password` (native hashing on a bounded pool, cache, throttle).
 
 mod bindings;
 pub mod builtin;
 mod cache;
+#[cfg(test)]
+mod cache_oracle;
 mod convert;
 mod engine;
 mod instance;
+mod password;
 mod state;
 
 use std::net::IpAddr;
@@ -32,6 +37,7 @@ use crate::proxy::TlsConn;
 use bindings::HookSet;
 use convert::Decision;
 pub use instance::{set_worker, LoadedPlugin};
+pub use state::ConfigProblem;
 
 /// The request as plugins see and change it.
 #[derive(Debug, Clone)]
@@ -117,11 +123,12 @@ impl Chain {
                     // Boxed: the call's future (wasmtime's fiber call, maybe an instantiation)
                     // is kilobytes, and inline every request with a plugin — cache hit or not —
                     // would allocate and move it.
-                    match Box::pin(p.on_request(&state.id, &req)).await {
-                        Ok(action) => {
+                    match Box::pin(p.on_request(&state.id, state.client, &req)).await {
+                        Ok((action, max_age)) => {
                             let decision = Arc::new(Decision::check(action));
                             if let Some((c, key)) = cached {
-                                c.put(instance::worker(), key, decision.clone(), state.at);
+                                let w = instance::worker();
+                                c.put(w, key, decision.clone(), state.at, max_age);
                             }
                             decision
                         }
@@ -132,6 +139,11 @@ impl Chain {
                                     plugin: p.name.clone(),
                                     cause: f.kind.to_string(),
                                 });
+                            }
+                            // Skipped: what it would have said about the client's identity, it
+                            // did not say — and neither may the client, in its stead.
+                            for h in &p.identity_headers {
+                                headers.remove(h);
                             }
                             continue;
                         }

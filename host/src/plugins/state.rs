@@ -3,9 +3,10 @@
 //! stdout and stderr go to wasmgate's log line by line).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime::component::ResourceTable;
@@ -14,7 +15,44 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{self, Level};
+use super::bindings::{self, Level, PasswordVerdict};
+use super::password::Passwords;
+
+/// Config problems kept per plugin, and the length of each message: a plugin reporting every line
+/// of a huge file cannot grow host memory without bound.
+const MAX_PROBLEMS: usize = 256;
+const MAX_PROBLEM_LEN: usize = 512;
+
+/// A line of a config file that a plugin refused (WIT `report-config-problem`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The file as the host resolved it.
+    pub file: String,
+    /// 1-based; 0 for the whole file.
+    pub line: u32,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            0 => write!(f, "{}: {}", self.file, self.message),
+            n => write!(f, "{}:{n}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// What a plugin declared through the `init`-only imports. Every instance runs `init`; the host
+/// keeps what the first one (at load time) declared.
+#[derive(Debug, Default, Clone)]
+pub struct Declared {
+    pub identity_headers: Vec<http::HeaderName>,
+    /// Names given to `identity-headers` that are not header names, or that the proxy owns.
+    pub bad_identity_headers: Vec<String>,
+    pub problems: Vec<ConfigProblem>,
+    /// Problems past `MAX_PROBLEMS`, counted only.
+    pub more_problems: usize,
+}
 
 /// Who a plugin instance is, for its log lines.
 #[derive(Debug, Clone)]
@@ -71,6 +109,12 @@ pub struct State {
     pub in_init: bool,
     /// The request being handled, for log lines.
     pub request_id: Option<String>,
+    /// Its client address, for `verify-password`'s throttle.
+    pub client: Option<IpAddr>,
+    /// Set by `limit-decision-cache` during an `on-request` call (reset before each call).
+    pub max_age: Option<Duration>,
+    pub declared: Declared,
+    pub passwords: Arc<Passwords>,
     /// Epoch ticks the current call has run into, and how many it may (see `instance.rs` on
     /// deadlines). Ticks, not wall time: a call that yielded and then waited for its worker is not
     /// charged for the wait.
@@ -80,7 +124,12 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(who: Identity, files: Arc<ConfigFiles>, memory: u64) -> State {
+    pub fn new(
+        who: Identity,
+        files: Arc<ConfigFiles>,
+        passwords: Arc<Passwords>,
+        memory: u64,
+    ) -> State {
         let wasi = WasiCtx::builder()
             .stdout(LogOutput {
                 who: who.clone(),
@@ -102,6 +151,10 @@ impl State {
             files,
             in_init: false,
             request_id: None,
+            client: None,
+            max_age: None,
+            declared: Declared::default(),
+            passwords,
             ticks_used: 0,
             ticks_allowed: 1000,
             started: Instant::now(),
@@ -160,6 +213,59 @@ impl bindings::wasmgate::plugin::host::Host for State {
             return Err("read-config-file is only available during init".into());
         }
         self.files.read(&path)
+    }
+
+    fn identity_headers(&mut self, names: Vec<String>) {
+        if !self.in_init {
+            return self.init_only("identity-headers");
+        }
+        for n in names {
+            match http::HeaderName::from_bytes(n.as_bytes()) {
+                Ok(h) if !super::convert::is_forbidden(h.as_str()) => {
+                    if !self.declared.identity_headers.contains(&h) {
+                        self.declared.identity_headers.push(h);
+                    }
+                }
+                _ => self.declared.bad_identity_headers.push(n),
+            }
+        }
+    }
+
+    fn report_config_problem(&mut self, path: String, line: u32, message: String) {
+        if !self.in_init {
+            return self.init_only("report-config-problem");
+        }
+        if self.declared.problems.len() >= MAX_PROBLEMS {
+            self.declared.more_problems += 1;
+            return;
+        }
+        let file = self.files.base_dir.join(&path).display().to_string();
+        let message: String = message.chars().take(MAX_PROBLEM_LEN).collect();
+        self.declared.problems.push(ConfigProblem {
+            file,
+            line,
+            message,
+        });
+    }
+
+    fn limit_decision_cache(&mut self, max_age_ms: u64) {
+        let d = Duration::from_millis(max_age_ms);
+        self.max_age = Some(self.max_age.map_or(d, |m| m.min(d)));
+    }
+
+    async fn verify_password(
+        &mut self,
+        hash: String,
+        password: Vec<u8>,
+    ) -> Result<PasswordVerdict, String> {
+        let passwords = self.passwords.clone();
+        passwords.verify(hash, password, self.client).await
+    }
+}
+
+impl State {
+    fn init_only(&self, what: &str) {
+        tracing::warn!(target: "wasmgate::plugin", plugin = %self.who.name, site = %self.who.site, "{what} is only available during init; call ignored");
     }
 }
 

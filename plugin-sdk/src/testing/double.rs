@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::host::Level;
+use crate::host::{Level, PasswordVerdict};
 
 /// What one test host holds; shared between a `TestHost` and the plugins it instantiated.
 #[derive(Debug, Default)]
@@ -17,6 +17,12 @@ pub(crate) struct State {
     pub wall_ms: Cell<Option<u64>>,
     pub logs: RefCell<Vec<(Level, String)>>,
     pub files_read: RefCell<Vec<String>>,
+    /// `report_config_problem` calls: (path, line, message).
+    pub problems: RefCell<Vec<(String, u32, String)>>,
+    /// `limit_decision_cache` during the current hook call (reset by `TestPlugin` before each).
+    pub max_age_ms: Cell<Option<u64>>,
+    /// Answer every `verify_password` with `Throttled` for this many seconds.
+    pub throttle: Cell<Option<u32>>,
 }
 
 thread_local! {
@@ -80,6 +86,61 @@ pub fn read_config_file(path: &str) -> Result<Vec<u8>, String> {
     state.files_read.borrow_mut().push(path.to_owned());
     let found = state.files.borrow().get(path).cloned();
     found.ok_or_else(|| "no such file".to_owned())
+}
+
+pub fn identity_headers(_names: Vec<String>) {
+    // Recorded in the `Registration` by the start-up path; nothing else to do natively.
+}
+
+pub fn report_config_problem(path: &str, line: u32, message: &str) {
+    if !IN_INIT.with(Cell::get) {
+        log(
+            Level::Warn,
+            "report-config-problem is only available during init; call ignored",
+        );
+        return;
+    }
+    if let Some(s) = current() {
+        s.problems
+            .borrow_mut()
+            .push((path.to_owned(), line, message.to_owned()));
+    }
+}
+
+pub fn limit_decision_cache(max_age_ms: u64) {
+    if let Some(s) = current() {
+        let m = s.max_age_ms.get().map_or(max_age_ms, |m| m.min(max_age_ms));
+        s.max_age_ms.set(Some(m));
+    }
+}
+
+/// The same hashes as the host's `verify-password` (`host/src/plugins/password.rs`), checked with the
+/// same crates; no success cache and no throttle unless the test asks for it.
+pub fn verify_password(hash: &str, password: &[u8]) -> Result<PasswordVerdict, String> {
+    use base64::Engine;
+    use sha1::Digest;
+    if let Some(secs) = current().and_then(|s| s.throttle.get()) {
+        return Ok(PasswordVerdict::Throttled {
+            retry_after_secs: secs,
+        });
+    }
+    crate::hash_kind::kind(hash)?;
+    let ok = if let Some(b64) = hash.strip_prefix("{SHA}") {
+        let expected = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| "`{SHA}` hash is not valid base64".to_owned())?;
+        sha1::Sha1::digest(password).as_slice() == expected.as_slice()
+    } else if hash.starts_with("$2") {
+        bcrypt::verify(password, hash).unwrap_or(false)
+    } else {
+        let h = crypt3_rs::Hash::try_from(hash).map_err(|e| format!("{e:?}"))?;
+        h.hash_with(password).is_ok_and(|c| c.as_str() == hash)
+    };
+    Ok(if ok {
+        PasswordVerdict::Match
+    } else {
+        PasswordVerdict::Mismatch
+    })
 }
 
 pub fn during_init<R>(f: impl FnOnce() -> R) -> R {

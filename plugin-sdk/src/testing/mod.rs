@@ -100,6 +100,18 @@ impl TestHost {
         self.state.logs.borrow().clone()
     }
 
+    /// Answer every `verify_password` with `Throttled` (as the host does for an address that
+    /// failed too often), or check passwords again with `None`.
+    pub fn throttle_passwords(self, retry_after_secs: Option<u32>) -> Self {
+        self.state.throttle.set(retry_after_secs);
+        self
+    }
+
+    /// The lines the plugin refused with `report_config_problem`: (path, line, message).
+    pub fn config_problems(&self) -> Vec<(String, u32, String)> {
+        self.state.problems.borrow().clone()
+    }
+
     /// The paths the plugin asked for with `read_config_file`, in order.
     pub fn files_read(&self) -> Vec<String> {
         self.state.files_read.borrow().clone()
@@ -136,7 +148,17 @@ impl<P: Plugin> TestPlugin<P> {
             ..req.clone()
         };
         let plugin = &mut self.plugin;
+        self.host.state.max_age_ms.set(None);
         with_host(&self.host.state, || plugin.on_request(&seen))
+    }
+
+    /// What the last `on_request` call passed to `limit_decision_cache` (the shortest), if anything.
+    pub fn last_cache_limit(&self) -> Option<std::time::Duration> {
+        self.host
+            .state
+            .max_age_ms
+            .get()
+            .map(std::time::Duration::from_millis)
     }
 
     /// The edits the host would apply to this response for this plugin: `on_response`'s (if listed),

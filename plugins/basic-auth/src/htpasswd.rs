@@ -1,21 +1,29 @@
-//! Parsing and checking an Apache htpasswd file: bcrypt (`$2y$`, `$2b$`, `$2a$`) and `{SHA}`.
+//! Parsing an Apache htpasswd file, line by line: a line that cannot be used is reported and grants
+//! nothing, and every other line applies (so an edit that revokes a user but has a typo elsewhere
+//! still revokes). The hashes themselves are checked by the host (`verify_password`).
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
-use base64::Engine;
-use sha1::{Digest, Sha1};
-use subtle::ConstantTimeEq;
+use wasmgate_plugin_sdk::password_hash_kind;
 
+/// One user's hash, as written in the file, and its kind (`bcrypt`, `apr1`, `sha1`, …).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Hash {
-    /// The whole `$2y$…` string, as the bcrypt crate verifies it; `cost` kept for diagnostics.
-    Bcrypt { hash: String, cost: u32 },
-    /// `{SHA}base64(sha1(password))`: unsalted, accepted for old files only.
-    Sha1([u8; 20]),
+pub struct Hash {
+    pub hash: String,
+    pub kind: &'static str,
 }
 
+impl Hash {
+    /// The bcrypt cost, for the start-up warning about slow hashes.
+    pub fn bcrypt_cost(&self) -> Option<u32> {
+        (self.kind == "bcrypt")
+            .then(|| self.hash.get(4..6)?.parse().ok())
+            .flatten()
+    }
+}
+
+/// A line that was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ParseError {
     pub file: String,
@@ -31,130 +39,82 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// `user:hash` per line; `#` comments and blank lines ignored.
-pub fn parse(file: &str, text: &str) -> Result<BTreeMap<String, Hash>, ParseError> {
+/// `user:hash` per line; `#` comments and blank lines ignored. The users of the good lines, and one
+/// error per refused line. A user listed twice keeps the first line, as Apache does.
+pub fn parse(file: &str, text: &str) -> (BTreeMap<String, Hash>, Vec<ParseError>) {
     let mut users = BTreeMap::new();
+    let mut refused = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let err = |problem: String| ParseError {
-            file: file.to_owned(),
-            line: n + 1,
-            problem,
+        let mut err = |problem: String| {
+            refused.push(ParseError {
+                file: file.to_owned(),
+                line: n + 1,
+                problem,
+            })
         };
         let Some((user, hash)) = line.split_once(':') else {
-            return Err(err("expected `user:hash`".into()));
+            err("expected `user:hash`".into());
+            continue;
         };
         if user.is_empty() {
-            return Err(err("empty user name".into()));
+            err("empty user name".into());
+            continue;
         }
-        let hash = parse_hash(hash).map_err(|p| err(format!("user `{user}`: {p}")))?;
-        if users.insert(user.to_owned(), hash).is_some() {
-            return Err(err(format!("user `{user}` appears twice")));
+        if users.contains_key(user) {
+            err(format!(
+                "user `{user}` appears again; the first line counts"
+            ));
+            continue;
         }
-    }
-    Ok(users)
-}
-
-fn parse_hash(h: &str) -> Result<Hash, String> {
-    if let Some(b64) = h.strip_prefix("{SHA}") {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|_| "`{SHA}` hash is not valid base64".to_owned())?;
-        let digest = <[u8; 20]>::try_from(bytes.as_slice())
-            .map_err(|_| "`{SHA}` hash is not 20 bytes".to_owned())?;
-        return Ok(Hash::Sha1(digest));
-    }
-    if ["$2y$", "$2b$", "$2a$"].iter().any(|p| h.starts_with(p)) {
-        let parts =
-            bcrypt::HashParts::from_str(h).map_err(|e| format!("malformed bcrypt hash: {e}"))?;
-        let cost = parts.get_cost();
-        if !(4..=31).contains(&cost) {
-            return Err(format!("bcrypt cost {cost} is outside 4..=31"));
-        }
-        return Ok(Hash::Bcrypt {
-            hash: h.to_owned(),
-            cost,
-        });
-    }
-    let kind = if h.starts_with("$apr1$") {
-        "Apache MD5 (`$apr1$`)"
-    } else if h.starts_with('$') {
-        "this `$…$` scheme"
-    } else {
-        "crypt() or plain text"
-    };
-    Err(format!(
-        "{kind} is not supported; use bcrypt (`htpasswd -B`) or `{{SHA}}` (`htpasswd -s`)"
-    ))
-}
-
-impl Hash {
-    pub fn verify(&self, password: &[u8]) -> bool {
-        match self {
-            // Errors (e.g. a password bcrypt cannot take) are a failed check, never a pass.
-            Hash::Bcrypt { hash, .. } => bcrypt::verify(password, hash).unwrap_or(false),
-            Hash::Sha1(expected) => {
-                let got: [u8; 20] = Sha1::digest(password).into();
-                got.ct_eq(expected).into()
+        match password_hash_kind(hash) {
+            Ok(kind) => {
+                users.insert(
+                    user.to_owned(),
+                    Hash {
+                        hash: hash.to_owned(),
+                        kind,
+                    },
+                );
             }
+            Err(p) => err(format!("user `{user}`: {p}")),
         }
     }
+    (users, refused)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // Classic OpenBSD test vector: password "U*U".
-    const VECTOR: &str = "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW";
-
     #[test]
-    fn bcrypt_vector_all_prefixes() {
-        for prefix in ["$2a$", "$2b$", "$2y$"] {
-            let h = parse_hash(&VECTOR.replacen("$2a$", prefix, 1)).expect("valid");
-            assert!(h.verify(b"U*U"), "{prefix}");
-            assert!(!h.verify(b"U*V"), "{prefix}");
-        }
-    }
-
-    #[test]
-    fn sha1() {
-        let h = parse_hash("{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=").expect("valid");
-        assert!(h.verify(b"password"));
-        assert!(!h.verify(b"Password"));
-    }
-
-    #[test]
-    fn refuses_unknown_formats() {
-        let e = parse(
-            "users",
-            "a:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n# c\n\nb:$apr1$x$y\n",
-        )
-        .expect_err("apr1");
-        assert_eq!(e.line, 4);
-        assert_eq!(
-            e.to_string(),
-            "users line 4: user `b`: Apache MD5 (`$apr1$`) is not supported; use bcrypt (`htpasswd -B`) or `{SHA}` (`htpasswd -s`)"
+    fn good_lines_apply_and_bad_ones_are_refused_alone() {
+        let text = "a:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n# c\n\nb:$apr1$hZ3lWQ1N$l3hlBtp6A/IH5Yl8u6YYE/\n\
+                    plain:secret\nnocolon\n:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\na:aZGJuE6EXrjEE\nd:aZGJuE6EXrjEE\n";
+        let (users, refused) = parse("users", text);
+        assert_eq!(users.keys().collect::<Vec<_>>(), ["a", "b", "d"]);
+        assert_eq!(users["a"].kind, "sha1");
+        assert_eq!(users["b"].kind, "apr1");
+        assert_eq!(users["d"].kind, "des-crypt");
+        let lines: Vec<usize> = refused.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [5, 6, 7, 8]);
+        assert!(
+            refused[0]
+                .problem
+                .starts_with("user `plain`: not a supported hash"),
+            "{}",
+            refused[0]
         );
-        assert!(parse("u", "plain:secret")
-            .expect_err("plain")
-            .problem
-            .contains("crypt() or plain text"));
-        assert!(parse("u", "x:$2y$05$short")
-            .expect_err("short")
-            .problem
-            .contains("malformed bcrypt hash"));
+        assert_eq!(refused[1].to_string(), "users line 6: expected `user:hash`");
+        assert_eq!(refused[2].problem, "empty user name");
         assert_eq!(
-            parse("u", "nocolon").expect_err("colon").problem,
-            "expected `user:hash`"
+            refused[3].problem,
+            "user `a` appears again; the first line counts"
         );
-        let dup = "a:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\na:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=";
-        assert_eq!(
-            parse("u", dup).expect_err("dup").problem,
-            "user `a` appears twice"
-        );
+        let (_, refused) = parse("u", "x:$2y$05$short");
+        assert!(refused[0].problem.contains("malformed bcrypt hash"));
     }
 }

@@ -2,14 +2,15 @@
 
 mod htpasswd;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use base64::Engine;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use wasmgate_plugin_sdk::prelude::*;
-use wasmgate_plugin_sdk::read_config_text;
+use wasmgate_plugin_sdk::{
+    read_config_text, report_config_problem, verify_password, PasswordVerdict,
+};
 
 pub use htpasswd::{Hash, ParseError};
 
@@ -26,22 +27,17 @@ pub struct Config {
     pub forward_user: Option<String>,
 }
 
-/// Successful checks remembered per instance; past this many the cache starts over, so a client
-/// cycling through valid passwords cannot grow memory without bound.
-const CACHE_MAX: usize = 1024;
-/// Above this bcrypt cost an uncached check takes tens of milliseconds in wasm: warn at start-up.
-const SLOW_COST: u32 = 10;
+/// Above this bcrypt cost an uncached check takes a noticeable slice of a host core: warn.
+const SLOW_COST: u32 = 12;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ConfigError {
-    NoUsers(String),
     BadHeader(String),
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::NoUsers(file) => write!(f, "`{file}` has no users"),
             ConfigError::BadHeader(h) => {
                 write!(f, "`forward_user`: `{h}` is not a valid header name")
             }
@@ -55,10 +51,15 @@ pub struct BasicAuth {
     users: BTreeMap<String, Hash>,
     realm: Option<String>,
     forward_user: Option<String>,
-    /// SHA-256 of `user:password` pairs that verified: bcrypt is deliberately slow, and a browser
-    /// sends the same credentials with every request. B-tree collections, not hash maps: std's
-    /// `RandomState` would import `wasi:random/insecure-seed`, which a host need not provide.
-    verified: BTreeSet<[u8; 32]>,
+}
+
+/// The outcome of checking credentials.
+#[derive(Debug, PartialEq, Eq)]
+enum Check {
+    Ok,
+    Wrong,
+    /// The host refused to check: this client failed too often. Retry after this many seconds.
+    Throttled(u32),
 }
 
 impl Plugin for BasicAuth {
@@ -66,17 +67,20 @@ impl Plugin for BasicAuth {
 
     fn new(c: Config) -> Result<Self, InitError> {
         let text = read_config_text(&c.htpasswd)?;
-        let users = htpasswd::parse(&c.htpasswd, &text)?;
+        // Line by line: a bad line is reported and grants nothing; the rest (and every removal)
+        // applies. Refusing the whole file would keep the previous version, removed users included.
+        let (users, refused) = htpasswd::parse(&c.htpasswd, &text);
+        for e in &refused {
+            report_config_problem(&c.htpasswd, e.line as u32, &e.problem);
+        }
         if users.is_empty() {
-            return Err(ConfigError::NoUsers(c.htpasswd).into());
+            report_config_problem(&c.htpasswd, 0, "no usable user: every request is refused");
         }
         for (user, hash) in &users {
-            if let Hash::Bcrypt { cost, .. } = hash {
-                if *cost > SLOW_COST {
-                    log(Level::Warn, format!(
-                        "basic-auth: user `{user}` has bcrypt cost {cost}; each first login costs 2^{cost} rounds, raise the plugin's time limit or re-hash with `htpasswd -B -C 5`"
-                    ));
-                }
+            if let Some(cost) = hash.bcrypt_cost().filter(|c| *c > SLOW_COST) {
+                log(Level::Warn, format!(
+                    "basic-auth: user `{user}` has bcrypt cost {cost}: each uncached check costs 2^{cost} rounds of a host core; consider `htpasswd -B -C 10`"
+                ));
             }
         }
         let forward_user = match c.forward_user {
@@ -87,7 +91,6 @@ impl Plugin for BasicAuth {
             users,
             realm: c.realm,
             forward_user,
-            verified: BTreeSet::new(),
         })
     }
 
@@ -99,15 +102,28 @@ impl Plugin for BasicAuth {
         Some(vec!["authorization".to_owned()])
     }
 
+    /// Set on every request that passes; removed by the host if the plugin is skipped.
+    fn identity_headers(&self) -> Vec<String> {
+        self.forward_user.iter().cloned().collect()
+    }
+
     fn on_request(&mut self, req: &Request) -> Decision {
-        match req.header("authorization").and_then(credentials) {
-            Some((user, password)) if self.check(&user, &password) => {
+        let found = req.header("authorization").and_then(credentials);
+        let check = match &found {
+            Some((user, password)) => self.check(user, password),
+            None => Check::Wrong,
+        };
+        match (check, found) {
+            (Check::Ok, Some((user, _))) => {
                 let d = Decision::allow();
                 match &self.forward_user {
                     Some(h) => d.set_header(h, user),
                     None => d,
                 }
             }
+            (Check::Throttled(secs), _) => Decision::respond(429)
+                .header("retry-after", secs.to_string())
+                .text("too many failed logins from your address; try again later\n"),
             // Missing and wrong credentials both get the challenge, so the browser asks again.
             _ => {
                 let realm = self.realm.as_deref().unwrap_or(&req.site);
@@ -123,26 +139,26 @@ impl Plugin for BasicAuth {
 }
 
 impl BasicAuth {
-    fn check(&mut self, user: &str, password: &[u8]) -> bool {
+    /// The host hashes (natively, off this plugin's time limit), remembers successes and throttles
+    /// an address that keeps failing.
+    fn check(&self, user: &str, password: &[u8]) -> Check {
         let Some(hash) = self.users.get(user) else {
-            return false;
+            return Check::Wrong;
         };
-        let mut h = Sha256::new();
-        h.update(user.as_bytes());
-        h.update(b":");
-        h.update(password);
-        let key: [u8; 32] = h.finalize().into();
-        if self.verified.contains(&key) {
-            return true;
-        }
-        let ok = hash.verify(password);
-        if ok {
-            if self.verified.len() >= CACHE_MAX {
-                self.verified.clear();
+        match verify_password(&hash.hash, password) {
+            Ok(PasswordVerdict::Match) => Check::Ok,
+            Ok(PasswordVerdict::Mismatch) => Check::Wrong,
+            Ok(PasswordVerdict::Throttled { retry_after_secs }) => {
+                Check::Throttled(retry_after_secs)
             }
-            self.verified.insert(key);
+            Err(e) => {
+                log(
+                    Level::Warn,
+                    format!("basic-auth: cannot check user `{user}`'s hash: {e}"),
+                );
+                Check::Wrong
+            }
         }
-        ok
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use serde::Deserialize;
-use wasmgate_plugin_sdk::{read_config_text, ConfigFileError, Header};
+use wasmgate_plugin_sdk::{read_config_text, report_config_problem, ConfigFileError, Header};
 
 use crate::secret::TokenSet;
 
@@ -46,6 +46,8 @@ pub struct HmacConfig {
     pub secret_file: Option<String>,
 }
 
+const BAD_TOKEN: &str = "a token must be non-empty, without spaces or control characters";
+
 /// Shorter HMAC secrets can be brute-forced offline from a single token.
 pub const MIN_SECRET_LEN: usize = 16;
 /// The prefix of the `sec-websocket-protocol` entry that carries a token.
@@ -69,22 +71,11 @@ pub struct Settings {
 #[derive(Debug)]
 pub enum ConfigError {
     NoTokens,
-    /// Only a tokens file was given, and it holds no token.
-    EmptyTokens {
-        file: String,
-    },
-    BadToken {
-        at: String,
-    },
+    BadToken { at: String },
     File(ConfigFileError),
     SecretChoice,
-    ShortSecret {
-        len: usize,
-    },
-    BadHeader {
-        field: &'static str,
-        name: String,
-    },
+    ShortSecret { len: usize },
+    BadHeader { field: &'static str, name: String },
     EmptyQuery,
 }
 
@@ -92,8 +83,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::NoTokens => f.write_str("configure `tokens`, `tokens_file` or `hmac`"),
-            ConfigError::EmptyTokens { file } => write!(f, "no tokens: `tokens` is empty and `{file}` has none"),
-            ConfigError::BadToken { at } => write!(f, "{at}: a token must be non-empty, without spaces or control characters"),
+            ConfigError::BadToken { at } => write!(f, "{at}: {BAD_TOKEN}"),
             ConfigError::File(e) => e.fmt(f),
             ConfigError::SecretChoice => f.write_str("`hmac` needs exactly one of `secret` and `secret_file`"),
             ConfigError::ShortSecret { len } => write!(f, "`hmac` secret is {len} bytes; at least {MIN_SECRET_LEN} are required (32 random bytes recommended)"),
@@ -123,22 +113,28 @@ impl Config {
             tokens.insert(t);
         }
         if let Some(file) = &self.tokens_file {
+            // Line by line: a bad line is reported and grants nothing, and every other line — and
+            // every removal — takes effect. Refusing the whole file would keep the previous version
+            // serving, revoked tokens included.
             let text = read_config_text(file)?;
             for (n, line) in text.lines().enumerate() {
                 let t = line.trim();
                 if t.is_empty() || t.starts_with('#') {
                     continue;
                 }
-                check_token(t, || format!("{file} line {}", n + 1))?;
-                tokens.insert(t);
+                match check_token(t, || format!("{file} line {}", n + 1)) {
+                    Ok(()) => tokens.insert(t),
+                    Err(_) => report_config_problem(file, n as u32 + 1, BAD_TOKEN),
+                }
             }
         }
         let secret = self.hmac.map(secret).transpose()?;
         if tokens.is_empty() && secret.is_none() {
-            // Only reachable with a tokens file: without one, NoTokens was returned above.
-            return Err(ConfigError::EmptyTokens {
-                file: self.tokens_file.unwrap_or_default(),
-            });
+            // Only reachable with a tokens file (without one, NoTokens was returned above). Its
+            // last token was removed (or every line is bad): nobody gets in, which is what the file
+            // now says — an error would keep the old tokens working instead.
+            let file = self.tokens_file.as_deref().unwrap_or_default();
+            report_config_problem(file, 0, "no valid token: every request is refused");
         }
         if self.query.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError::EmptyQuery);

@@ -5,7 +5,7 @@ mod config;
 mod secret;
 
 use wasmgate_plugin_sdk::prelude::*;
-use wasmgate_plugin_sdk::wall_now_ms;
+use wasmgate_plugin_sdk::{limit_decision_cache, wall_now_ms};
 
 use config::Settings;
 pub use config::{Config, ConfigError, HmacConfig, MIN_SECRET_LEN, SUBPROTOCOL_PREFIX};
@@ -56,8 +56,15 @@ impl Plugin for TokenAuth {
         Some(names)
     }
 
-    /// The verdict depends only on where a credential may come from — and, for signed tokens, on
-    /// the clock (expiry has one-second resolution, so answers are reused for a second at most).
+    /// Set or removed on every request that passes; removed by the host if the plugin is skipped.
+    fn identity_headers(&self) -> Vec<String> {
+        self.s.forward_subject.iter().cloned().collect()
+    }
+
+    /// The verdict depends only on where a credential may come from — and, for a signed token, on
+    /// the clock: its acceptance is limited to the token's remaining lifetime (`check`). Refusals
+    /// and static tokens do not change until a reload, which starts a new cache. Answers that strip
+    /// a query token rewrite the path, and the host never caches those.
     fn decision_cache(&self) -> Option<DecisionCache> {
         let name = self.s.header.as_deref().unwrap_or("authorization");
         let mut key = vec![RequestPart::Header(name.to_owned()), RequestPart::WebSocket];
@@ -67,10 +74,9 @@ impl Plugin for TokenAuth {
         if self.s.subprotocol {
             key.push(RequestPart::Header("sec-websocket-protocol".to_owned()));
         }
-        let ttl = if self.s.secret.is_some() { 1 } else { 60 };
         Some(DecisionCache {
             key,
-            ttl: std::time::Duration::from_secs(ttl),
+            ttl: std::time::Duration::from_secs(60),
         })
     }
 
@@ -161,10 +167,16 @@ impl TokenAuth {
         let Some(secret) = &self.s.secret else {
             return Verdict::Wrong;
         };
-        match verify_signed(secret, token, wall_now_ms() / 1000) {
-            Signed::Valid { subject } => Verdict::Valid {
-                subject: Some(subject),
-            },
+        let now_ms = wall_now_ms();
+        match verify_signed(secret, token, now_ms / 1000) {
+            Signed::Valid { subject, expiry } => {
+                // Never reused past the expiry (`now < expiry` in whole seconds).
+                let left = expiry.saturating_mul(1000).saturating_sub(now_ms);
+                limit_decision_cache(std::time::Duration::from_millis(left));
+                Verdict::Valid {
+                    subject: Some(subject),
+                }
+            }
             Signed::Expired { subject } => {
                 log(
                     Level::Info,

@@ -33,11 +33,11 @@ pub enum Signed {
     /// Not of that form, or the signature does not match.
     Invalid,
     /// Genuine, but `expiry` (Unix seconds) has passed.
-    Expired {
-        subject: String,
-    },
+    Expired { subject: String },
     Valid {
         subject: String,
+        /// Unix seconds: the token is valid before this.
+        expiry: u64,
     },
 }
 
@@ -66,7 +66,7 @@ pub fn verify_signed(secret: &[u8], token: &str, now_secs: u64) -> Signed {
     }
     let subject = subject.to_owned();
     match expiry.parse::<u64>() {
-        Ok(e) if e > now_secs => Signed::Valid { subject },
+        Ok(expiry) if expiry > now_secs => Signed::Valid { subject, expiry },
         _ => Signed::Expired { subject },
     }
 }
@@ -100,7 +100,8 @@ mod tests {
         assert_eq!(
             verify_signed(k, &t, 1999),
             Signed::Valid {
-                subject: "ann.smith".into()
+                subject: "ann.smith".into(),
+                expiry: 2000
             }
         );
         assert_eq!(
@@ -122,7 +123,8 @@ mod tests {
         assert_eq!(
             verify_signed(k, known, 0),
             Signed::Valid {
-                subject: "bob".into()
+                subject: "bob".into(),
+                expiry: 1_700_000_000
             }
         );
         // Upper-case hex is accepted too.
@@ -130,7 +132,8 @@ mod tests {
         assert_eq!(
             verify_signed(k, &upper, 0),
             Signed::Valid {
-                subject: "bob".into()
+                subject: "bob".into(),
+                expiry: 1_700_000_000
             }
         );
     }

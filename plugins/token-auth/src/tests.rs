@@ -171,6 +171,12 @@ fn hmac_tokens_expiry_and_subject() {
             .build(),
     );
     assert_eq!(d, Decision::allow().set_header("x-auth-subject", "ann"));
+    // Its acceptance may be reused from the host's cache only until the token expires.
+    assert_eq!(
+        p.last_cache_limit(),
+        Some(std::time::Duration::from_secs(60))
+    );
+    assert_eq!(p.registration().identity_headers, ["x-auth-subject"]);
 
     let old = secret::sign(SECRET.as_bytes(), "ann", now);
     let d = p.on_request(
@@ -179,6 +185,7 @@ fn hmac_tokens_expiry_and_subject() {
             .build(),
     );
     assert_eq!(d.status(), Some(403));
+    assert_eq!(p.last_cache_limit(), None, "a refusal stays true");
     assert!(host
         .logs()
         .iter()
@@ -262,24 +269,52 @@ fn config_errors() {
             .contains("unknown field `secert`")
     );
     assert!(err(json!({"token": ["t"]})).contains("unknown field `token`"));
-
-    let e = testing::with_file("tokens.txt", "# none\n\n")
-        .try_instantiate::<TokenAuth>(json!({"tokens_file": "tokens.txt"}))
-        .err()
-        .expect("must fail");
-    assert_eq!(e, "no tokens: `tokens` is empty and `tokens.txt` has none");
-    let e = testing::with_file("tokens.txt", "a\nb c\n")
-        .try_instantiate::<TokenAuth>(json!({"tokens_file": "tokens.txt"}))
-        .err()
-        .expect("must fail");
-    assert_eq!(
-        e,
-        "tokens.txt line 2: a token must be non-empty, without spaces or control characters"
-    );
 }
 
-/// The verdict is keyed by where a credential may come from; signed tokens expire, so their answers
-/// are reused for a second at most.
+/// A tokens file applies line by line: a bad line is reported and grants nothing, the others work.
+#[test]
+fn a_bad_line_in_the_tokens_file_is_refused_alone() {
+    let host = testing::with_file("tokens.txt", "a\nb c\n\u{7}x\nd\n");
+    let mut p = host.instantiate::<TokenAuth>(json!({"tokens_file": "tokens.txt"}));
+    let problems = host.config_problems();
+    let bad = "a token must be non-empty, without spaces or control characters";
+    assert_eq!(
+        problems,
+        [
+            ("tokens.txt".to_owned(), 2, bad.to_owned()),
+            ("tokens.txt".to_owned(), 3, bad.to_owned())
+        ]
+    );
+    for (t, want) in [("a", None), ("d", None), ("b", Some(403)), ("c", Some(403))] {
+        let req = TestRequest::get("/").header("authorization", &format!("Bearer {t}"));
+        assert_eq!(status(&mut p, req), want, "{t}");
+    }
+    let req = TestRequest::get("/").header("authorization", "Bearer b c");
+    assert_eq!(status(&mut p, req), Some(403));
+}
+
+/// A file whose last token was removed refuses everyone (an error would keep the old tokens).
+#[test]
+fn a_tokens_file_without_tokens_refuses_everyone() {
+    let host = testing::with_file("tokens.txt", "# none left\n\nbad token\n");
+    let mut p = host.instantiate::<TokenAuth>(json!({"tokens_file": "tokens.txt"}));
+    assert_eq!(host.config_problems().len(), 2);
+    assert_eq!(
+        host.config_problems()[1],
+        (
+            "tokens.txt".to_owned(),
+            0,
+            "no valid token: every request is refused".to_owned()
+        )
+    );
+    for t in ["bad", "token", "bad token", "# none left"] {
+        let req = TestRequest::get("/").header("authorization", &format!("Bearer {t}"));
+        assert_eq!(status(&mut p, req), Some(403), "{t}");
+    }
+}
+
+/// The verdict is keyed by where a credential may come from; a signed token's acceptance is limited
+/// per answer (see `hmac_tokens_expiry_and_subject`), not by a short TTL for all.
 #[test]
 fn decision_cache_covers_every_credential_source() {
     use wasmgate_plugin_sdk::RequestPart;
@@ -307,5 +342,5 @@ fn decision_cache_covers_every_credential_source() {
             RequestPart::Header("sec-websocket-protocol".into()),
         ]
     );
-    assert_eq!(c.ttl, std::time::Duration::from_secs(1));
+    assert_eq!(c.ttl, std::time::Duration::from_secs(60));
 }

@@ -2,16 +2,30 @@
 //! - path contains `/trap-response`: allows the request, then traps in `on_response`;
 //! - otherwise path contains `/trap`: traps in `on_request`;
 //! - anything else is allowed.
+//!
+//! `config = { identity = ["x-remote-user"] }` declares those as its identity headers, which the host
+//! removes when it skips the plugin (`on_error = "allow"`).
 
 use wasmgate_plugin_sdk::prelude::*;
 
-pub struct Trap;
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    identity: Vec<String>,
+}
+
+pub struct Trap(Config);
 
 impl Plugin for Trap {
-    type Config = NoConfig;
+    type Config = Config;
 
-    fn new(_: NoConfig) -> Result<Self, InitError> {
-        Ok(Trap)
+    fn new(c: Config) -> Result<Self, InitError> {
+        Ok(Trap(c))
+    }
+
+    fn identity_headers(&self) -> Vec<String> {
+        self.0.identity.clone()
     }
 
     fn on_request(&mut self, req: &Request) -> Decision {
