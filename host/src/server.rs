@@ -372,7 +372,10 @@ impl Server {
     /// Build a runtime from `config` and swap it in. On any error the running one stays.
     /// Compiling plugins can take a while: call this from a blocking-friendly context.
     pub fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
-        self.shared.reload(config)
+        self.shared.reload(config)?;
+        // The live plugins changed: their versions and refused lines go to `/metrics`.
+        self.shared.publish(None);
+        Ok(())
     }
 
     /// Start a successor process that inherits the listening sockets (zero-downtime restart); it

@@ -23,6 +23,34 @@ use super::password::Passwords;
 const MAX_PROBLEMS: usize = 256;
 const MAX_PROBLEM_LEN: usize = 512;
 
+/// See [`State::host_wait`].
+#[derive(Debug, Default)]
+pub struct HostWait {
+    /// Nanoseconds spent in finished host work during the current call.
+    pub done_ns: std::sync::atomic::AtomicU64,
+    /// Host work is under way right now.
+    pub busy: std::sync::atomic::AtomicBool,
+}
+
+/// Marks host work as under way until dropped (also when the call is abandoned mid-way).
+struct HostWaiting(Arc<HostWait>, Instant);
+
+impl HostWaiting {
+    fn start(w: Arc<HostWait>) -> HostWaiting {
+        w.busy.store(true, std::sync::atomic::Ordering::SeqCst);
+        HostWaiting(w, Instant::now())
+    }
+}
+
+impl Drop for HostWaiting {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let ns = self.1.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.0.done_ns.fetch_add(ns, SeqCst);
+        self.0.busy.store(false, SeqCst);
+    }
+}
+
 /// A line of a config file that a plugin refused (WIT `report-config-problem`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -115,6 +143,9 @@ pub struct State {
     pub max_age: Option<Duration>,
     pub declared: Declared,
     pub passwords: Arc<Passwords>,
+    /// Time the current call spent waiting for host work done on its behalf (password hashing),
+    /// which its wall-clock bound does not count (see `instance::within`).
+    pub host_wait: Arc<HostWait>,
     /// Epoch ticks the current call has run into, and how many it may (see `instance.rs` on
     /// deadlines). Ticks, not wall time: a call that yielded and then waited for its worker is not
     /// charged for the wait.
@@ -155,6 +186,7 @@ impl State {
             max_age: None,
             declared: Declared::default(),
             passwords,
+            host_wait: Arc::default(),
             ticks_used: 0,
             ticks_allowed: 1000,
             started: Instant::now(),
@@ -259,6 +291,7 @@ impl bindings::wasmgate::plugin::host::Host for State {
         password: Vec<u8>,
     ) -> Result<PasswordVerdict, String> {
         let passwords = self.passwords.clone();
+        let _waiting = HostWaiting::start(self.host_wait.clone());
         passwords.verify(hash, password, self.client).await
     }
 }
