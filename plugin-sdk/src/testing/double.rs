@@ -133,8 +133,21 @@ pub fn verify_password(hash: &str, password: &[u8]) -> Result<PasswordVerdict, S
     } else if hash.starts_with("$2") {
         bcrypt::verify(password, hash).unwrap_or(false)
     } else {
-        let h = crypt3_rs::Hash::try_from(hash).map_err(|e| format!("{e:?}"))?;
-        h.hash_with(password).is_ok_and(|c| c.as_str() == hash)
+        // By prefix, as the host does (crypt3_rs's own recogniser wants `rounds=` in `$5$`/`$6$`).
+        use crypt3_rs::crypt as m;
+        #[allow(deprecated)]
+        let computed = if hash.starts_with("$apr1$") {
+            m::apr1::hash_with(hash, password)
+        } else if hash.starts_with("$1$") {
+            m::md5::hash_with(hash, password)
+        } else if hash.starts_with("$5$") {
+            m::sha256::hash_with(hash, password)
+        } else if hash.starts_with("$6$") {
+            m::sha512::hash_with(hash, password)
+        } else {
+            m::unix::hash_with(hash, password)
+        };
+        computed.is_ok_and(|c| c.as_str() == hash)
     };
     Ok(if ok {
         PasswordVerdict::Match
