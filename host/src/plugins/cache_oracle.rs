@@ -166,7 +166,7 @@ fn request(rng: &mut Rng, n: usize, tokens: &[String]) -> (RequestState, HeaderM
     let state = RequestState {
         id: format!("oracle-{n}"),
         method: rng.pick(&["GET", "POST", "DELETE"]).to_string(),
-        scheme: *rng.pick(&["http", "https"]),
+        scheme: ["http", "https"][*rng.pick(&[0, 1])],
         authority: rng.pick(&["a.test", "b.test:8443"]).to_string(),
         path: path.to_string(),
         query,

@@ -353,7 +353,7 @@ mod tests {
         }
         // Throttled, even for the right password (which the success cache knows).
         assert!(
-            matches!(v("password", a).await.unwrap(), PasswordVerdict::Throttled(s) if s >= 1 && s <= 60)
+            matches!(v("password", a).await.unwrap(), PasswordVerdict::Throttled(s) if (1..=60).contains(&s))
         );
         // Another address is not.
         assert!(matches!(
