@@ -497,13 +497,30 @@ impl<'a> Validator<'a> {
     ) -> Option<RouteConfig> {
         let r = raw.get_ref();
         let path = r.path.get_ref();
-        let path_ok = path.starts_with('/') && !path.contains(['?', '#', ' ']);
+        let mut path_ok = path.starts_with('/') && !path.contains(['?', '#', ' ']);
         if !path_ok {
             self.err::<()>(
                 r.path.span(),
                 &format!("{field}.path"),
                 "a route path starts with `/` and has no query",
             );
+        } else {
+            // Requests are matched in normal form: a prefix written otherwise would never match.
+            match crate::proxy::normalize::normalize_path(path) {
+                Ok(n) if n == *path => {}
+                Ok(n) => {
+                    path_ok = false;
+                    self.err::<()>(
+                        r.path.span(),
+                        &format!("{field}.path"),
+                        format!("requests are matched in normal form: write `{n}`"),
+                    );
+                }
+                Err(e) => {
+                    path_ok = false;
+                    self.err::<()>(r.path.span(), &format!("{field}.path"), e.reason());
+                }
+            }
         }
         let ca =
             r.ca.as_ref()

@@ -139,9 +139,10 @@ pub fn lenient_reading(path: &str) -> Cow<'_, str> {
 /// [`lenient_reading`] to change. One pass over the bytes, no allocation.
 fn reads_the_same(path: &str) -> bool {
     let b = path.as_bytes();
-    b.iter().enumerate().all(|(i, &c)| {
-        !(c == b'%' || c == b';' || c == b'\\' || c.is_ascii_uppercase())
-            && !(c == b'.' && b.get(i + 1).is_none_or(|&n| n == b'/'))
+    !b.iter().enumerate().any(|(i, &c)| match c {
+        b'%' | b';' | b'\\' | b'A'..=b'Z' => true,
+        b'.' => b.get(i + 1).is_none_or(|&n| n == b'/'),
+        _ => false,
     })
 }
 

@@ -391,7 +391,11 @@ impl Runtime {
                 "  {:<12} {:<22} {}\n",
                 l.name,
                 l.bind,
-                if l.tls { "tls" } else { "plain" }
+                match (l.tls, l.reject_unknown_sni) {
+                    (true, true) => "tls (reject unknown SNI)",
+                    (true, false) => "tls",
+                    _ => "plain",
+                }
             ));
         }
         out.push_str("sites:\n");
@@ -442,6 +446,9 @@ fn describe_site(out: &mut String, s: &SiteConfig) {
         }
         if !r.websocket {
             flags.push("no-websocket".into());
+        }
+        if r.case_insensitive {
+            flags.push("case_insensitive".into());
         }
         flags.push(format!("timeout={}s", r.timeouts.response.as_secs_f64()));
         let plugins: Vec<&str> = r.plugins.iter().map(|p| p.name.as_str()).collect();
