@@ -65,6 +65,11 @@ const CASES: &[(&str, Want)] = &[
     ("/%09admin", Refused),
     ("/x/..%20/admin", Refused),
     ("/x/%2e%2e%20/admin", Refused),
+    // NTFS streams, as IIS reads them.
+    ("/admin::$DATA/x", Refused),
+    ("/ADMIN::$INDEX_ALLOCATION/x", Refused),
+    ("/admin%3A%3A%24DATA/x", Refused),
+    ("/files/a:b", Served(Public, "/files/a:b")),
     // Separators and parameters.
     ("/admin%2Fx", Refused),
     ("/admin%5Cx", Refused),

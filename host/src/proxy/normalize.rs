@@ -111,7 +111,8 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
 ///   `trimTokens`, Java's `String::trim`) and trailing dots trimmed (Windows and IIS: `admin.` is
 ///   `admin`); a segment of only dots and whitespace reads as `..` (or `.` for a single dot), the
 ///   reading under which it moves the most;
-/// - ASCII letters folded to lower case (IIS, Windows file systems, case-insensitive Express routers).
+/// - ASCII letters folded to lower case (IIS, Windows file systems, case-insensitive Express routers);
+/// - an NTFS stream suffix cut off (`admin::$DATA`, `admin::$INDEX_ALLOCATION` are `admin` to IIS).
 ///
 /// Escapes of unreserved characters (`%41`) are already decoded by [`normalize_path`], whose output
 /// `path` must be. The result still needs `normalize_path` (the trims may leave `..` or `//`). A path
@@ -123,7 +124,9 @@ pub fn lenient_reading(path: &str) -> Cow<'_, str> {
     let slashed = path
         .replace("%2F", "/")
         .replace("%5C", "/")
-        .replace('\\', "/");
+        .replace('\\', "/")
+        .replace("%3A", ":")
+        .replace("%24", "$");
     let mut out = String::with_capacity(slashed.len());
     for (i, seg) in slashed.split('/').enumerate() {
         if i > 0 {
@@ -142,13 +145,14 @@ fn reads_the_same(path: &str) -> bool {
     !b.iter().enumerate().any(|(i, &c)| match c {
         b'%' | b';' | b'\\' | b'A'..=b'Z' => true,
         b'.' => b.get(i + 1).is_none_or(|&n| n == b'/'),
+        b':' => b.get(i + 1) == Some(&b':'),
         _ => false,
     })
 }
 
 /// One segment, trimmed as lenient readers trim it.
 fn lenient_segment(seg: &str) -> &str {
-    let mut s = seg;
+    let mut s = seg.find("::$").map_or(seg, |cut| &seg[..cut]);
     while let Some(rest) = strip_leading_space(s) {
         s = rest;
     }
@@ -380,6 +384,11 @@ mod tests {
             ("/ADMIN%5Cx", "/admin/x"),
             ("/caf%C3%A9", "/caf%c3%a9"),
             ("/api/Projects;v=1", "/api/projects"),
+            ("/admin::$DATA/x", "/admin/x"),
+            ("/ADMIN::$INDEX_ALLOCATION/x", "/admin/x"),
+            ("/admin%3A%3A%24DATA", "/admin"),
+            ("/admin.::$DATA", "/admin"),
+            ("/v1/things:batchGet", "/v1/things:batchget"),
         ] {
             assert_eq!(lenient_reading(path), read, "{path}");
         }
@@ -401,7 +410,11 @@ mod tests {
                 "{plain}"
             );
         }
-        for not_plain in ["/A", "/a.", "/a./b", "/a%20", "/a;b", "/a%2Fb"] {
+        assert!(matches!(
+            lenient_reading("/v1/things:get"),
+            Cow::Borrowed(_)
+        ));
+        for not_plain in ["/A", "/a.", "/a./b", "/a%20", "/a;b", "/a%2Fb", "/a::$DATA"] {
             assert!(
                 matches!(lenient_reading(not_plain), Cow::Owned(_)),
                 "{not_plain}"
