@@ -588,3 +588,63 @@ async fn systemd_is_told_ready_with_the_main_pid_and_logs_can_be_json() {
     );
     child.kill().await.unwrap();
 }
+
+/// `check` refuses fail-open on an auth plugin with file:line:col and the reason, and prints the
+/// refused lines of a credential file (with file:line) while accepting the rest of the config.
+#[tokio::test]
+async fn check_refuses_fail_open_auth_and_lists_refused_credential_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmgate.toml");
+    let site = |extra: &str| {
+        format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\n[[site]]\nname = \"a\"\nlisteners = [\"web\"]\ndefault = true\n\n\
+             [[site.plugin]]\nbuiltin = \"token-auth\"\nconfig = {{ tokens_file = \"tokens.txt\" }}\n{extra}\n\
+             [[site.route]]\npath = \"/\"\nbackend = \"http://127.0.0.1:9/\"\n"
+        )
+    };
+    std::fs::write(dir.path().join("tokens.txt"), "good\nbad token\n").unwrap();
+    std::fs::write(&path, site("on_error = \"allow\"\n")).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let f = path.display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{f}:13:12: site[0].plugin[0].on_error: `on_error = \"allow\"` on `token-auth`"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("i_understand_this_disables_auth = true"),
+        "{err}"
+    );
+
+    std::fs::write(&path, site("")).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let tokens = dir.path().join("tokens.txt").display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "{tokens}:2: a token must be non-empty, without spaces or control characters"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("configuration OK, 1 line(s) refused"),
+        "{stdout}"
+    );
+}
