@@ -138,7 +138,7 @@ pub fn lenient_reading(path: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// No escape, no `;`, no `\`, no upper-case letter and no segment ending in `.`: nothing for
+/// No escape, no `;`, no `\`, no `::`, no upper-case letter and no segment ending in `.`: nothing for
 /// [`lenient_reading`] to change. One pass over the bytes, no allocation.
 fn reads_the_same(path: &str) -> bool {
     let b = path.as_bytes();
