@@ -12,6 +12,7 @@
 //! (the normal case, microseconds) never reach a tick and pay nothing for this; the ticker itself
 //! sleeps while no call is in flight (`engine::Ticker`).
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -61,6 +62,8 @@ pub struct LoadedPlugin {
     pub fixed_response: FixedEdits,
     pub cache: Option<super::cache::DecisionCache>,
     pub files: Arc<ConfigFiles>,
+    /// The owning tenant's plugin CPU budget (`None`: the operator's, or unlimited).
+    cpu: Option<Arc<super::cpu::CpuBudget>>,
     engine: Engine,
     ticker: Arc<engine::Ticker>,
     pre: PluginPre<State>,
@@ -133,6 +136,7 @@ impl LoadedPlugin {
                 base_dir: cfg.base_dir.clone(),
                 read: Default::default(),
             }),
+            cpu: owner.cpu.cloned(),
             engine,
             ticker,
             pre,
@@ -175,7 +179,12 @@ impl LoadedPlugin {
         let _running = self.ticker.running();
         let mut store = Store::new(
             &self.engine,
-            State::new(self.who.clone(), self.files.clone(), self.limits.memory),
+            State::new(
+                self.who.clone(),
+                self.files.clone(),
+                self.limits.memory,
+                self.cpu.clone(),
+            ),
         );
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(|mut ctx| {
@@ -183,11 +192,28 @@ impl LoadedPlugin {
             // arrive as one when it resumes), so this counts running time, not queueing.
             let s = ctx.data_mut();
             s.ticks_used += 1;
-            Ok(if s.ticks_used >= s.ticks_allowed {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Yield(1)
-            })
+            if s.ticks_used >= s.ticks_allowed {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            let Some(cpu) = &s.cpu else {
+                return Ok(UpdateDeadline::Yield(1));
+            };
+            // A tenant's guest: charge the stretch that ends here, park the call while the tenant
+            // is over budget, and restart the stretch when it resumes (the wait is not charged).
+            let (_, park) = cpu.at_yield(s.stretch.load(Relaxed));
+            // Parked: a call dropped (wall limit) before it resumes is not charged for the wait.
+            s.stretch.store(super::cpu::PARKED, Relaxed);
+            let stretch = s.stretch.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    match park {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => tokio::task::yield_now().await,
+                    }
+                    stretch.store(super::cpu::now_ns(), Relaxed);
+                }),
+            ))
         });
         arm(&mut store, INIT_TIME);
         let plugin = self
@@ -248,7 +274,13 @@ impl LoadedPlugin {
     /// only stops one parked in an (async) host call, so it is generous: queueing on a busy worker
     /// must not fail a well-behaved plugin.
     fn wall_limit(&self) -> std::time::Duration {
-        self.limits.time * 4 + std::time::Duration::from_millis(250)
+        let parked = if self.cpu.is_some() {
+            // A call of a tenant over its CPU budget is parked at its yields; that is not a hang.
+            super::cpu::MAX_WAIT
+        } else {
+            std::time::Duration::ZERO
+        };
+        self.limits.time * 4 + std::time::Duration::from_millis(250) + parked
     }
 
     pub async fn on_request(
@@ -257,13 +289,16 @@ impl LoadedPlugin {
         req: &bindings::Request,
     ) -> Result<RequestAction, Failure> {
         let started = std::time::Instant::now();
+        self.admit().await?;
         let mut warm = self.checkout(request_id).await?;
         let _running = self.ticker.running();
+        self.begin_stretch(&warm);
         let call = warm
             .plugin
             .wasmgate_plugin_hooks()
             .call_on_request(&mut warm.store, req);
         let result = tokio::time::timeout(self.wall_limit(), call).await;
+        self.end_stretch(&warm);
         self.finish(warm, result, started)
     }
 
@@ -274,14 +309,51 @@ impl LoadedPlugin {
         head: &bindings::ResponseHead,
     ) -> Result<Vec<bindings::HeaderOp>, Failure> {
         let started = std::time::Instant::now();
+        self.admit().await?;
         let mut warm = self.checkout(request_id).await?;
         let _running = self.ticker.running();
+        self.begin_stretch(&warm);
         let call =
             warm.plugin
                 .wasmgate_plugin_hooks()
                 .call_on_response(&mut warm.store, info, head);
         let result = tokio::time::timeout(self.wall_limit(), call).await;
+        self.end_stretch(&warm);
         self.finish(warm, result, started)
+    }
+
+    /// Wait for the tenant's CPU budget, or refuse the call (kind `throttled`, answered 503 whatever
+    /// `on_error` says: skipping an auth plugin because its tenant is busy would open the door).
+    async fn admit(&self) -> Result<(), Failure> {
+        let Some(cpu) = &self.cpu else { return Ok(()) };
+        cpu.admit().await.map_err(|o| Failure {
+            kind: "throttled",
+            detail: format!(
+                "tenant over its plugin CPU budget ({} ms of debt)",
+                o.debt.as_millis()
+            ),
+        })
+    }
+
+    fn begin_stretch(&self, warm: &Warm) {
+        if self.cpu.is_some() {
+            warm.store
+                .data()
+                .stretch
+                .store(super::cpu::now_ns(), Relaxed);
+        }
+    }
+
+    /// Charge the last stretch of a call (most calls end before their first tick, so this is the
+    /// only charge they get).
+    fn end_stretch(&self, warm: &Warm) {
+        if let Some(cpu) = &self.cpu {
+            let since = warm.store.data().stretch.load(Relaxed);
+            if since != super::cpu::PARKED {
+                let now = super::cpu::now_ns();
+                cpu.charge(now.saturating_sub(since), now);
+            }
+        }
     }
 
     fn finish<R>(

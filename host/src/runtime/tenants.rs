@@ -36,6 +36,8 @@ pub struct TenantShared {
     pub tunnels: AtomicUsize,
     pub refused_requests: AtomicU64,
     pub refused_tunnels: AtomicU64,
+    /// The tenant's plugin CPU clock (see `plugins::cpu`): debt outlives a reload.
+    pub cpu: Arc<crate::plugins::cpu::CpuClock>,
 }
 
 /// What a tenant's site carries on the request path.
@@ -44,6 +46,10 @@ pub struct TenantHandle {
     pub name: Arc<str>,
     pub limits: TenantLimits,
     pub shared: Arc<TenantShared>,
+    /// What the tenant's backends may reach; every connection of theirs goes through it.
+    pub egress: Arc<crate::egress::EgressPolicy>,
+    /// The tenant's plugin CPU budget (`None`: unlimited).
+    pub cpu: Option<Arc<crate::plugins::cpu::CpuBudget>>,
 }
 
 /// Holds one in-flight request (or tunnel) of a tenant; released on drop.
@@ -150,6 +156,7 @@ pub(super) fn build_all(
         let unchanged = prev
             .as_ref()
             .filter(|p| p.fingerprint == fingerprint && p.limits == limits);
+        let limits = limits.clone();
         let candidate = match unchanged {
             Some(p) => Ok(p.clone()),
             None => load(config, b, &name, &dir, fingerprint, limits),
@@ -200,11 +207,26 @@ fn load(
     fingerprint: String,
     limits: TenantLimits,
 ) -> Result<Arc<TenantRuntime>, String> {
-    let configs = config.load_tenant(dir, name).map_err(|e| e.to_string())?;
+    let configs = config
+        .load_tenant_with(dir, name, &b.own)
+        .map_err(|e| e.to_string())?;
     let shared = b.tenants.get(name);
     let handle = TenantHandle {
         name: name.into(),
-        limits,
+        egress: Arc::new(crate::egress::EgressPolicy::new(
+            name,
+            &limits.backends,
+            b.own.clone(),
+        )),
+        cpu: limits.plugin_cpu.map(|share| {
+            Arc::new(crate::plugins::cpu::CpuBudget::new(
+                name,
+                share,
+                limits.plugin_time,
+                shared.cpu.clone(),
+            ))
+        }),
+        limits: limits.clone(),
         shared: shared.clone(),
     };
     let sites = build_sites(&configs, b, &dir.join("tenant.toml"), Some(&handle))
