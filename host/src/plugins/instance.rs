@@ -36,6 +36,8 @@ struct Warm {
     store: Store<State>,
     plugin: bindings::Plugin,
     uses: u32,
+    /// The tenant's slot this instance takes (see `quota.rs`); `None` for the operator's.
+    _slot: Option<super::quota::Slot>,
 }
 
 /// Why a call into a plugin failed.
@@ -64,6 +66,7 @@ pub struct LoadedPlugin {
     pub files: Arc<ConfigFiles>,
     /// The owning tenant's plugin CPU budget (`None`: the operator's, or unlimited).
     cpu: Option<Arc<super::cpu::CpuBudget>>,
+    quota: Option<Arc<super::quota::InstanceQuota>>,
     engine: Engine,
     ticker: Arc<engine::Ticker>,
     pre: PluginPre<State>,
@@ -137,6 +140,7 @@ impl LoadedPlugin {
                 read: Default::default(),
             }),
             cpu: owner.cpu.cloned(),
+            quota: owner.quota.cloned(),
             engine,
             ticker,
             pre,
@@ -171,11 +175,23 @@ impl LoadedPlugin {
         Ok(plugin)
     }
 
+    /// The tenant's live instance quota (0 for the operator's plugins, which have none).
+    pub fn quota_cap(&self) -> usize {
+        self.quota.as_ref().map_or(0, |q| q.cap)
+    }
+
     pub fn digest(&self) -> &str {
         &self.who.digest
     }
 
     async fn instantiate(&self) -> Result<(Warm, Registration), Failure> {
+        let slot = match &self.quota {
+            Some(q) => Some(q.take().ok_or_else(|| Failure {
+                kind: "capacity",
+                detail: format!("the tenant holds its {} live plugin instances", q.cap),
+            })?),
+            None => None,
+        };
         let _running = self.ticker.running();
         let mut store = Store::new(
             &self.engine,
@@ -233,6 +249,7 @@ impl LoadedPlugin {
                     store,
                     plugin,
                     uses: 0,
+                    _slot: slot,
                 },
                 reg,
             )),

@@ -18,6 +18,7 @@ mod convert;
 pub mod cpu;
 mod engine;
 mod instance;
+pub mod quota;
 mod state;
 
 use std::net::IpAddr;
@@ -128,6 +129,7 @@ impl Chain {
                             decision
                         }
                         Err(f) if f.kind == "throttled" => return Err(throttled(p)),
+                        Err(f) if f.kind == "capacity" => return Err(at_quota(p)),
                         Err(f) => {
                             log_failure(p, &state.id, "on-request", &f);
                             if p.on_error == OnError::Deny {
@@ -204,6 +206,7 @@ async fn call_on_response(
             match p.on_response(&state.id, info, &head).await {
                 Ok(ops) => complain(p, &state.id, &convert::apply(ops, response.headers_mut())),
                 Err(f) if f.kind == "throttled" => return throttled(p).to_response(),
+                Err(f) if f.kind == "capacity" => return at_quota(p).to_response(),
                 Err(f) => {
                     log_failure(p, &state.id, "on-response", &f);
                     if p.on_error == OnError::Deny {
@@ -226,6 +229,16 @@ async fn call_on_response(
 fn throttled(p: &LoadedPlugin) -> ProxyError {
     ProxyError::TenantCpu {
         tenant: p.who.tenant.as_deref().unwrap_or("-").to_string(),
+    }
+}
+
+/// A call that needed a new instance while its tenant holds its whole quota: 503, like any other
+/// tenant limit, whatever `on_error` says.
+fn at_quota(p: &LoadedPlugin) -> ProxyError {
+    ProxyError::TenantLimit {
+        tenant: p.who.tenant.as_deref().unwrap_or("-").to_string(),
+        what: "plugin instances",
+        max: p.quota_cap(),
     }
 }
 
@@ -284,6 +297,8 @@ pub struct PluginOwner<'a> {
     pub tenant: Option<&'a str>,
     /// The tenant's plugin CPU budget, shared by all of its plugins.
     pub cpu: Option<&'a Arc<cpu::CpuBudget>>,
+    /// The tenant's live instance quota, shared by all of its plugins.
+    pub quota: Option<&'a Arc<quota::InstanceQuota>>,
 }
 
 /// Loads plugin chains. Lives as long as the server.

@@ -169,6 +169,7 @@ pub fn build_sites(
             site: &sc.name,
             tenant: sc.tenant.as_deref(),
             cpu: tenant.and_then(|t| t.cpu.as_ref()),
+            quota: tenant.map(|t| &t.quota),
         };
         let connector = match tenant {
             Some(t) => crate::egress::Connector::Tenant(t.egress.clone()),
