@@ -49,8 +49,9 @@ pub const TENANT_INSTANCES_MAX: usize = POOL_INSTANCES as usize / 5;
 
 /// Engines by stack class, held weakly: an engine lives as long as some plugin (or cached component)
 /// of its class does, and its ticker thread ends with it.
-static ENGINES: OnceLock<Mutex<HashMap<u64, (wasmtime::EngineWeak, Arc<Ticker>)>>> =
-    OnceLock::new();
+static ENGINES: OnceLock<Mutex<HashMap<u64, WeakEngine>>> = OnceLock::new();
+
+type WeakEngine = (wasmtime::EngineWeak, Arc<Ticker>);
 
 type EngineAndTicker = (Engine, Arc<Ticker>);
 
