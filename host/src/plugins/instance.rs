@@ -435,6 +435,12 @@ pub fn set_worker(i: usize) {
     WORKER.set(i);
 }
 
+/// The most warm instances a plugin with `limits.instances = n` keeps: each worker's pool keeps its
+/// share, rounded up.
+pub fn warm_bound(n: usize) -> usize {
+    n.div_ceil(shards()) * shards()
+}
+
 /// Pools per plugin: one per core, the default number of workers (more workers share them).
 fn shards() -> usize {
     // Asked once: `available_parallelism` reads cgroup files, and every plugin load needs it.

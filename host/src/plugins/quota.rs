@@ -29,10 +29,15 @@ impl Drop for Slot {
 }
 
 impl InstanceQuota {
-    /// The quota a tenant's config needs: its warm instances twice over — once for the version
-    /// serving, once for the next one being loaded (or calls beyond the warm ones, under load).
-    pub fn needed(warm: usize) -> usize {
-        warm * 2
+    /// The quota a tenant's config needs, given each plugin entry's `limits.instances`: the warm
+    /// instances its pools can keep, twice over — once for the version serving, once for the next
+    /// one being loaded (or for calls beyond the warm ones, under load).
+    pub fn needed(entries: impl IntoIterator<Item = usize>) -> usize {
+        entries
+            .into_iter()
+            .map(super::instance::warm_bound)
+            .sum::<usize>()
+            * 2
     }
 
     /// A slot, or `None` when the tenant holds its quota already.

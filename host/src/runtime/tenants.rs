@@ -236,19 +236,19 @@ fn load(
     let configs = config
         .load_tenant_with(dir, name, &b.own)
         .map_err(|e| e.to_string())?;
-    let warm: usize = configs
+    let entries = configs
         .iter()
         .flat_map(|s| {
             s.plugins
                 .iter()
                 .chain(s.routes.iter().flat_map(|r| r.plugins.iter()))
         })
-        .map(|p| p.limits.instances)
-        .sum();
-    let instances = crate::plugins::quota::InstanceQuota::needed(warm);
+        .map(|p| p.limits.instances);
+    let warm: usize = entries.clone().sum();
+    let instances = crate::plugins::quota::InstanceQuota::needed(entries);
     if instances > room {
         return Err(format!(
-            "{}: the tenants' share of the plugin instance pool has room for {room} more instances; this tenant's {warm} warm instances need {instances} (twice: one set serving, one loading)",
+            "{}: the tenants' share of the plugin instance pool has room for {room} more instances; this tenant's {warm} warm instances need {instances} (what its pools can keep, twice: one set serving, one loading)",
             dir.join("tenant.toml").display()
         ));
     }
