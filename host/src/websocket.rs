@@ -91,7 +91,7 @@ pub async fn proxy(
     *breq.headers_mut() = headers;
 
     let backend = &route.cfg.backend;
-    let io = route.upstream.connect(backend).await?;
+    let io = route.upstream.connect(backend, &route.connector).await?;
     let protocol_err = |e: hyper::Error| ProxyError::UpstreamProtocol {
         backend: backend.authority.clone(),
         cause: crate::error::Chain(&e).to_string(),

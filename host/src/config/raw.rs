@@ -57,6 +57,14 @@ pub struct RawTenantLimits {
     pub max_requests: Option<Spanned<u64>>,
     pub max_tunnels: Option<Spanned<u64>>,
     pub max_body_bytes: Option<Spanned<SizeValue>>,
+    // Egress and resource caps (issue 14, items 2 and 3); see `TenantLimits`.
+    pub backends: Option<Vec<Spanned<String>>>,
+    pub max_sites: Option<Spanned<u64>>,
+    pub max_routes: Option<Spanned<u64>>,
+    pub max_plugins: Option<Spanned<u64>>,
+    pub max_instances: Option<Spanned<u64>>,
+    pub max_plugin_memory: Option<Spanned<SizeValue>>,
+    pub plugin_cpu: Option<Spanned<String>>,
 }
 
 /// A tenant's `tenant.toml`: sites only. Listeners, trusted proxies, global timeouts and limits are

@@ -23,6 +23,15 @@ pub(super) struct Validator<'a> {
     confine: Option<PathBuf>,
     /// For a tenant's file: the tenant's name, stamped on its sites.
     tenant: Option<String>,
+    /// For a tenant's file: what its backends may reach, judged for literals as they are read.
+    egress: Option<Egress<'a>>,
+}
+
+/// The egress allowances of the tenant being validated and the proxy's own sockets.
+struct Egress<'a> {
+    allow: Vec<crate::egress::Allow>,
+    own: &'a crate::egress::OwnAddrs,
+    binds: Vec<(std::sync::Arc<str>, SocketAddr)>,
 }
 
 impl<'a> Validator<'a> {
@@ -37,6 +46,7 @@ impl<'a> Validator<'a> {
             errors: Vec::new(),
             confine: None,
             tenant: None,
+            egress: None,
         }
     }
 
@@ -58,8 +68,21 @@ impl<'a> Validator<'a> {
         &mut self,
         raw: RawTenant,
         operator: &Config,
-        caps: TenantLimits,
+        caps: &TenantLimits,
+        own: &'a crate::egress::OwnAddrs,
     ) -> Vec<SiteConfig> {
+        let mut binds: Vec<(std::sync::Arc<str>, SocketAddr)> = operator
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str().into(), l.bind))
+            .collect();
+        binds.extend(operator.admin.map(|a| ("admin".into(), a)));
+        binds.retain(|(_, a)| a.port() != 0);
+        self.egress = Some(Egress {
+            allow: caps.backends.clone(),
+            own,
+            binds,
+        });
         let names: HashSet<&str> = operator.listeners.iter().map(|l| l.name.as_str()).collect();
         let tls: HashSet<&str> = operator
             .listeners
@@ -105,7 +128,85 @@ impl<'a> Validator<'a> {
             }
         }
         self.host_conflicts(&raw.sites, &sites);
+        self.tenant_caps(&raw, &sites, caps);
         sites
+    }
+
+    /// The tenant's totals against its caps, counted before anything is built: the first entry past
+    /// a cap is named.
+    fn tenant_caps(&mut self, raw: &RawTenant, sites: &[SiteConfig], caps: &TenantLimits) {
+        if let Some(extra) = raw.sites.get(caps.max_sites) {
+            self.err::<()>(
+                extra.span(),
+                &format!("site[{}]", caps.max_sites),
+                format!(
+                    "more than {} sites (tenant_limits max_sites)",
+                    caps.max_sites
+                ),
+            );
+        }
+        let routes = raw.sites.iter().flat_map(|s| s.get_ref().routes.iter());
+        if let Some(extra) = routes.clone().nth(caps.max_routes) {
+            self.err::<()>(
+                extra.span(),
+                "route",
+                format!(
+                    "more than {} routes in all (tenant_limits max_routes)",
+                    caps.max_routes
+                ),
+            );
+        }
+        let entries = raw.sites.iter().flat_map(|s| {
+            let s = s.get_ref();
+            s.plugins
+                .iter()
+                .chain(s.routes.iter().flat_map(|r| r.get_ref().plugins.iter()))
+        });
+        if let Some(extra) = entries.clone().nth(caps.max_plugins) {
+            self.err::<()>(
+                extra.span(),
+                "plugin",
+                format!(
+                    "more than {} plugin entries in all (tenant_limits max_plugins)",
+                    caps.max_plugins
+                ),
+            );
+        }
+        // The validated entries (limits applied), in the same order as the raw ones they came from.
+        let plugins = sites.iter().flat_map(|s| {
+            s.plugins
+                .iter()
+                .chain(s.routes.iter().flat_map(|r| r.plugins.iter()))
+        });
+        let (mut instances, mut memory) = (0usize, 0u64);
+        let mut over = (false, false);
+        for (p, raw) in plugins.zip(entries) {
+            instances += p.limits.instances;
+            memory += p.limits.instances as u64 * p.limits.memory;
+            if instances > caps.max_instances && !over.0 {
+                over.0 = true;
+                self.err::<()>(
+                    raw.span(),
+                    "plugin.limits.instances",
+                    format!(
+                        "{instances} warm instances in all, more than {} (tenant_limits max_instances)",
+                        caps.max_instances
+                    ),
+                );
+            }
+            if memory > caps.max_plugin_memory && !over.1 {
+                over.1 = true;
+                self.err::<()>(
+                    raw.span(),
+                    "plugin.limits.memory",
+                    format!(
+                        "{} MiB of plugin memory in all (instances × memory), more than {} MiB (tenant_limits max_plugin_memory)",
+                        memory >> 20,
+                        caps.max_plugin_memory >> 20
+                    ),
+                );
+            }
+        }
     }
 
     fn err<T>(
@@ -264,7 +365,7 @@ impl<'a> Validator<'a> {
             .map(|(name, l)| {
                 (
                     name.clone(),
-                    self.tenant_limits(l, defaults, &format!("tenant_limits.{name}")),
+                    self.tenant_limits(l, defaults.clone(), &format!("tenant_limits.{name}")),
                 )
             })
             .collect();
@@ -300,6 +401,63 @@ impl<'a> Validator<'a> {
             max_body_bytes: self
                 .size_opt(&r.max_body_bytes, &format!("{field}.max_body_bytes"))
                 .unwrap_or(base.max_body_bytes),
+            backends: match &r.backends {
+                None => base.backends,
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| match crate::egress::Allow::parse(e.get_ref()) {
+                        Ok(a) => Some(a),
+                        Err(m) => self.err(e.span(), &format!("{field}.backends[{i}]"), m),
+                    })
+                    .collect(),
+            },
+            max_sites: self.count(&r.max_sites, field, "max_sites", 1024, base.max_sites),
+            max_routes: self.count(&r.max_routes, field, "max_routes", 65_536, base.max_routes),
+            max_plugins: self.count(&r.max_plugins, field, "max_plugins", 4096, base.max_plugins),
+            max_instances: self.count(
+                &r.max_instances,
+                field,
+                "max_instances",
+                crate::plugins::TENANT_INSTANCES_MAX,
+                base.max_instances,
+            ),
+            max_plugin_memory: self
+                .size_opt(&r.max_plugin_memory, &format!("{field}.max_plugin_memory"))
+                .unwrap_or(base.max_plugin_memory),
+            plugin_cpu: match &r.plugin_cpu {
+                None => base.plugin_cpu,
+                Some(v) => match parse_cpu_share(v.get_ref()) {
+                    Ok(share) => share,
+                    Err(m) => {
+                        self.err::<()>(v.span(), &format!("{field}.plugin_cpu"), m);
+                        base.plugin_cpu
+                    }
+                },
+            },
+        }
+    }
+
+    /// A whole number from 1 to `max` (or `base` when not given).
+    fn count(
+        &mut self,
+        raw: &Option<Spanned<u64>>,
+        field: &str,
+        name: &str,
+        max: usize,
+        base: usize,
+    ) -> usize {
+        match raw {
+            None => base,
+            Some(n) if (1..=max as u64).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.err::<()>(
+                    n.span(),
+                    &format!("{field}.{name}"),
+                    format!("must be between 1 and {max}"),
+                );
+                base
+            }
         }
     }
 
@@ -597,6 +755,15 @@ impl<'a> Validator<'a> {
         }
         let host = auth.host().to_string();
         let port = auth.port_u16().unwrap_or(default_port);
+        if let Some(e) = &self.egress {
+            if let Err(why) = crate::egress::check_literal(&e.allow, e.own, &e.binds, &host, port) {
+                return self.err(
+                    raw.span(),
+                    field,
+                    format!("backend refused by the tenant egress policy: {why}"),
+                );
+            }
+        }
         let authority = if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]:{port}")
         } else {
@@ -711,6 +878,12 @@ impl<'a> Validator<'a> {
                 "must be between 64KiB and 8MiB",
             );
         }
+        // Each distinct stack size needs a wasmtime engine of its own: sizes round up to a few fixed
+        // classes, so no config (a tenant's least of all) can make the process create many.
+        let limits = PluginLimits {
+            stack: crate::plugins::stack_class(limits.stack),
+            ..limits
+        };
         if limits.instances == 0 || limits.instances > 64 {
             self.err::<()>(
                 raw.span(),
@@ -868,6 +1041,24 @@ impl<'a> Validator<'a> {
             }
         }
     }
+}
+
+/// `"25%"` of one core → `Some(0.25)`; `"unlimited"` → `None`.
+fn parse_cpu_share(text: &str) -> Result<Option<f64>, String> {
+    let t = text.trim();
+    if t == "unlimited" {
+        return Ok(None);
+    }
+    let pct = t
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .ok_or_else(|| {
+            format!("`{t}` is not a share of one core such as \"25%\" (or \"unlimited\")")
+        })?;
+    if !(1.0..=6400.0).contains(&pct) {
+        return Err(format!("`{t}` must be between 1% and 6400% (64 cores)"));
+    }
+    Ok(Some(pct / 100.0))
 }
 
 /// Lower-case, no port, no trailing dot; `*.` allowed only as the first label.

@@ -76,11 +76,20 @@ pub struct State {
     /// charged for the wait.
     pub ticks_used: u64,
     pub ticks_allowed: u64,
+    /// The tenant's plugin CPU budget (`None` for the operator's plugins), and when the current
+    /// stretch of guest execution began (`cpu::now_ns`; written by the yield future on resumption).
+    pub cpu: Option<Arc<super::cpu::CpuBudget>>,
+    pub stretch: Arc<std::sync::atomic::AtomicU64>,
     started: Instant,
 }
 
 impl State {
-    pub fn new(who: Identity, files: Arc<ConfigFiles>, memory: u64) -> State {
+    pub fn new(
+        who: Identity,
+        files: Arc<ConfigFiles>,
+        memory: u64,
+        cpu: Option<Arc<super::cpu::CpuBudget>>,
+    ) -> State {
         let wasi = WasiCtx::builder()
             .stdout(LogOutput {
                 who: who.clone(),
@@ -104,6 +113,9 @@ impl State {
             request_id: None,
             ticks_used: 0,
             ticks_allowed: 1000,
+            cpu,
+            // Instantiation and `init` run guest code too: charged from here.
+            stretch: Arc::new(super::cpu::now_ns().into()),
             started: Instant::now(),
         }
     }

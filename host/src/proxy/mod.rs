@@ -453,7 +453,11 @@ async fn forward(
 
     let timeout = route.cfg.timeouts.response;
     let backend = &route.cfg.backend;
-    let resp = match tokio::time::timeout(timeout, route.upstream.send(backend, upstream_req)).await
+    let resp = match tokio::time::timeout(
+        timeout,
+        route.upstream.send(backend, &route.connector, upstream_req),
+    )
+    .await
     {
         Err(_) => {
             return Err(ProxyError::UpstreamTimeout {
