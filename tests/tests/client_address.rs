@@ -72,10 +72,13 @@ async fn ask(
     (reply.status.as_u16(), seen)
 }
 
+/// (what, request headers, `/guarded`'s status, the client, the chain the backend is told)
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16, &'a str, &'a str);
+
 /// For each case: `/guarded` answers `status` (ip-allow's decision on `client`), and `/open` shows
 /// the backend `client` both as the plugins' `{client_addr}` and as the first entry of the chain it
 /// is told.
-async fn check(p: &Proxy, b: &Backend, cases: &[(&str, &[(&str, &str)], u16, &str, &str)]) {
+async fn check(p: &Proxy, b: &Backend, cases: &[Case<'_>]) {
     for (what, headers, status, client, chain) in cases {
         let (got, _) = ask(p, b, "/guarded", headers).await;
         assert_eq!(got, *status, "{what}: ip-allow");
