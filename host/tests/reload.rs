@@ -161,6 +161,31 @@ async fn a_token_revoked_then_sighup_stops_working() {
     assert!(line.contains("SIGHUP"), "{line}");
 }
 
+#[tokio::test]
+async fn a_token_revoked_behind_a_symlinked_directory_stops_working_and_so_does_repointing_it() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(&backend, "tokens.txt", "");
+    for (release, tokens) in [("1", "alice\nbob\n"), ("2", "carol\n")] {
+        let r = dir.path().join("releases").join(release);
+        std::fs::create_dir_all(&r).unwrap();
+        std::fs::write(r.join("wasmgate.toml"), &toml).unwrap();
+        std::fs::write(r.join("tokens.txt"), tokens).unwrap();
+    }
+    std::os::unix::fs::symlink("releases/1", dir.path().join("current")).unwrap();
+    let mut run = Running::start_in(dir.path(), Path::new("current/wasmgate.toml")).await;
+    run.wait_for("watching configuration").await;
+    // Edited where it really is.
+    revoke_and_expect_refusal(&mut run, &dir.path().join("releases/1/tokens.txt")).await;
+
+    // `ln -sfn releases/2 current`: a new link renamed over the old one.
+    let addr = run.addrs[0].1;
+    std::os::unix::fs::symlink("releases/2", dir.path().join("current.tmp")).unwrap();
+    std::fs::rename(dir.path().join("current.tmp"), dir.path().join("current")).unwrap();
+    within_a_second(addr, "bob", REFUSED).await;
+    assert_eq!(status_with(addr, "carol").await, 200);
+}
+
 /// A ConfigMap volume as the kubelet writes it: `..<timestamp>/` holds the files, `..data` points at
 /// it, and each file is a symlink through `..data`. An update is a new timestamped directory, a new
 /// `..data` renamed over the old one, and the old directory deleted.
