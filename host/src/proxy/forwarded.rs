@@ -492,6 +492,43 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_walk_is_logged_at_debug_with_the_client_it_settled_on() {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || out.clone())
+            .finish();
+        let t = TrustedProxies::new(
+            vec!["10.0.0.0/8".parse().unwrap()],
+            ClientAddressHeader::XForwardedFor,
+        );
+        let h = headers("x-forwarded-for", &["6.6.6.6, unknown, 10.0.0.9"]);
+        let c = tracing::subscriber::with_default(subscriber, || t.client(ip("10.0.0.1"), &h));
+        assert_eq!(c.ip, ip("10.0.0.9"));
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("DEBUG")
+                && text.contains("client=10.0.0.9")
+                && text.contains("entry=unknown")
+                && text.contains("last trusted hop"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_line_that_is_not_text_stops_the_walk() {
         let t = TrustedProxies::new(
             vec!["10.0.0.0/8".parse().unwrap()],
