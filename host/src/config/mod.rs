@@ -2,12 +2,14 @@
 //! reported at once as `file:line:col: field: reason`.
 
 mod error;
+mod files;
 mod model;
 mod raw;
 pub mod units;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use files::{FileRefused, FileScope};
 pub use model::*;
 pub use validate::normalise_host_pattern;
 

@@ -13,6 +13,10 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub sites: Vec<SiteConfig>,
     pub trusted_proxies: Vec<IpNet>,
+    /// The header trusted proxies report the client in.
+    pub client_address_header: ClientAddressHeader,
+    /// Reload on file changes (read at start).
+    pub watch: bool,
     pub limits: Limits,
     pub header_read_timeout: Duration,
     pub keepalive_timeout: Duration,
@@ -25,6 +29,16 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Worker threads; 0 = serve on the caller's runtime.
     pub workers: usize,
+}
+
+/// Where a trusted proxy's report of the client address is read from: one header, never a mix
+/// (nginx's `real_ip_header`), so a client cannot add the other one to be believed instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAddressHeader {
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`.
+    Forwarded,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -210,8 +224,8 @@ pub struct PluginConfig {
     pub config: serde_json::Value,
     pub on_error: OnError,
     pub limits: PluginLimits,
-    /// Directory that `read-config-file` resolves against and may not leave.
-    pub base_dir: PathBuf,
+    /// Where `read-config-file` names resolve, and which ones it may read.
+    pub files: super::FileScope,
     /// `file:line:col` of the entry, for messages.
     pub location: String,
 }

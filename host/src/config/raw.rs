@@ -16,6 +16,10 @@ pub struct RawConfig {
     /// CIDRs whose `X-Forwarded-*`, `Forwarded` and `X-Request-Id` headers are believed.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Which header trusted proxies name the client in: `x-forwarded-for` (default) or `forwarded`.
+    pub client_address_header: Option<Spanned<String>>,
+    /// Watch the config and the files it names, reloading on change (default true; SIGHUP always works).
+    pub watch: Option<bool>,
     /// Defaults for every site; sites and routes override them.
     pub timeout: Option<Spanned<String>>,
     #[serde(default)]

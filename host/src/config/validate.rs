@@ -19,8 +19,8 @@ pub(super) struct Validator<'a> {
     loc: Locator<'a>,
     base_dir: PathBuf,
     errors: Vec<ConfigError>,
-    /// For a tenant's file: every file it names must resolve inside this (canonical) directory.
-    confine: Option<PathBuf>,
+    /// Which files this config may name (a tenant's stay inside its directory).
+    files: super::FileScope,
     /// For a tenant's file: the tenant's name, stamped on its sites.
     tenant: Option<String>,
     /// For a tenant's file: what its backends may reach, judged for literals as they are read.
@@ -42,9 +42,9 @@ impl<'a> Validator<'a> {
             .unwrap_or_else(|| PathBuf::from("."));
         Validator {
             loc: Locator::new(file, text),
-            base_dir,
+            base_dir: base_dir.clone(),
             errors: Vec::new(),
-            confine: None,
+            files: super::FileScope::operator(&base_dir),
             tenant: None,
             egress: None,
         }
@@ -53,11 +53,7 @@ impl<'a> Validator<'a> {
     /// A validator for tenant `name`'s `tenant.toml` at `file`.
     pub fn for_tenant(file: &'a Path, text: &'a str, name: &str) -> Self {
         let mut v = Validator::new(file, text);
-        v.confine = Some(
-            v.base_dir
-                .canonicalize()
-                .unwrap_or_else(|_| v.base_dir.clone()),
-        );
+        v.files = super::FileScope::tenant(&v.base_dir);
         v.tenant = Some(name.to_string());
         v
     }
@@ -232,6 +228,22 @@ impl<'a> Validator<'a> {
             .enumerate()
             .filter_map(|(i, cidr)| self.cidr(cidr, &format!("trusted_proxies[{i}]")))
             .collect();
+        let client_address_header = match raw
+            .client_address_header
+            .as_ref()
+            .map(|h| (h.get_ref().to_ascii_lowercase(), h.span()))
+        {
+            None => ClientAddressHeader::XForwardedFor,
+            Some((h, _)) if h == "x-forwarded-for" => ClientAddressHeader::XForwardedFor,
+            Some((h, _)) if h == "forwarded" => ClientAddressHeader::Forwarded,
+            Some((other, span)) => self
+                .err(
+                    span,
+                    "client_address_header",
+                    format!("`{other}` is neither \"x-forwarded-for\" nor \"forwarded\""),
+                )
+                .unwrap_or_default(),
+        };
         let defaults = self.timeouts(&raw.timeout, &raw.timeouts, Timeouts::default(), "");
         let header_read_timeout = self
             .duration_opt(&raw.timeouts.header_read, "timeouts.header_read")
@@ -288,6 +300,8 @@ impl<'a> Validator<'a> {
             listeners,
             sites,
             trusted_proxies,
+            client_address_header,
+            watch: raw.watch.unwrap_or(true),
             limits,
             header_read_timeout,
             keepalive_timeout,
@@ -902,7 +916,7 @@ impl<'a> Validator<'a> {
             config,
             on_error,
             limits,
-            base_dir: self.base_dir.clone(),
+            files: self.files.clone(),
             location: format!("{}:{line}:{col}", self.loc.file.display()),
         })
     }
@@ -988,21 +1002,10 @@ impl<'a> Validator<'a> {
     }
 
     fn existing_file(&mut self, raw: &Spanned<String>, field: &str) -> Option<PathBuf> {
-        let path = self.base_dir.join(raw.get_ref());
-        if let Some(root) = &self.confine {
-            // Resolve symlinks and `..` first: a tenant may not reach outside its directory.
-            let inside = path
-                .canonicalize()
-                .map(|c| c.starts_with(root))
-                .unwrap_or(true);
-            if !inside || Path::new(raw.get_ref()).is_absolute() {
-                return self.err(
-                    raw.span(),
-                    field,
-                    format!("`{}` is outside the tenant's directory", raw.get_ref()),
-                );
-            }
-        }
+        let path = match self.files.resolve(raw.get_ref()) {
+            Ok(path) => path,
+            Err(refused) => return self.err(raw.span(), field, refused.to_string()),
+        };
         if path.is_file() {
             Some(path)
         } else {

@@ -136,7 +136,7 @@ impl LoadedPlugin {
             fixed_response: FixedEdits::default(),
             cache: None,
             files: Arc::new(ConfigFiles {
-                base_dir: cfg.base_dir.clone(),
+                scope: cfg.files.clone(),
                 read: Default::default(),
             }),
             cpu: owner.cpu.cloned(),

@@ -3,7 +3,7 @@
 //! stdout and stderr go to wasmgate's log line by line).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,6 +15,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, Level};
+use crate::config::FileScope;
 
 /// Who a plugin instance is, for its log lines.
 #[derive(Debug, Clone)]
@@ -25,38 +26,21 @@ pub struct Identity {
     pub digest: Arc<str>,
 }
 
-/// Files a plugin may read during `init`: resolved inside `base_dir`, read once at load time, and
-/// recorded so the watcher reloads the plugin when one changes.
+/// Files a plugin may read during `init`: named as its config's [`FileScope`] allows (an operator's
+/// anywhere, a tenant's inside its directory), read once at load time, and recorded so the watcher
+/// reloads the plugin when one changes.
 #[derive(Debug)]
 pub struct ConfigFiles {
-    pub base_dir: PathBuf,
+    pub scope: FileScope,
     pub read: Mutex<BTreeMap<PathBuf, Result<Vec<u8>, String>>>,
 }
 
 impl ConfigFiles {
-    fn read(&self, rel: &str) -> Result<Vec<u8>, String> {
-        let rel_path = Path::new(rel);
-        if rel_path.is_absolute()
-            || rel_path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(format!(
-                "`{rel}` must be a relative path inside the config directory"
-            ));
-        }
-        let path = self.base_dir.join(rel_path);
-        // A symlink may not lead out of the directory either (a tenant's files are its own).
-        if let (Ok(real), Ok(root)) = (path.canonicalize(), self.base_dir.canonicalize()) {
-            if !real.starts_with(&root) {
-                return Err(format!("`{rel}` leads outside the config directory"));
-            }
-        }
+    fn read(&self, name: &str) -> Result<Vec<u8>, String> {
+        let path = self.scope.resolve(name).map_err(|e| e.to_string())?;
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
-        read.entry(path.clone())
-            .or_insert_with(|| {
-                std::fs::read(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))
-            })
+        read.entry(path)
+            .or_insert_with(|| self.scope.read(name).map(|(_, bytes)| bytes))
             .clone()
     }
 }

@@ -15,7 +15,7 @@ pub use tenants::{TenantHandle, TenantRuntime, TenantShared, TenantSlot};
 use crate::config::{Config, ConfigError, ConfigErrors, RouteConfig, SiteConfig};
 use crate::plugins::{Chain, PluginHost, PluginOwner};
 use crate::proxy::client::{Upstream, UpstreamCache};
-use crate::proxy::headers::TrustedProxies;
+use crate::proxy::forwarded::TrustedProxies;
 use crate::router::{lenient_agrees, pick_route, HostTable, Pick};
 
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
@@ -352,7 +352,10 @@ impl Runtime {
             .collect();
         let sites = all.iter().map(|bs| bs.site.clone()).collect();
         Ok(Runtime {
-            trusted: TrustedProxies(config.trusted_proxies.clone()),
+            trusted: TrustedProxies::new(
+                config.trusted_proxies.clone(),
+                config.client_address_header,
+            ),
             config: Arc::new(config),
             listeners,
             sites,
