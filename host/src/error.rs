@@ -65,6 +65,10 @@ pub enum ProxyError {
         what: &'static str,
         max: usize,
     },
+    #[error("tenant `{tenant}` is over its plugin CPU budget")]
+    TenantCpu { tenant: String },
+    #[error("tenant `{tenant}` may not connect there: {reason}")]
+    EgressRefused { tenant: String, reason: String },
 }
 
 impl ProxyError {
@@ -75,11 +79,13 @@ impl ProxyError {
             UnknownHost(_) | NoRoute => StatusCode::NOT_FOUND,
             Misdirected { .. } | MisdirectedNoSni { .. } => StatusCode::MISDIRECTED_REQUEST,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            UpstreamConnect { .. } | UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamConnect { .. } | UpstreamProtocol { .. } | EgressRefused { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             UpstreamConnectTimeout { .. } | UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Plugin { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             OriginRefused(_) => StatusCode::FORBIDDEN,
-            TooManyTunnels(_) | ShuttingDown | TenantLimit { .. } => {
+            TooManyTunnels(_) | ShuttingDown | TenantLimit { .. } | TenantCpu { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -101,7 +107,12 @@ impl ProxyError {
             | UpstreamConnectTimeout { .. }
             | UpstreamTimeout { .. }
             | UpstreamProtocol { .. } => Side::Upstream,
-            Plugin { .. } | TooManyTunnels(_) | ShuttingDown | TenantLimit { .. } => Side::Internal,
+            Plugin { .. }
+            | TooManyTunnels(_)
+            | ShuttingDown
+            | TenantLimit { .. }
+            | TenantCpu { .. }
+            | EgressRefused { .. } => Side::Internal,
         }
     }
 
@@ -125,6 +136,8 @@ impl ProxyError {
             TooManyTunnels(_) => "too_many_tunnels",
             ShuttingDown => "shutting_down",
             TenantLimit { .. } => "tenant_limit",
+            TenantCpu { .. } => "tenant_cpu",
+            EgressRefused { .. } => "egress_refused",
         }
     }
 

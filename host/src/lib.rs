@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod egress;
 pub mod error;
 pub mod handover;
 pub mod log;

@@ -235,7 +235,9 @@ async fn serve(server: Server, path: PathBuf) -> anyhow::Result<ExitCode> {
         println!("listening {name} {addr}");
     }
     let reloader = server.reloader(&path);
-    if let Err(e) = reloader.clone().watch() {
+    if !server.runtime().config.watch {
+        tracing::info!("file watching is off (watch = false); reload with SIGHUP");
+    } else if let Err(e) = reloader.clone().watch() {
         tracing::warn!("file watching is unavailable ({e}); reload with SIGHUP");
     }
     use tokio::signal::unix::{signal, SignalKind};

@@ -69,6 +69,11 @@ pub struct TenantLabels {
     pub what: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantOnlyLabels {
+    pub tenant: String,
+}
+
 type Hist = Family<SiteLabels, Histogram, fn() -> Histogram>;
 type PluginHist = Family<PluginLabels, Histogram, fn() -> Histogram>;
 
@@ -93,6 +98,13 @@ pub struct Metrics {
     /// Lines of credential and other config files that live plugins refused (the rest applied).
     pub plugin_config_problems: Family<PluginLabels, Gauge>,
     pub tenant_refused: Family<TenantLabels, Counter>,
+    /// Tenant backend connections the egress policy refused (every resolved address forbidden).
+    pub tenant_egress_refused: Family<TenantOnlyLabels, Counter>,
+    /// Guest CPU time charged to each tenant's plugin budget.
+    pub tenant_plugin_cpu: Family<TenantOnlyLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// Plugin calls of a tenant over its CPU budget: `what` = `delayed` (waited, then ran) or
+    /// `refused` (503 without running).
+    pub tenant_plugin_throttled: Family<TenantLabels, Counter>,
 }
 
 fn request_buckets() -> Histogram {
@@ -132,6 +144,9 @@ impl Metrics {
             plugin_info: Family::default(),
             plugin_config_problems: Family::default(),
             tenant_refused: Family::default(),
+            tenant_egress_refused: Family::default(),
+            tenant_plugin_cpu: Family::default(),
+            tenant_plugin_throttled: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -214,6 +229,21 @@ impl Metrics {
             "tenant_refused",
             "Requests and tunnels refused by tenant limits",
             m.tenant_refused.clone(),
+        );
+        registry.register(
+            "tenant_egress_refused",
+            "Tenant backend connections refused by the egress policy",
+            m.tenant_egress_refused.clone(),
+        );
+        registry.register(
+            "tenant_plugin_cpu_seconds",
+            "Guest CPU time charged to each tenant's plugin CPU budget",
+            m.tenant_plugin_cpu.clone(),
+        );
+        registry.register(
+            "tenant_plugin_throttled",
+            "Plugin calls of a tenant over its CPU budget, delayed or refused",
+            m.tenant_plugin_throttled.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -96,16 +96,11 @@ impl Reloader {
                 }
             }
         })?;
-        let mut watched = BTreeSet::new();
-        watch_dirs(
-            &mut watcher,
-            &mut watched,
-            &self.path,
-            &self.shared.runtime.load(),
-        );
-        let mut relevant = Relevant::of(&self.path, &self.shared.runtime.load());
+        let mut dirs = WatchedDirs::default();
+        let mut watched = Watched::of(&self.path, &self.shared.runtime.load());
+        dirs.sync(&mut watcher, &watched);
         let mut last = fingerprint(&self.path, &self.shared.runtime.load());
-        tracing::info!(digest = %&last[..12], dirs = watched.len(), "watching configuration for changes");
+        tracing::info!(digest = %&last[..12], dirs = dirs.0.len(), "watching configuration for changes");
         Ok(tokio::spawn(async move {
             let draining = self.shared.draining.clone();
             loop {
@@ -114,82 +109,173 @@ impl Reloader {
                     _ = draining.cancelled() => return,
                 };
                 // Other files in the same directories (a log file, say) are not worth a look.
-                if !paths.iter().any(|p| relevant.contains(p)) {
+                if !paths.iter().any(|p| watched.contains(p)) {
                     continue;
                 }
                 // Debounce: wait until events stop for a moment.
                 while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
                 let now = fingerprint(&self.path, &self.shared.runtime.load());
-                if now == last {
-                    continue;
+                if now != last {
+                    self.reload_and_log("file change").await;
+                    // Whether it loaded or not, this content has been judged; wait for the next change.
+                    last = fingerprint(&self.path, &self.shared.runtime.load());
                 }
-                self.reload_and_log("file change").await;
-                // Whether it loaded or not, this content has been judged; wait for the next change.
-                last = fingerprint(&self.path, &self.shared.runtime.load());
-                relevant = Relevant::of(&self.path, &self.shared.runtime.load());
-                watch_dirs(
-                    &mut watcher,
-                    &mut watched,
-                    &self.path,
-                    &self.shared.runtime.load(),
-                );
+                // Even with the content unchanged, a `..data` swap moved the files' real location:
+                // watch where they are now.
+                watched = Watched::of(&self.path, &self.shared.runtime.load());
+                dirs.sync(&mut watcher, &watched);
             }
         }))
     }
 }
 
-/// Which paths' events can change the configuration.
-struct Relevant {
-    files: BTreeSet<PathBuf>,
+/// Which event paths can change the configuration, and the directories to watch for them.
+///
+/// Events name a file as `<watched directory>/<entry>`, and every directory is watched under its
+/// canonical name, so a file is known by canonical names: where it really is (an edit, an editor's
+/// rename-over or a `rm` shows up there) and every symlink met on the way to it (re-pointing one is a
+/// change too). Comparing canonical names makes a relative `--config`, `./` and symlinked
+/// directories all agree. The names are computed while the files exist, so a deletion still matches.
+///
+/// A Kubernetes ConfigMap volume holds `name -> ..data/name` and `..data -> ..2024_01_01_00_00_00.1`;
+/// an update writes a new timestamped directory and renames a new `..data` over the old one (an event
+/// on `..data`, a symlink on the way), then deletes the old directory. Where the files really are is
+/// different after every swap, so the names are recomputed after each batch of events.
+#[derive(Debug, Default)]
+struct Watched {
+    names: BTreeSet<PathBuf>,
+    /// Directories to watch (non-recursively), canonical.
+    dirs: BTreeSet<PathBuf>,
+    /// The tenants directory (watched recursively), canonical.
     tenants: Option<PathBuf>,
 }
 
-impl Relevant {
-    fn of(config: &Path, rt: &Runtime) -> Relevant {
-        let files = std::iter::once(config.to_path_buf())
-            .chain(rt.inputs())
-            .collect();
-        Relevant {
-            files,
-            tenants: rt.config.tenants.as_ref().map(|t| t.dir.clone()),
-        }
+impl Watched {
+    fn of(config: &Path, rt: &Runtime) -> Watched {
+        let tenants = rt.config.tenants.as_ref().map(|t| t.dir.as_path());
+        Watched::files(
+            std::iter::once(config.to_path_buf()).chain(rt.inputs()),
+            tenants,
+        )
     }
 
-    fn contains(&self, p: &Path) -> bool {
-        self.files.contains(p)
-            // Kubernetes ConfigMap updates swap `..data` and `..<timestamp>` entries.
-            || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".."))
+    fn files(files: impl IntoIterator<Item = PathBuf>, tenants: Option<&Path>) -> Watched {
+        let mut w = Watched {
+            tenants: tenants.map(|t| resolve(t).real),
+            ..Watched::default()
+        };
+        for file in files {
+            let Resolved { real, links } = resolve(&file);
+            for name in links.into_iter().chain([real]) {
+                if let Some(dir) = name.parent() {
+                    w.dirs.insert(dir.to_path_buf());
+                }
+                w.names.insert(name);
+            }
+        }
+        w
+    }
+
+    fn contains(&self, event: &Path) -> bool {
+        let p = absolute(event);
+        self.names.contains(&p)
             || self.tenants.as_ref().is_some_and(|t| p.starts_with(t))
             // A directory on the way to a watched file was replaced.
-            || self.files.iter().any(|f| f.starts_with(p))
+            || self.names.iter().any(|f| f.starts_with(&p))
     }
 }
 
-fn watch_dirs(w: &mut impl Watcher, watched: &mut BTreeSet<PathBuf>, config: &Path, rt: &Runtime) {
-    if let Some(t) = &rt.config.tenants {
-        // Recursively: a tenant directory created later is seen too.
-        if watched.insert(t.dir.clone()) {
-            if let Err(e) = w.watch(&t.dir, RecursiveMode::Recursive) {
-                tracing::warn!(dir = %t.dir.display(), "cannot watch: {e}");
+/// A path resolved the way the kernel resolves it, remembering the symlinks it went through.
+struct Resolved {
+    /// The canonical path (of the nearest existing directory, plus the rest as written, for a file
+    /// that does not exist).
+    real: PathBuf,
+    /// Every symlink met, as `canonical directory/name`.
+    links: Vec<PathBuf>,
+}
+
+/// The kernel gives up after 40 symlinks (ELOOP); so do we.
+const MAX_LINKS: usize = 40;
+
+fn resolve(path: &Path) -> Resolved {
+    use std::path::Component;
+    // Components still to walk, last first.
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    let push = |pending: &mut Vec<std::ffi::OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => pending.push(n.to_os_string()),
+                Component::ParentDir => pending.push("..".into()),
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            }
+        }
+    };
+    push(&mut pending, &absolute(path));
+    let mut real = PathBuf::from("/");
+    let mut links = Vec::new();
+    while let Some(c) = pending.pop() {
+        if c == ".." {
+            real.pop();
+            continue;
+        }
+        let next = real.join(&c);
+        match std::fs::read_link(&next) {
+            Ok(target) if links.len() < MAX_LINKS => {
+                links.push(next);
+                if target.is_absolute() {
+                    real = PathBuf::from("/");
+                }
+                push(&mut pending, &target);
+            }
+            _ => real = next,
+        }
+    }
+    Resolved { real, links }
+}
+
+/// The directories being watched now.
+#[derive(Default)]
+struct WatchedDirs(BTreeSet<(PathBuf, bool)>);
+
+impl WatchedDirs {
+    /// Watch what `w` needs and stop watching what it no longer does (a deleted `..<timestamp>`
+    /// directory). A directory that cannot be watched now (not there yet) is tried again next time.
+    fn sync(&mut self, watcher: &mut impl Watcher, w: &Watched) {
+        let want: BTreeSet<(PathBuf, bool)> = w
+            .dirs
+            .iter()
+            .map(|d| (d.clone(), false))
+            .chain(w.tenants.iter().map(|t| (t.clone(), true)))
+            .collect();
+        for gone in self.0.difference(&want) {
+            // Fails when the directory went away, taking its watch with it: nothing to do then.
+            let _ = watcher.unwatch(&gone.0);
+        }
+        self.0.retain(|d| want.contains(d));
+        for (dir, recursive) in want {
+            if self.0.contains(&(dir.clone(), recursive)) {
+                continue;
+            }
+            let mode = if recursive {
+                // A tenant directory created later is seen too.
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
+            match watcher.watch(&dir, mode) {
+                Ok(()) => {
+                    self.0.insert((dir, recursive));
+                }
+                Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch: {e}"),
             }
         }
     }
-    for file in std::iter::once(config.to_path_buf()).chain(rt.inputs()) {
-        let dir = file
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
-        if watched.insert(dir.clone()) {
-            if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), "cannot watch: {e}");
-            }
-        }
-    }
+}
+
+/// `path` made absolute against the working directory, `.` components dropped (`..` and symlinks
+/// are [`resolve`]'s job).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// A digest of the config file and every file it references, as they are on disk now.
@@ -203,4 +289,77 @@ pub fn fingerprint(config: &Path, rt: &Runtime) -> String {
         }
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_symlinked_directory_is_watched_where_it_really_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("real")).unwrap();
+        std::fs::write(root.join("real/tokens.txt"), "t").unwrap();
+        symlink(root.join("real"), root.join("link")).unwrap();
+        let w = Watched::files([root.join("link/./tokens.txt")], None);
+        assert!(w.contains(&root.join("real/tokens.txt")), "{w:?}");
+        assert!(
+            w.contains(&root.join("link")),
+            "re-pointing the link: {w:?}"
+        );
+        assert!(!w.contains(&root.join("real/access.log")), "{w:?}");
+        assert!(
+            w.dirs.contains(&root.join("real")) && w.dirs.contains(&root),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn a_configmap_swap_is_seen_and_the_next_one_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        let version = |name: &str, tokens: &str| {
+            std::fs::create_dir(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join("tokens.txt"), tokens).unwrap();
+            symlink(name, dir.join("..data_tmp")).unwrap();
+            std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        };
+        version("..2026_01", "a");
+        symlink("..data/tokens.txt", dir.join("tokens.txt")).unwrap();
+        let files = || [dir.join("tokens.txt")];
+        let w = Watched::files(files(), None);
+        for p in ["tokens.txt", "..data", "..2026_01/tokens.txt", "..2026_01"] {
+            assert!(w.contains(&dir.join(p)), "{p}: {w:?}");
+        }
+        assert!(w.dirs.contains(&dir.join("..2026_01")), "{w:?}");
+        assert!(!w.contains(&dir.join("other.txt")), "{w:?}");
+
+        // The swap: a new timestamped directory, `..data` renamed over, the old one deleted.
+        version("..2026_02", "b");
+        std::fs::remove_dir_all(dir.join("..2026_01")).unwrap();
+        assert!(
+            w.contains(&dir.join("..data")),
+            "the swap itself is an event"
+        );
+        let w = Watched::files(files(), None);
+        assert!(w.contains(&dir.join("..2026_02/tokens.txt")), "{w:?}");
+        assert!(!w.dirs.contains(&dir.join("..2026_01")), "{w:?}");
+        assert!(w.dirs.contains(&dir.join("..2026_02")), "{w:?}");
+    }
+
+    #[test]
+    fn resolving_follows_the_kernel() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        symlink("../..", root.join("a/b/up")).unwrap();
+        symlink("loop", root.join("loop")).unwrap();
+        let r = resolve(&root.join("a/b/up/a/./x/../file"));
+        assert_eq!(r.real, root.join("a/file"));
+        assert_eq!(r.links, vec![root.join("a/b/up")]);
+        // A loop ends after the kernel's 40 links, like the kernel's ELOOP.
+        assert_eq!(resolve(&root.join("loop")).links.len(), MAX_LINKS);
+    }
 }

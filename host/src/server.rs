@@ -342,6 +342,9 @@ impl Server {
             addrs.push(("admin".to_string(), local));
             admin_task = Some(tokio::spawn(crate::admin::serve(socket, shared.clone())));
         }
+        // Now that every socket is bound (ports chosen by the kernel included), tenant egress knows
+        // which addresses are the proxy's own.
+        shared.builders.own.set(addrs.iter().cloned());
         Ok(Server {
             shared,
             addrs,

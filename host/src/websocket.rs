@@ -22,6 +22,7 @@ use crate::error::ProxyError;
 use crate::log::AccessRecord;
 use crate::plugins::RequestState;
 use crate::proxy::body::{empty, ProxyBody};
+use crate::proxy::forwarded::ClientAddr;
 use crate::proxy::headers::{has_token, strip_hop_by_hop};
 use crate::proxy::{backend_uri, downstream_response, upstream_headers, ConnInfo};
 use crate::runtime::{Route, TenantHandle};
@@ -42,7 +43,7 @@ pub async fn proxy(
     tenant: Option<&TenantHandle>,
     state: &RequestState,
     mut req: Request<Incoming>,
-    peer_trusted: bool,
+    client: &ClientAddr,
     access: &AccessRecord,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if let Some(allowed) = &route.cfg.allowed_origins {
@@ -69,7 +70,7 @@ pub async fn proxy(
 
     // The backend always gets an RFC 6455 upgrade request.
     let mut headers = std::mem::take(req.headers_mut());
-    upstream_headers(&mut headers, conn, route, state, peer_trusted);
+    upstream_headers(&mut headers, conn, route, state, client);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let key = if h2 {
@@ -91,7 +92,7 @@ pub async fn proxy(
     *breq.headers_mut() = headers;
 
     let backend = &route.cfg.backend;
-    let io = route.upstream.connect(backend).await?;
+    let io = route.upstream.connect(backend, &route.connector).await?;
     let protocol_err = |e: hyper::Error| ProxyError::UpstreamProtocol {
         backend: backend.authority.clone(),
         cause: crate::error::Chain(&e).to_string(),

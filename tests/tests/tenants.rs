@@ -12,7 +12,18 @@ use wasmgate_tests::client::{get, send, ws_connect};
 use wasmgate_tests::proxy::{write, Proxy};
 use wasmgate_tests::{capture_logs, fixture};
 
+/// Tests run every backend on loopback, which a tenant may reach only when the operator allows it.
+const LOOPBACK: &str = "backends = [\"127.0.0.1/32\"]";
+
 fn operator(limits: &str) -> String {
+    let limits = if limits.contains("[tenant_limits.default]") {
+        limits.replace(
+            "[tenant_limits.default]",
+            &format!("[tenant_limits.default]\n{LOOPBACK}"),
+        )
+    } else {
+        format!("{limits}\n[tenant_limits.default]\n{LOOPBACK}\n")
+    };
     format!(
         r#"
 tenants_dir = "tenants"
@@ -363,7 +374,10 @@ async fn a_looping_neighbour_does_not_hurt_another_tenant() {
         attackers.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                assert_eq!(get(addr, "a.test", "/spin").await.status, 500);
+                // 500 when the deadline traps the spin; 503 once the tenant is far over its
+                // plugin CPU budget (its calls are refused without running).
+                let status = get(addr, "a.test", "/spin").await.status;
+                assert!(status == 500 || status == 503, "{status}");
                 n += 1;
             }
             n

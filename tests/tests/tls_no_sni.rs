@@ -311,8 +311,12 @@ backend = "{}/"
         )
         .as_bytes(),
     );
+    // Tenant backends on loopback need the operator's allowance (issue 14, egress).
     let config = r#"
 tenants_dir = "tenants"
+
+[tenant_limits.default]
+backends = ["127.0.0.1/32"]
 
 [[listener]]
 name = "tls"

@@ -2,12 +2,14 @@
 //! reported at once as `file:line:col: field: reason`.
 
 mod error;
+mod files;
 mod model;
 mod raw;
 pub mod units;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use files::{FileRefused, FileScope};
 pub use model::*;
 pub use validate::normalise_host_pattern;
 
@@ -46,6 +48,17 @@ impl Config {
 impl Config {
     /// Read and validate tenant `name`'s `tenant.toml` in `dir` against the operator's config.
     pub fn load_tenant(&self, dir: &Path, name: &str) -> Result<Vec<SiteConfig>, ConfigErrors> {
+        self.load_tenant_with(dir, name, &crate::egress::OwnAddrs::default())
+    }
+
+    /// [`Config::load_tenant`] for a running server, whose bound sockets (`own`) no tenant backend
+    /// may name.
+    pub fn load_tenant_with(
+        &self,
+        dir: &Path,
+        name: &str,
+        own: &crate::egress::OwnAddrs,
+    ) -> Result<Vec<SiteConfig>, ConfigErrors> {
         let path = dir.join("tenant.toml");
         let text = std::fs::read_to_string(&path)
             .map_err(|e| ConfigErrors::single(&path, "", format!("cannot read the file: {e}")))?;
@@ -64,7 +77,7 @@ impl Config {
             .map(|t| t.limits_for(name))
             .unwrap_or_default();
         let mut v = validate::Validator::for_tenant(&path, &text, name);
-        let sites = v.tenant_sites(raw, self, caps);
+        let sites = v.tenant_sites(raw, self, &caps, own);
         let errors = v.finish();
         if errors.is_empty() {
             Ok(sites)

@@ -13,6 +13,10 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub sites: Vec<SiteConfig>,
     pub trusted_proxies: Vec<IpNet>,
+    /// The header trusted proxies report the client in.
+    pub client_address_header: ClientAddressHeader,
+    /// Reload on file changes (read at start).
+    pub watch: bool,
     pub limits: Limits,
     pub header_read_timeout: Duration,
     pub keepalive_timeout: Duration,
@@ -25,6 +29,16 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Worker threads; 0 = serve on the caller's runtime.
     pub workers: usize,
+}
+
+/// Where a trusted proxy's report of the client address is read from: one header, never a mix
+/// (nginx's `real_ip_header`), so a client cannot add the other one to be believed instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAddressHeader {
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`.
+    Forwarded,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,12 +59,15 @@ pub struct TenantsConfig {
 
 impl TenantsConfig {
     pub fn limits_for(&self, tenant: &str) -> TenantLimits {
-        self.overrides.get(tenant).copied().unwrap_or(self.defaults)
+        self.overrides
+            .get(tenant)
+            .cloned()
+            .unwrap_or_else(|| self.defaults.clone())
     }
 }
 
 /// What one tenant may use. Plugin limits and body size cap what the tenant's own config asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TenantLimits {
     pub plugin_time: Duration,
     pub plugin_memory: u64,
@@ -59,6 +76,21 @@ pub struct TenantLimits {
     /// Open WebSocket tunnels at once (503 beyond).
     pub max_tunnels: usize,
     pub max_body_bytes: u64,
+    // Egress and resources, counted before a tenant's config is accepted (issue 14, items 2, 3).
+    /// What the tenant's backends may reach beyond public addresses (see `crate::egress`).
+    pub backends: Vec<crate::egress::Allow>,
+    pub max_sites: usize,
+    /// Routes over all of the tenant's sites.
+    pub max_routes: usize,
+    /// Plugin entries over all of the tenant's sites and routes.
+    pub max_plugins: usize,
+    /// Warm plugin instances (the sum of the entries' `limits.instances`).
+    pub max_instances: usize,
+    /// Plugin memory (the sum over entries of `limits.instances × limits.memory`).
+    pub max_plugin_memory: u64,
+    /// Guest CPU time the tenant's plugins may run, as a share of one core (`0.25` = 25 %); `None`
+    /// is unlimited.
+    pub plugin_cpu: Option<f64>,
 }
 
 impl Default for TenantLimits {
@@ -69,6 +101,13 @@ impl Default for TenantLimits {
             max_requests: 1024,
             max_tunnels: 1024,
             max_body_bytes: 16 << 20,
+            backends: Vec::new(),
+            max_sites: 16,
+            max_routes: 256,
+            max_plugins: 32,
+            max_instances: 64,
+            max_plugin_memory: 512 << 20,
+            plugin_cpu: Some(0.25),
         }
     }
 }
@@ -185,8 +224,8 @@ pub struct PluginConfig {
     pub config: serde_json::Value,
     pub on_error: OnError,
     pub limits: PluginLimits,
-    /// Directory that `read-config-file` resolves against and may not leave.
-    pub base_dir: PathBuf,
+    /// Where `read-config-file` names resolve, and which ones it may read.
+    pub files: super::FileScope,
     /// `file:line:col` of the entry, for messages.
     pub location: String,
 }

@@ -16,6 +16,10 @@ pub struct RawConfig {
     /// CIDRs whose `X-Forwarded-*`, `Forwarded` and `X-Request-Id` headers are believed.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Which header trusted proxies name the client in: `x-forwarded-for` (default) or `forwarded`.
+    pub client_address_header: Option<Spanned<String>>,
+    /// Watch the config and the files it names, reloading on change (default true; SIGHUP always works).
+    pub watch: Option<bool>,
     /// Defaults for every site; sites and routes override them.
     pub timeout: Option<Spanned<String>>,
     #[serde(default)]
@@ -57,6 +61,14 @@ pub struct RawTenantLimits {
     pub max_requests: Option<Spanned<u64>>,
     pub max_tunnels: Option<Spanned<u64>>,
     pub max_body_bytes: Option<Spanned<SizeValue>>,
+    // Egress and resource caps (issue 14, items 2 and 3); see `TenantLimits`.
+    pub backends: Option<Vec<Spanned<String>>>,
+    pub max_sites: Option<Spanned<u64>>,
+    pub max_routes: Option<Spanned<u64>>,
+    pub max_plugins: Option<Spanned<u64>>,
+    pub max_instances: Option<Spanned<u64>>,
+    pub max_plugin_memory: Option<Spanned<SizeValue>>,
+    pub plugin_cpu: Option<Spanned<String>>,
 }
 
 /// A tenant's `tenant.toml`: sites only. Listeners, trusted proxies, global timeouts and limits are

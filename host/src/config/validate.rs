@@ -19,10 +19,19 @@ pub(super) struct Validator<'a> {
     loc: Locator<'a>,
     base_dir: PathBuf,
     errors: Vec<ConfigError>,
-    /// For a tenant's file: every file it names must resolve inside this (canonical) directory.
-    confine: Option<PathBuf>,
+    /// Which files this config may name (a tenant's stay inside its directory).
+    files: super::FileScope,
     /// For a tenant's file: the tenant's name, stamped on its sites.
     tenant: Option<String>,
+    /// For a tenant's file: what its backends may reach, judged for literals as they are read.
+    egress: Option<Egress<'a>>,
+}
+
+/// The egress allowances of the tenant being validated and the proxy's own sockets.
+struct Egress<'a> {
+    allow: Vec<crate::egress::Allow>,
+    own: &'a crate::egress::OwnAddrs,
+    binds: Vec<(std::sync::Arc<str>, SocketAddr)>,
 }
 
 impl<'a> Validator<'a> {
@@ -33,21 +42,18 @@ impl<'a> Validator<'a> {
             .unwrap_or_else(|| PathBuf::from("."));
         Validator {
             loc: Locator::new(file, text),
-            base_dir,
+            base_dir: base_dir.clone(),
             errors: Vec::new(),
-            confine: None,
+            files: super::FileScope::operator(&base_dir),
             tenant: None,
+            egress: None,
         }
     }
 
     /// A validator for tenant `name`'s `tenant.toml` at `file`.
     pub fn for_tenant(file: &'a Path, text: &'a str, name: &str) -> Self {
         let mut v = Validator::new(file, text);
-        v.confine = Some(
-            v.base_dir
-                .canonicalize()
-                .unwrap_or_else(|_| v.base_dir.clone()),
-        );
+        v.files = super::FileScope::tenant(&v.base_dir);
         v.tenant = Some(name.to_string());
         v
     }
@@ -58,8 +64,21 @@ impl<'a> Validator<'a> {
         &mut self,
         raw: RawTenant,
         operator: &Config,
-        caps: TenantLimits,
+        caps: &TenantLimits,
+        own: &'a crate::egress::OwnAddrs,
     ) -> Vec<SiteConfig> {
+        let mut binds: Vec<(std::sync::Arc<str>, SocketAddr)> = operator
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str().into(), l.bind))
+            .collect();
+        binds.extend(operator.admin.map(|a| ("admin".into(), a)));
+        binds.retain(|(_, a)| a.port() != 0);
+        self.egress = Some(Egress {
+            allow: caps.backends.clone(),
+            own,
+            binds,
+        });
         let names: HashSet<&str> = operator.listeners.iter().map(|l| l.name.as_str()).collect();
         let tls: HashSet<&str> = operator
             .listeners
@@ -105,7 +124,85 @@ impl<'a> Validator<'a> {
             }
         }
         self.host_conflicts(&raw.sites, &sites);
+        self.tenant_caps(&raw, &sites, caps);
         sites
+    }
+
+    /// The tenant's totals against its caps, counted before anything is built: the first entry past
+    /// a cap is named.
+    fn tenant_caps(&mut self, raw: &RawTenant, sites: &[SiteConfig], caps: &TenantLimits) {
+        if let Some(extra) = raw.sites.get(caps.max_sites) {
+            self.err::<()>(
+                extra.span(),
+                &format!("site[{}]", caps.max_sites),
+                format!(
+                    "more than {} sites (tenant_limits max_sites)",
+                    caps.max_sites
+                ),
+            );
+        }
+        let routes = raw.sites.iter().flat_map(|s| s.get_ref().routes.iter());
+        if let Some(extra) = routes.clone().nth(caps.max_routes) {
+            self.err::<()>(
+                extra.span(),
+                "route",
+                format!(
+                    "more than {} routes in all (tenant_limits max_routes)",
+                    caps.max_routes
+                ),
+            );
+        }
+        let entries = raw.sites.iter().flat_map(|s| {
+            let s = s.get_ref();
+            s.plugins
+                .iter()
+                .chain(s.routes.iter().flat_map(|r| r.get_ref().plugins.iter()))
+        });
+        if let Some(extra) = entries.clone().nth(caps.max_plugins) {
+            self.err::<()>(
+                extra.span(),
+                "plugin",
+                format!(
+                    "more than {} plugin entries in all (tenant_limits max_plugins)",
+                    caps.max_plugins
+                ),
+            );
+        }
+        // The validated entries (limits applied), in the same order as the raw ones they came from.
+        let plugins = sites.iter().flat_map(|s| {
+            s.plugins
+                .iter()
+                .chain(s.routes.iter().flat_map(|r| r.plugins.iter()))
+        });
+        let (mut instances, mut memory) = (0usize, 0u64);
+        let mut over = (false, false);
+        for (p, raw) in plugins.zip(entries) {
+            instances += p.limits.instances;
+            memory += p.limits.instances as u64 * p.limits.memory;
+            if instances > caps.max_instances && !over.0 {
+                over.0 = true;
+                self.err::<()>(
+                    raw.span(),
+                    "plugin.limits.instances",
+                    format!(
+                        "{instances} warm instances in all, more than {} (tenant_limits max_instances)",
+                        caps.max_instances
+                    ),
+                );
+            }
+            if memory > caps.max_plugin_memory && !over.1 {
+                over.1 = true;
+                self.err::<()>(
+                    raw.span(),
+                    "plugin.limits.memory",
+                    format!(
+                        "{} MiB of plugin memory in all (instances × memory), more than {} MiB (tenant_limits max_plugin_memory)",
+                        memory >> 20,
+                        caps.max_plugin_memory >> 20
+                    ),
+                );
+            }
+        }
     }
 
     fn err<T>(
@@ -131,6 +228,22 @@ impl<'a> Validator<'a> {
             .enumerate()
             .filter_map(|(i, cidr)| self.cidr(cidr, &format!("trusted_proxies[{i}]")))
             .collect();
+        let client_address_header = match raw
+            .client_address_header
+            .as_ref()
+            .map(|h| (h.get_ref().to_ascii_lowercase(), h.span()))
+        {
+            None => ClientAddressHeader::XForwardedFor,
+            Some((h, _)) if h == "x-forwarded-for" => ClientAddressHeader::XForwardedFor,
+            Some((h, _)) if h == "forwarded" => ClientAddressHeader::Forwarded,
+            Some((other, span)) => self
+                .err(
+                    span,
+                    "client_address_header",
+                    format!("`{other}` is neither \"x-forwarded-for\" nor \"forwarded\""),
+                )
+                .unwrap_or_default(),
+        };
         let defaults = self.timeouts(&raw.timeout, &raw.timeouts, Timeouts::default(), "");
         let header_read_timeout = self
             .duration_opt(&raw.timeouts.header_read, "timeouts.header_read")
@@ -187,6 +300,8 @@ impl<'a> Validator<'a> {
             listeners,
             sites,
             trusted_proxies,
+            client_address_header,
+            watch: raw.watch.unwrap_or(true),
             limits,
             header_read_timeout,
             keepalive_timeout,
@@ -264,7 +379,7 @@ impl<'a> Validator<'a> {
             .map(|(name, l)| {
                 (
                     name.clone(),
-                    self.tenant_limits(l, defaults, &format!("tenant_limits.{name}")),
+                    self.tenant_limits(l, defaults.clone(), &format!("tenant_limits.{name}")),
                 )
             })
             .collect();
@@ -300,6 +415,63 @@ impl<'a> Validator<'a> {
             max_body_bytes: self
                 .size_opt(&r.max_body_bytes, &format!("{field}.max_body_bytes"))
                 .unwrap_or(base.max_body_bytes),
+            backends: match &r.backends {
+                None => base.backends,
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| match crate::egress::Allow::parse(e.get_ref()) {
+                        Ok(a) => Some(a),
+                        Err(m) => self.err(e.span(), &format!("{field}.backends[{i}]"), m),
+                    })
+                    .collect(),
+            },
+            max_sites: self.count(&r.max_sites, field, "max_sites", 1024, base.max_sites),
+            max_routes: self.count(&r.max_routes, field, "max_routes", 65_536, base.max_routes),
+            max_plugins: self.count(&r.max_plugins, field, "max_plugins", 4096, base.max_plugins),
+            max_instances: self.count(
+                &r.max_instances,
+                field,
+                "max_instances",
+                crate::plugins::TENANT_INSTANCES_MAX,
+                base.max_instances,
+            ),
+            max_plugin_memory: self
+                .size_opt(&r.max_plugin_memory, &format!("{field}.max_plugin_memory"))
+                .unwrap_or(base.max_plugin_memory),
+            plugin_cpu: match &r.plugin_cpu {
+                None => base.plugin_cpu,
+                Some(v) => match parse_cpu_share(v.get_ref()) {
+                    Ok(share) => share,
+                    Err(m) => {
+                        self.err::<()>(v.span(), &format!("{field}.plugin_cpu"), m);
+                        base.plugin_cpu
+                    }
+                },
+            },
+        }
+    }
+
+    /// A whole number from 1 to `max` (or `base` when not given).
+    fn count(
+        &mut self,
+        raw: &Option<Spanned<u64>>,
+        field: &str,
+        name: &str,
+        max: usize,
+        base: usize,
+    ) -> usize {
+        match raw {
+            None => base,
+            Some(n) if (1..=max as u64).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.err::<()>(
+                    n.span(),
+                    &format!("{field}.{name}"),
+                    format!("must be between 1 and {max}"),
+                );
+                base
+            }
         }
     }
 
@@ -597,6 +769,15 @@ impl<'a> Validator<'a> {
         }
         let host = auth.host().to_string();
         let port = auth.port_u16().unwrap_or(default_port);
+        if let Some(e) = &self.egress {
+            if let Err(why) = crate::egress::check_literal(&e.allow, e.own, &e.binds, &host, port) {
+                return self.err(
+                    raw.span(),
+                    field,
+                    format!("backend refused by the tenant egress policy: {why}"),
+                );
+            }
+        }
         let authority = if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]:{port}")
         } else {
@@ -712,6 +893,12 @@ impl<'a> Validator<'a> {
                 "must be between 64KiB and 8MiB",
             );
         }
+        // Each distinct stack size needs a wasmtime engine of its own: sizes round up to a few fixed
+        // classes, so no config (a tenant's least of all) can make the process create many.
+        let limits = PluginLimits {
+            stack: crate::plugins::stack_class(limits.stack),
+            ..limits
+        };
         if limits.instances == 0 || limits.instances > 64 {
             self.err::<()>(
                 raw.span(),
@@ -730,7 +917,7 @@ impl<'a> Validator<'a> {
             config,
             on_error,
             limits,
-            base_dir: self.base_dir.clone(),
+            files: self.files.clone(),
             location: format!("{}:{line}:{col}", self.loc.file.display()),
         })
     }
@@ -850,21 +1037,10 @@ impl<'a> Validator<'a> {
     }
 
     fn existing_file(&mut self, raw: &Spanned<String>, field: &str) -> Option<PathBuf> {
-        let path = self.base_dir.join(raw.get_ref());
-        if let Some(root) = &self.confine {
-            // Resolve symlinks and `..` first: a tenant may not reach outside its directory.
-            let inside = path
-                .canonicalize()
-                .map(|c| c.starts_with(root))
-                .unwrap_or(true);
-            if !inside || Path::new(raw.get_ref()).is_absolute() {
-                return self.err(
-                    raw.span(),
-                    field,
-                    format!("`{}` is outside the tenant's directory", raw.get_ref()),
-                );
-            }
-        }
+        let path = match self.files.resolve(raw.get_ref()) {
+            Ok(path) => path,
+            Err(refused) => return self.err(raw.span(), field, refused.to_string()),
+        };
         if path.is_file() {
             Some(path)
         } else {
@@ -903,6 +1079,24 @@ impl<'a> Validator<'a> {
             }
         }
     }
+}
+
+/// `"25%"` of one core → `Some(0.25)`; `"unlimited"` → `None`.
+fn parse_cpu_share(text: &str) -> Result<Option<f64>, String> {
+    let t = text.trim();
+    if t == "unlimited" {
+        return Ok(None);
+    }
+    let pct = t
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .ok_or_else(|| {
+            format!("`{t}` is not a share of one core such as \"25%\" (or \"unlimited\")")
+        })?;
+    if !(1.0..=6400.0).contains(&pct) {
+        return Err(format!("`{t}` must be between 1% and 6400% (64 cores)"));
+    }
+    Ok(Some(pct / 100.0))
 }
 
 /// Lower-case, no port, no trailing dot; `*.` allowed only as the first label.

@@ -111,10 +111,15 @@ fn chain_of(name: &str, config: serde_json::Value, site: &str) -> Chain {
         config,
         on_error: OnError::Deny,
         limits: PluginLimits::default(),
-        base_dir: std::env::temp_dir(),
+        files: crate::config::FileScope::operator(&std::env::temp_dir()),
         location: format!("oracle:{name}"),
     };
-    let owner = PluginOwner { site, tenant: None };
+    let owner = PluginOwner {
+        site,
+        tenant: None,
+        cpu: None,
+        quota: None,
+    };
     PluginHost::new(None)
         .chain(&[cfg], owner)
         .unwrap_or_else(|e| panic!("{name} did not load: {e:?}"))
@@ -315,7 +320,7 @@ fn basic_auth_declares_no_cache() {
         config: serde_json::json!({"htpasswd": "u"}),
         on_error: OnError::Deny,
         limits: PluginLimits::default(),
-        base_dir: dir.path().to_path_buf(),
+        files: crate::config::FileScope::operator(dir.path()),
         location: "oracle:basic-auth".into(),
     };
     let chain = PluginHost::new(None)
@@ -324,6 +329,8 @@ fn basic_auth_declares_no_cache() {
             PluginOwner {
                 site: "oracle-basic",
                 tenant: None,
+                cpu: None,
+                quota: None,
             },
         )
         .unwrap_or_else(|e| panic!("{e:?}"));

@@ -28,30 +28,97 @@ const IDLE_TICKS: u32 = 100;
 /// The largest linear memory any plugin may have; `limits.memory` is checked against it.
 pub const MAX_MEMORY: u64 = 256 << 20;
 
-/// Engines by maximum wasm stack size: wasmtime fixes the stack limit per engine, so each distinct
-/// `limits.stack` gets its own (almost always there is exactly one).
-static ENGINES: OnceLock<Mutex<HashMap<u64, EngineAndTicker>>> = OnceLock::new();
+/// The wasm stack sizes there are engines for: a plugin's `limits.stack` rounds up to one of them, so
+/// whatever the configs say, the process has at most this many engines.
+pub const STACK_CLASSES: [u64; 5] = [512 << 10, 1 << 20, 2 << 20, 4 << 20, 8 << 20];
+
+/// The smallest class that holds `stack` (the largest for anything beyond).
+pub fn stack_class(stack: u64) -> u64 {
+    STACK_CLASSES
+        .into_iter()
+        .find(|&c| c >= stack)
+        .unwrap_or(STACK_CLASSES[STACK_CLASSES.len() - 1])
+}
+
+/// Instances each engine's pooling allocator has room for.
+pub const POOL_INSTANCES: u32 = 1000;
+
+/// The most warm instances one tenant may be allowed (`tenant_limits.max_instances`): a fifth of the
+/// pool, so no single tenant's grant can take the room the operator and the others reload in.
+pub const TENANT_INSTANCES_MAX: usize = POOL_INSTANCES as usize / 5;
+
+/// Engines by stack class, held weakly: an engine lives as long as some plugin (or cached component)
+/// of its class does, and its ticker thread ends with it.
+static ENGINES: OnceLock<Mutex<HashMap<u64, WeakEngine>>> = OnceLock::new();
+
+type WeakEngine = (wasmtime::EngineWeak, Arc<Ticker>);
 
 type EngineAndTicker = (Engine, Arc<Ticker>);
 
-/// Compiled components by (stack size, content digest), shared by every server in the process.
-static COMPONENTS: OnceLock<Mutex<HashMap<(u64, String), Component>>> = OnceLock::new();
+/// Compiled components by (stack class, content digest), shared by every server in the process, with
+/// the use counter value of their last lookup (for eviction).
+static COMPONENTS: OnceLock<Mutex<ComponentCache>> = OnceLock::new();
 
-/// The engine for plugins with this stack limit, and the ticker that drives its epochs.
+/// Components kept in memory. Plugins hold their own reference, so evicting one in use costs only a
+/// reload of it from the disk cache; the bound stops a stream of distinct plugins (a tenant uploading
+/// a new build every second) from pinning every one of them, and their engines, forever.
+const MAX_COMPONENTS: usize = 64;
+
+/// Bounds of the on-disk cache: beyond them the least recently used files are deleted.
+const CACHE_DIR_MAX_FILES: usize = 256;
+const CACHE_DIR_MAX_BYTES: u64 = 1 << 30;
+
+#[derive(Default)]
+struct ComponentCache {
+    map: HashMap<(u64, String), (Component, u64)>,
+    uses: u64,
+}
+
+impl ComponentCache {
+    fn get(&mut self, key: &(u64, String)) -> Option<Component> {
+        self.uses += 1;
+        let uses = self.uses;
+        self.map.get_mut(key).map(|(c, used)| {
+            *used = uses;
+            c.clone()
+        })
+    }
+
+    fn insert(&mut self, key: (u64, String), c: Component) {
+        self.uses += 1;
+        while self.map.len() >= MAX_COMPONENTS {
+            let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.map.remove(&oldest);
+        }
+        self.map.insert(key, (c, self.uses));
+    }
+}
+
+/// The engine for plugins of this stack class, and the ticker that drives its epochs.
 pub fn engine(stack: u64) -> Result<EngineAndTicker, String> {
+    let stack = stack_class(stack);
     let mut engines = ENGINES
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    if let Some(e) = engines.get(&stack) {
-        return Ok(e.clone());
+    if let Some((weak, ticker)) = engines.get(&stack) {
+        if let Some(e) = weak.upgrade() {
+            return Ok((e, ticker.clone()));
+        }
     }
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(1000)
-        .total_core_instances(4000)
-        .total_memories(1000)
-        .total_tables(4000)
-        .total_stacks(1000)
+    pool.total_component_instances(POOL_INSTANCES)
+        .total_core_instances(4 * POOL_INSTANCES)
+        .total_memories(POOL_INSTANCES)
+        .total_tables(4 * POOL_INSTANCES)
+        .total_stacks(POOL_INSTANCES)
         .max_memory_size(MAX_MEMORY as usize);
     let mut cfg = Config::new();
     cfg.epoch_interruption(true)
@@ -65,7 +132,7 @@ pub fn engine(stack: u64) -> Result<EngineAndTicker, String> {
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&cfg).map_err(|e| format!("cannot create the wasm engine: {e}"))?;
     let ticker = Ticker::start(&engine);
-    engines.insert(stack, (engine.clone(), ticker.clone()));
+    engines.insert(stack, (engine.weak(), ticker.clone()));
     Ok((engine, ticker))
 }
 
@@ -157,10 +224,10 @@ pub fn component(
     bytes: &[u8],
     cache_dir: Option<&Path>,
 ) -> Result<Component, String> {
-    let key = (stack, digest.to_string());
+    let key = (stack_class(stack), digest.to_string());
     let memory = COMPONENTS.get_or_init(Default::default);
     if let Some(c) = memory.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return Ok(c.clone());
+        return Ok(c);
     }
     let cached = cache_dir.map(|d| d.join(format!("{digest}-{:016x}.cwasm", compat_hash(engine))));
     if let Some(path) = &cached {
@@ -170,6 +237,7 @@ pub fn component(
             // by wasmtime's header checks, and then we fall back to compiling.
             match unsafe { Component::deserialize_file(engine, path) } {
                 Ok(c) => {
+                    touch(path);
                     memory
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -187,6 +255,7 @@ pub fn component(
         .map_err(|e| format!("does not compile: {e:#}"))?;
     if let Some(path) = &cached {
         write_atomically(path, &compiled);
+        prune_cache_dir(path.parent().unwrap_or(Path::new(".")));
     }
     // SAFETY: `compiled` was produced by `precompile_component` on this very engine just now.
     let c = unsafe { Component::deserialize(engine, &compiled) }
@@ -219,6 +288,46 @@ fn write_atomically(path: &Path, bytes: &[u8]) {
     }
 }
 
+/// Mark a cache file as just used (its mtime orders eviction).
+fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::options().write(true).open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Delete the least recently used compiled plugins beyond [`CACHE_DIR_MAX_FILES`] files or
+/// [`CACHE_DIR_MAX_BYTES`] in all. Only our own `*.cwasm` files are considered.
+fn prune_cache_dir(dir: &Path) {
+    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            m.is_file().then(|| {
+                (
+                    m.modified().unwrap_or(std::time::UNIX_EPOCH),
+                    m.len(),
+                    e.path(),
+                )
+            })
+        })
+        .collect();
+    files.sort();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    let mut count = files.len();
+    for (_, len, path) in files {
+        if count <= CACHE_DIR_MAX_FILES && total <= CACHE_DIR_MAX_BYTES {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            count -= 1;
+            total -= len;
+        }
+    }
+}
+
 /// `$XDG_CACHE_HOME/wasmgate` or `~/.cache/wasmgate`, unless the config names one.
 pub fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("XDG_CACHE_HOME")
@@ -240,6 +349,47 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    #[test]
+    fn stack_sizes_round_up_to_a_few_classes_and_unused_engines_go() {
+        assert_eq!(stack_class(64 << 10), 512 << 10);
+        assert_eq!(stack_class(513 << 10), 1 << 20);
+        assert_eq!(stack_class(8 << 20), 8 << 20);
+        let distinct: std::collections::HashSet<u64> =
+            (1..=128u64).map(|k| stack_class(k << 16)).collect();
+        assert_eq!(distinct.len(), STACK_CLASSES.len());
+        let (e, _) = engine(3 << 20).unwrap();
+        let again = engine(4 << 20).unwrap().0;
+        assert!(Engine::same(&e, &again), "one engine per class");
+        let weak = e.weak();
+        drop((e, again));
+        assert!(weak.upgrade().is_none(), "an engine nobody uses is freed");
+    }
+
+    #[test]
+    fn the_cache_dir_keeps_the_most_recently_used_files_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..CACHE_DIR_MAX_FILES + 5 {
+            let p = dir.path().join(format!("{i:04}.cwasm"));
+            std::fs::write(&p, b"x").unwrap();
+            let t = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000 + i as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), b"kept").unwrap();
+        prune_cache_dir(dir.path());
+        let left = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(left, CACHE_DIR_MAX_FILES + 1);
+        assert!(!dir.path().join("0000.cwasm").exists(), "the oldest went");
+        assert!(dir
+            .path()
+            .join(format!("{:04}.cwasm", CACHE_DIR_MAX_FILES + 4))
+            .exists());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! (the normal case, microseconds) never reach a tick and pay nothing for this; the ticker itself
 //! sleeps while no call is in flight (`engine::Ticker`).
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -36,6 +37,8 @@ struct Warm {
     store: Store<State>,
     plugin: bindings::Plugin,
     uses: u32,
+    /// The tenant's slot this instance takes (see `quota.rs`); `None` for the operator's.
+    _slot: Option<super::quota::Slot>,
 }
 
 /// Why a call into a plugin failed.
@@ -70,6 +73,9 @@ pub struct LoadedPlugin {
     pub more_problems: usize,
     pub files: Arc<ConfigFiles>,
     passwords: Arc<Passwords>,
+    /// The owning tenant's plugin CPU budget (`None`: the operator's, or unlimited).
+    cpu: Option<Arc<super::cpu::CpuBudget>>,
+    quota: Option<Arc<super::quota::InstanceQuota>>,
     engine: Engine,
     ticker: Arc<engine::Ticker>,
     pre: PluginPre<State>,
@@ -143,9 +149,11 @@ impl LoadedPlugin {
             more_problems: 0,
             passwords: Arc::default(),
             files: Arc::new(ConfigFiles {
-                base_dir: cfg.base_dir.clone(),
+                scope: cfg.files.clone(),
                 read: Default::default(),
             }),
+            cpu: owner.cpu.cloned(),
+            quota: owner.quota.cloned(),
             engine,
             ticker,
             pre,
@@ -194,11 +202,23 @@ impl LoadedPlugin {
         Ok(plugin)
     }
 
+    /// The tenant's live instance quota (0 for the operator's plugins, which have none).
+    pub fn quota_cap(&self) -> usize {
+        self.quota.as_ref().map_or(0, |q| q.cap)
+    }
+
     pub fn digest(&self) -> &str {
         &self.who.digest
     }
 
     async fn instantiate(&self) -> Result<(Warm, Registration, Declared), Failure> {
+        let slot = match &self.quota {
+            Some(q) => Some(q.take().ok_or_else(|| Failure {
+                kind: "capacity",
+                detail: format!("the tenant holds its {} live plugin instances", q.cap),
+            })?),
+            None => None,
+        };
         let _running = self.ticker.running();
         let mut store = Store::new(
             &self.engine,
@@ -207,6 +227,7 @@ impl LoadedPlugin {
                 self.files.clone(),
                 self.passwords.clone(),
                 self.limits.memory,
+                self.cpu.clone(),
             ),
         );
         store.limiter(|s| &mut s.limits);
@@ -215,11 +236,28 @@ impl LoadedPlugin {
             // arrive as one when it resumes), so this counts running time, not queueing.
             let s = ctx.data_mut();
             s.ticks_used += 1;
-            Ok(if s.ticks_used >= s.ticks_allowed {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Yield(1)
-            })
+            if s.ticks_used >= s.ticks_allowed {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            let Some(cpu) = &s.cpu else {
+                return Ok(UpdateDeadline::Yield(1));
+            };
+            // A tenant's guest: charge the stretch that ends here, park the call while the tenant
+            // is over budget, and restart the stretch when it resumes (the wait is not charged).
+            let (_, park) = cpu.at_yield(s.stretch.load(Relaxed));
+            // Parked: a call dropped (wall limit) before it resumes is not charged for the wait.
+            s.stretch.store(super::cpu::PARKED, Relaxed);
+            let stretch = s.stretch.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    match park {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => tokio::task::yield_now().await,
+                    }
+                    stretch.store(super::cpu::now_ns(), Relaxed);
+                }),
+            ))
         });
         arm(&mut store, INIT_TIME);
         let plugin = self
@@ -240,6 +278,7 @@ impl LoadedPlugin {
                     store,
                     plugin,
                     uses: 0,
+                    _slot: slot,
                 },
                 reg,
                 declared,
@@ -283,7 +322,13 @@ impl LoadedPlugin {
     /// only stops one parked in an (async) host call, so it is generous: queueing on a busy worker
     /// must not fail a well-behaved plugin.
     fn wall_limit(&self) -> std::time::Duration {
-        self.limits.time * 4 + std::time::Duration::from_millis(250)
+        let parked = if self.cpu.is_some() {
+            // A call of a tenant over its CPU budget is parked at its yields; that is not a hang.
+            super::cpu::MAX_WAIT
+        } else {
+            std::time::Duration::ZERO
+        };
+        self.limits.time * 4 + std::time::Duration::from_millis(250) + parked
     }
 
     /// Call `on-request` for a request from `client`. Besides the plugin's answer, how long the
@@ -295,17 +340,20 @@ impl LoadedPlugin {
         req: &bindings::Request,
     ) -> Result<(RequestAction, Option<std::time::Duration>), Failure> {
         let started = std::time::Instant::now();
+        self.admit().await?;
         let mut warm = self.checkout(request_id).await?;
         let data = warm.store.data_mut();
         data.client = Some(client);
         data.max_age = None;
         let wait = data.host_wait.clone();
         let _running = self.ticker.running();
+        self.begin_stretch(&warm);
         let call = warm
             .plugin
             .wasmgate_plugin_hooks()
             .call_on_request(&mut warm.store, req);
         let result = within(self.wall_limit(), &wait, call).await;
+        self.end_stretch(&warm);
         let max_age = warm.store.data().max_age;
         self.finish(warm, result, started).map(|a| (a, max_age))
     }
@@ -317,15 +365,52 @@ impl LoadedPlugin {
         head: &bindings::ResponseHead,
     ) -> Result<Vec<bindings::HeaderOp>, Failure> {
         let started = std::time::Instant::now();
+        self.admit().await?;
         let mut warm = self.checkout(request_id).await?;
         let wait = warm.store.data().host_wait.clone();
         let _running = self.ticker.running();
+        self.begin_stretch(&warm);
         let call =
             warm.plugin
                 .wasmgate_plugin_hooks()
                 .call_on_response(&mut warm.store, info, head);
         let result = within(self.wall_limit(), &wait, call).await;
+        self.end_stretch(&warm);
         self.finish(warm, result, started)
+    }
+
+    /// Wait for the tenant's CPU budget, or refuse the call (kind `throttled`, answered 503 whatever
+    /// `on_error` says: skipping an auth plugin because its tenant is busy would open the door).
+    async fn admit(&self) -> Result<(), Failure> {
+        let Some(cpu) = &self.cpu else { return Ok(()) };
+        cpu.admit().await.map_err(|o| Failure {
+            kind: "throttled",
+            detail: format!(
+                "tenant over its plugin CPU budget ({} ms of debt)",
+                o.debt.as_millis()
+            ),
+        })
+    }
+
+    fn begin_stretch(&self, warm: &Warm) {
+        if self.cpu.is_some() {
+            warm.store
+                .data()
+                .stretch
+                .store(super::cpu::now_ns(), Relaxed);
+        }
+    }
+
+    /// Charge the last stretch of a call (most calls end before their first tick, so this is the
+    /// only charge they get).
+    fn end_stretch(&self, warm: &Warm) {
+        if let Some(cpu) = &self.cpu {
+            let since = warm.store.data().stretch.load(Relaxed);
+            if since != super::cpu::PARKED {
+                let now = super::cpu::now_ns();
+                cpu.charge(now.saturating_sub(since), now);
+            }
+        }
     }
 
     fn finish<R>(
@@ -388,6 +473,12 @@ pub fn worker() -> usize {
 /// other threads share pool 0).
 pub fn set_worker(i: usize) {
     WORKER.set(i);
+}
+
+/// The most warm instances a plugin with `limits.instances = n` keeps: each worker's pool keeps its
+/// share, rounded up.
+pub fn warm_bound(n: usize) -> usize {
+    n.div_ceil(shards()) * shards()
 }
 
 /// Pools per plugin: one per core, the default number of workers (more workers share them).

@@ -19,9 +19,11 @@ mod cache;
 #[cfg(test)]
 mod cache_oracle;
 mod convert;
+pub mod cpu;
 mod engine;
 mod instance;
 mod password;
+pub mod quota;
 mod state;
 
 use std::net::IpAddr;
@@ -36,6 +38,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::TlsConn;
 use bindings::HookSet;
 use convert::Decision;
+pub use engine::{stack_class, STACK_CLASSES, TENANT_INSTANCES_MAX};
 pub use instance::{set_worker, LoadedPlugin};
 pub use state::ConfigProblem;
 
@@ -132,6 +135,8 @@ impl Chain {
                             }
                             decision
                         }
+                        Err(f) if f.kind == "throttled" => return Err(throttled(p)),
+                        Err(f) if f.kind == "capacity" => return Err(at_quota(p)),
                         Err(f) => {
                             log_failure(p, &state.id, "on-request", &f);
                             if p.on_error == OnError::Deny {
@@ -212,6 +217,8 @@ async fn call_on_response(
             };
             match p.on_response(&state.id, info, &head).await {
                 Ok(ops) => complain(p, &state.id, &convert::apply(ops, response.headers_mut())),
+                Err(f) if f.kind == "throttled" => return throttled(p).to_response(),
+                Err(f) if f.kind == "capacity" => return at_quota(p).to_response(),
                 Err(f) => {
                     log_failure(p, &state.id, "on-response", &f);
                     if p.on_error == OnError::Deny {
@@ -227,6 +234,24 @@ async fn call_on_response(
         p.fixed_response.apply(response.headers_mut());
     }
     response
+}
+
+/// A call refused because its tenant is over its plugin CPU budget: counted in
+/// `wasmgate_tenant_plugin_throttled`, not logged per request (an attacker would flood the log).
+fn throttled(p: &LoadedPlugin) -> ProxyError {
+    ProxyError::TenantCpu {
+        tenant: p.who.tenant.as_deref().unwrap_or("-").to_string(),
+    }
+}
+
+/// A call that needed a new instance while its tenant holds its whole quota: 503, like any other
+/// tenant limit, whatever `on_error` says.
+fn at_quota(p: &LoadedPlugin) -> ProxyError {
+    ProxyError::TenantLimit {
+        tenant: p.who.tenant.as_deref().unwrap_or("-").to_string(),
+        what: "plugin instances",
+        max: p.quota_cap(),
+    }
 }
 
 fn rewrite_path(
@@ -282,6 +307,10 @@ fn log_failure(p: &LoadedPlugin, id: &str, hook: &str, f: &instance::Failure) {
 pub struct PluginOwner<'a> {
     pub site: &'a str,
     pub tenant: Option<&'a str>,
+    /// The tenant's plugin CPU budget, shared by all of its plugins.
+    pub cpu: Option<&'a Arc<cpu::CpuBudget>>,
+    /// The tenant's live instance quota, shared by all of its plugins.
+    pub quota: Option<&'a Arc<quota::InstanceQuota>>,
 }
 
 /// Loads plugin chains. Lives as long as the server.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, Level, PasswordVerdict};
 use super::password::Passwords;
+use crate::config::FileScope;
 
 /// Config problems kept per plugin, and the length of each message: a plugin reporting every line
 /// of a huge file cannot grow host memory without bound.
@@ -91,38 +92,21 @@ pub struct Identity {
     pub digest: Arc<str>,
 }
 
-/// Files a plugin may read during `init`: resolved inside `base_dir`, read once at load time, and
-/// recorded so the watcher reloads the plugin when one changes.
+/// Files a plugin may read during `init`: named as its config's [`FileScope`] allows (an operator's
+/// anywhere, a tenant's inside its directory), read once at load time, and recorded so the watcher
+/// reloads the plugin when one changes.
 #[derive(Debug)]
 pub struct ConfigFiles {
-    pub base_dir: PathBuf,
+    pub scope: FileScope,
     pub read: Mutex<BTreeMap<PathBuf, Result<Vec<u8>, String>>>,
 }
 
 impl ConfigFiles {
-    fn read(&self, rel: &str) -> Result<Vec<u8>, String> {
-        let rel_path = Path::new(rel);
-        if rel_path.is_absolute()
-            || rel_path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(format!(
-                "`{rel}` must be a relative path inside the config directory"
-            ));
-        }
-        let path = self.base_dir.join(rel_path);
-        // A symlink may not lead out of the directory either (a tenant's files are its own).
-        if let (Ok(real), Ok(root)) = (path.canonicalize(), self.base_dir.canonicalize()) {
-            if !real.starts_with(&root) {
-                return Err(format!("`{rel}` leads outside the config directory"));
-            }
-        }
+    fn read(&self, name: &str) -> Result<Vec<u8>, String> {
+        let path = self.scope.resolve(name).map_err(|e| e.to_string())?;
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
-        read.entry(path.clone())
-            .or_insert_with(|| {
-                std::fs::read(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))
-            })
+        read.entry(path)
+            .or_insert_with(|| self.scope.read(name).map(|(_, bytes)| bytes))
             .clone()
     }
 }
@@ -151,6 +135,10 @@ pub struct State {
     /// charged for the wait.
     pub ticks_used: u64,
     pub ticks_allowed: u64,
+    /// The tenant's plugin CPU budget (`None` for the operator's plugins), and when the current
+    /// stretch of guest execution began (`cpu::now_ns`; written by the yield future on resumption).
+    pub cpu: Option<Arc<super::cpu::CpuBudget>>,
+    pub stretch: Arc<std::sync::atomic::AtomicU64>,
     started: Instant,
 }
 
@@ -160,6 +148,7 @@ impl State {
         files: Arc<ConfigFiles>,
         passwords: Arc<Passwords>,
         memory: u64,
+        cpu: Option<Arc<super::cpu::CpuBudget>>,
     ) -> State {
         let wasi = WasiCtx::builder()
             .stdout(LogOutput {
@@ -189,6 +178,9 @@ impl State {
             host_wait: Arc::default(),
             ticks_used: 0,
             ticks_allowed: 1000,
+            cpu,
+            // Instantiation and `init` run guest code too: charged from here.
+            stretch: Arc::new(super::cpu::now_ns().into()),
             started: Instant::now(),
         }
     }
@@ -271,7 +263,12 @@ impl bindings::wasmgate::plugin::host::Host for State {
             self.declared.more_problems += 1;
             return;
         }
-        let file = self.files.base_dir.join(&path).display().to_string();
+        // As the host resolved it when the plugin read it (the name as given if it does not resolve).
+        let file = self
+            .files
+            .scope
+            .resolve(&path)
+            .map_or(path, |p| p.display().to_string());
         let message: String = message.chars().take(MAX_PROBLEM_LEN).collect();
         self.declared.problems.push(ConfigProblem {
             file,

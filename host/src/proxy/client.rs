@@ -18,9 +18,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use crate::config::Backend;
+use crate::egress::{Connector, EgressError};
 use crate::error::ProxyError;
 use crate::proxy::body::ProxyBody;
 
@@ -49,9 +49,10 @@ const IDLE_ROUNDS: u64 = 3;
 /// Idle connections kept per backend and worker; more are closed when they come back.
 const MAX_IDLE: usize = 256;
 
-/// Which pool: the upstream (by address, it lives as long as the server) and plain/TLS; then the
-/// backend's `host:port`.
-type PoolKey = (usize, bool);
+/// Which pool: the upstream (by address, it lives as long as the server), plain/TLS, and the egress
+/// scope (a connection a tenant's policy allowed is never handed to the operator's routes or another
+/// tenant, and the reverse); then the backend's `host:port`.
+type PoolKey = (usize, bool, u64);
 
 thread_local! {
     /// This worker thread's idle connections. A connection's task runs on the runtime that opened it,
@@ -133,9 +134,10 @@ impl Upstream {
     pub async fn send(
         &self,
         backend: &Backend,
+        via: &Connector,
         req: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, ProxyError> {
-        let key = (self as *const Upstream as usize, backend.tls);
+        let key = (self as *const Upstream as usize, backend.tls, via.scope());
         let mut req = req;
         let mut pooled = checkout(key, &backend.authority);
         loop {
@@ -144,7 +146,7 @@ impl Upstream {
                 Some(tx) => tx,
                 // Boxed: rare, and connecting (TCP, maybe TLS) makes a large future; inline, every
                 // request's future would carry (and move) it.
-                None => Box::pin(self.handshake(backend)).await?,
+                None => Box::pin(self.handshake(backend, via)).await?,
             };
             // A pooled connection may still be finishing the previous exchange for a moment.
             let ready = tokio::time::timeout(self.connect_timeout, tx.ready()).await;
@@ -173,8 +175,12 @@ impl Upstream {
         }
     }
 
-    async fn handshake(&self, backend: &Backend) -> Result<SendRequest<ProxyBody>, ProxyError> {
-        let io = self.connect(backend).await?;
+    async fn handshake(
+        &self,
+        backend: &Backend,
+        via: &Connector,
+    ) -> Result<SendRequest<ProxyBody>, ProxyError> {
+        let io = self.connect(backend, via).await?;
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(io)
             .await
@@ -264,15 +270,29 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 impl Upstream {
-    /// Open a dedicated connection (for a WebSocket upgrade) within the connect timeout.
-    pub async fn connect(&self, backend: &Backend) -> Result<TokioIo<Box<dyn Stream>>, ProxyError> {
+    /// Open a dedicated connection (for a WebSocket upgrade) within the connect timeout, through
+    /// `via` (a tenant's egress policy, or directly for the operator's routes).
+    pub async fn connect(
+        &self,
+        backend: &Backend,
+        via: &Connector,
+    ) -> Result<TokioIo<Box<dyn Stream>>, ProxyError> {
         let attempt = async {
-            let tcp = TcpStream::connect(&backend.authority).await.map_err(|e| {
-                ProxyError::UpstreamConnect {
-                    backend: backend.authority.clone(),
-                    cause: e.to_string(),
-                }
-            })?;
+            let tcp = via
+                .connect(&backend.authority, &backend.host)
+                .await
+                .map_err(|e| match e {
+                    EgressError::Refused { tenant, reason } => ProxyError::EgressRefused {
+                        tenant: tenant.to_string(),
+                        reason,
+                    },
+                    EgressError::Resolve(e) | EgressError::Connect(e) => {
+                        ProxyError::UpstreamConnect {
+                            backend: backend.authority.clone(),
+                            cause: e.to_string(),
+                        }
+                    }
+                })?;
             let _ = tcp.set_nodelay(true);
             if !backend.tls {
                 return Ok(TokioIo::new(Box::new(tcp) as Box<dyn Stream>));

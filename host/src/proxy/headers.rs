@@ -1,16 +1,14 @@
 //! Header hygiene between client and backend: hop-by-hop removal (RFC 9110 §7.6.1), the
-//! `X-Forwarded-*`/`Via` family, and which client address to believe.
-
-use std::net::IpAddr;
+//! `X-Forwarded-*`/`Via` family (which client address to believe is [`super::forwarded`]'s).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use ipnet::IpNet;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+use super::forwarded::{ClientAddr, FORWARDED, X_FORWARDED_FOR};
+use crate::config::ClientAddressHeader;
+
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
@@ -73,51 +71,10 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     })
 }
 
-/// The trusted-proxy list: only these peers may tell us who the client is.
-#[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(pub Vec<IpNet>);
-
-impl TrustedProxies {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        self.0.iter().any(|n| n.contains(&ip))
-    }
-
-    /// The client address: the peer, or — when the peer is trusted — the right-most address in
-    /// `X-Forwarded-For` that is not itself a trusted proxy.
-    pub fn client_addr(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        let peer = canonical(peer);
-        if !self.contains(peer) {
-            return peer;
-        }
-        let chain: Vec<IpAddr> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-            .collect();
-        chain
-            .iter()
-            .rev()
-            .map(|ip| canonical(*ip))
-            .find(|ip| !self.contains(*ip))
-            .unwrap_or(peer)
-    }
-}
-
-/// `::ffff:1.2.3.4` is `1.2.3.4` for every decision.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
 /// What the proxy knows about the client side of one request.
 pub struct Forwarding<'a> {
-    pub peer: IpAddr,
-    pub peer_trusted: bool,
+    /// Who the client is, and the chain that says so.
+    pub client: &'a ClientAddr,
     /// `http` or `https`.
     pub scheme: &'a str,
     /// The Host/`:authority` the client used.
@@ -127,19 +84,23 @@ pub struct Forwarding<'a> {
     pub via_version: &'a str,
 }
 
-/// Add `X-Forwarded-For/-Host/-Proto`, `X-Request-Id` and `Via`. From an untrusted peer, any incoming
-/// `X-Forwarded-*` and `Forwarded` are dropped first: a client must not be able to claim another address.
+/// Add `X-Forwarded-For/-Host/-Proto`, `X-Request-Id` and `Via`. `X-Forwarded-For` is the chain the
+/// client address was derived from (see [`super::forwarded`]) plus the peer, so a backend reading any
+/// entry of it agrees with the proxy's plugins. From an untrusted peer, any incoming `X-Forwarded-*`
+/// and `Forwarded` are dropped first: a client must not be able to claim another address.
 pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
-    let mut buf = [0u8; 64];
-    let peer = crate::log::ip(canonical(f.peer), &mut buf);
-    if f.peer_trusted {
-        match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.trim().is_empty() => {
-                let xff = format!("{prev}, {peer}");
-                set(headers, &X_FORWARDED_FOR, &xff)
-            }
-            _ => set(headers, &X_FORWARDED_FOR, peer),
-        }
+    let c = f.client;
+    if c.chain.is_empty() {
+        let mut buf = [0u8; 64];
+        set(headers, &X_FORWARDED_FOR, crate::log::ip(c.peer, &mut buf));
+    } else {
+        set(headers, &X_FORWARDED_FOR, &c.x_forwarded_for());
+    }
+    if c.header == ClientAddressHeader::Forwarded {
+        let proto = if f.scheme == "https" { "https" } else { "http" };
+        set(headers, &FORWARDED, &c.forwarded(proto));
+    }
+    if c.peer_trusted {
         if !headers.contains_key(&X_FORWARDED_HOST) {
             forwarded_host(headers, f.authority);
         }
@@ -147,8 +108,9 @@ pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
             headers.insert(&X_FORWARDED_PROTO, scheme_value(f.scheme));
         }
     } else {
-        headers.remove(&FORWARDED);
-        set(headers, &X_FORWARDED_FOR, peer);
+        if c.header != ClientAddressHeader::Forwarded {
+            headers.remove(&FORWARDED);
+        }
         forwarded_host(headers, f.authority);
         headers.insert(&X_FORWARDED_PROTO, scheme_value(f.scheme));
     }
@@ -222,6 +184,8 @@ fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::forwarded::TrustedProxies;
+    use std::net::IpAddr;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -263,25 +227,35 @@ mod tests {
         assert!(h.contains_key("x-keep"));
     }
 
+    fn forwarding<'a>(client: &'a ClientAddr, scheme: &'a str, via: &'a str) -> Forwarding<'a> {
+        Forwarding {
+            client,
+            scheme,
+            authority: "chat.example.org",
+            request_id: "r1",
+            via_version: via,
+        }
+    }
+
+    fn trusted(nets: &[&str]) -> TrustedProxies {
+        TrustedProxies::new(
+            nets.iter().map(|n| n.parse().unwrap()).collect(),
+            ClientAddressHeader::XForwardedFor,
+        )
+    }
+
     #[test]
     fn untrusted_peers_cannot_spoof_forwarding() {
-        let t = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
+        let t = trusted(&["10.0.0.0/8"]);
         let mut h = map(&[
             ("x-forwarded-for", "1.2.3.4"),
             ("forwarded", "for=1.2.3.4"),
             ("x-forwarded-proto", "http"),
         ]);
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(t.client_addr(peer, &h), peer);
-        let f = Forwarding {
-            peer,
-            peer_trusted: false,
-            scheme: "https",
-            authority: "chat.example.org",
-            request_id: "r1",
-            via_version: "1.1",
-        };
-        add_forwarding(&mut h, &f);
+        let client = t.client(peer, &h);
+        assert_eq!(client.ip, peer);
+        add_forwarding(&mut h, &forwarding(&client, "https", "1.1"));
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "chat.example.org");
@@ -291,33 +265,49 @@ mod tests {
 
     #[test]
     fn trusted_peers_extend_the_chain() {
-        let t = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
+        let t = trusted(&["10.0.0.0/8"]);
         let mut h = map(&[
-            ("x-forwarded-for", "198.51.100.1, 10.1.1.1"),
+            ("x-forwarded-for", "203.0.113.9, 198.51.100.1:4711"),
+            ("x-forwarded-for", "10.1.1.1"),
             ("x-forwarded-proto", "https"),
         ]);
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(
-            t.client_addr(peer, &h),
-            "198.51.100.1".parse::<IpAddr>().unwrap()
-        );
-        let f = Forwarding {
-            peer,
-            peer_trusted: true,
-            scheme: "http",
-            authority: "x",
-            request_id: "r",
-            via_version: "2",
-        };
-        add_forwarding(&mut h, &f);
+        let client = t.client(peer, &h);
+        assert_eq!(client.ip, "198.51.100.1".parse::<IpAddr>().unwrap());
+        add_forwarding(&mut h, &forwarding(&client, "http", "2"));
+        // What the client wrote left of its own address is not passed on as if it were vouched for.
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.1.1.1, 10.0.0.2");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["via"], "2 wasmgate");
     }
 
     #[test]
+    fn the_forwarded_header_is_rewritten_when_it_is_the_one_read() {
+        let t = TrustedProxies::new(
+            vec!["10.0.0.0/8".parse().unwrap()],
+            ClientAddressHeader::Forwarded,
+        );
+        let mut h = map(&[
+            (
+                "forwarded",
+                "for=192.0.2.1, for=\"[2001:db8::7]:443\";proto=https",
+            ),
+            ("x-forwarded-for", "10.9.9.9"),
+        ]);
+        let client = t.client("10.0.0.2".parse().unwrap(), &h);
+        assert_eq!(client.ip, "2001:db8::7".parse::<IpAddr>().unwrap());
+        add_forwarding(&mut h, &forwarding(&client, "https", "1.1"));
+        assert_eq!(h["x-forwarded-for"], "2001:db8::7, 10.0.0.2");
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[2001:db8::7]\", for=10.0.0.2;proto=https"
+        );
+    }
+
+    #[test]
     fn mapped_v6_is_v4() {
-        let t = TrustedProxies(vec!["127.0.0.0/8".parse().unwrap()]);
+        let t = trusted(&["127.0.0.0/8"]);
         assert!(t.contains("::ffff:127.0.0.1".parse().unwrap()));
     }
 

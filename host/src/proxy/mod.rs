@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod client;
+pub mod forwarded;
 pub mod headers;
 pub mod normalize;
 pub mod reverse;
@@ -31,6 +32,7 @@ use crate::router::map_path;
 use crate::runtime::{Route, Runtime, Site};
 use crate::server::Shared;
 use body::{Metered, OnDone, ProxyBody};
+use forwarded::ClientAddr;
 use headers::{add_forwarding, has_token, Forwarding};
 
 /// Facts about one client connection, shared by all requests on it.
@@ -74,20 +76,20 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let rt = shared.runtime.load_full();
-    let peer_trusted = rt.trusted.contains(conn.peer.ip());
-    let request_id = headers::incoming_request_id(req.headers(), peer_trusted)
+    // The one derivation of who the client is: plugins, the log and the backend all get this.
+    let client = rt.trusted.client(conn.peer.ip(), req.headers());
+    let request_id = headers::incoming_request_id(req.headers(), client.peer_trusted)
         .unwrap_or_else(|| shared.ids.next());
-    let client = rt.trusted.client_addr(conn.peer.ip(), req.headers());
     let version = version_name(req.version());
     let mut access = AccessRecord::new(
         request_id,
-        client,
+        client.ip,
         conn.listener_name.clone(),
         req.method().as_str(),
         req.uri().path(),
         version,
     );
-    let mut routed = match route_request(&rt, &conn, &req, client, &mut access) {
+    let mut routed = match route_request(&rt, &conn, &req, client.ip, &mut access) {
         Ok(Routing::Serve(r)) => r,
         Ok(Routing::Answer(resp)) => return Ok(finish(resp, access, None)),
         Err(err) => return Ok(finish(error_response(err, &mut access), access, None)),
@@ -110,7 +112,7 @@ pub async fn handle(
         &conn,
         &mut routed,
         req,
-        peer_trusted,
+        &client,
         &mut ran,
         &mut access,
     )
@@ -253,7 +255,7 @@ async fn serve(
     conn: &ConnInfo,
     routed: &mut Routed,
     mut req: Request<Incoming>,
-    peer_trusted: bool,
+    client: &ClientAddr,
     ran: &mut Vec<Arc<crate::plugins::LoadedPlugin>>,
     access: &mut AccessRecord,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -289,7 +291,7 @@ async fn serve(
                 routed.site.tenant.as_ref(),
                 &routed.state,
                 req,
-                peer_trusted,
+                client,
                 access,
             ))
             .await;
@@ -301,7 +303,7 @@ async fn serve(
             ));
         }
     }
-    forward(conn, &route, &routed.state, req, peer_trusted, access).await
+    forward(conn, &route, &routed.state, req, client, access).await
 }
 
 /// The authority the client addressed: `:authority` on h2, the absolute-form target or `Host` on h1.
@@ -389,7 +391,7 @@ pub fn upstream_headers(
     conn: &ConnInfo,
     route: &Route,
     state: &RequestState,
-    peer_trusted: bool,
+    client: &ClientAddr,
 ) {
     headers::strip_hop_by_hop(headers);
     headers.remove(header::EXPECT);
@@ -411,8 +413,7 @@ pub fn upstream_headers(
     add_forwarding(
         headers,
         &Forwarding {
-            peer: conn.peer.ip(),
-            peer_trusted,
+            client,
             scheme: conn.scheme(),
             authority: &state.authority,
             request_id: &state.id,
@@ -431,7 +432,7 @@ async fn forward(
     route: &Route,
     state: &RequestState,
     req: Request<Incoming>,
-    peer_trusted: bool,
+    client: &ClientAddr,
     access: &AccessRecord,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let limit = route.cfg.max_body_bytes;
@@ -447,13 +448,17 @@ async fn forward(
     parts.uri = backend_uri(route, state)?;
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
-    upstream_headers(&mut parts.headers, conn, route, state, peer_trusted);
+    upstream_headers(&mut parts.headers, conn, route, state, client);
     let body = Metered::new(body, access.bytes_in.clone(), Some(limit)).boxed_unsync();
     let upstream_req = Request::from_parts(parts, body);
 
     let timeout = route.cfg.timeouts.response;
     let backend = &route.cfg.backend;
-    let resp = match tokio::time::timeout(timeout, route.upstream.send(backend, upstream_req)).await
+    let resp = match tokio::time::timeout(
+        timeout,
+        route.upstream.send(backend, &route.connector, upstream_req),
+    )
+    .await
     {
         Err(_) => {
             return Err(ProxyError::UpstreamTimeout {

@@ -15,7 +15,7 @@ pub use tenants::{TenantHandle, TenantRuntime, TenantShared, TenantSlot};
 use crate::config::{Config, ConfigError, ConfigErrors, RouteConfig, SiteConfig};
 use crate::plugins::{Chain, PluginHost, PluginOwner};
 use crate::proxy::client::{Upstream, UpstreamCache};
-use crate::proxy::headers::TrustedProxies;
+use crate::proxy::forwarded::TrustedProxies;
 use crate::router::{lenient_agrees, pick_route, HostTable, Pick};
 
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
@@ -144,6 +144,8 @@ pub struct Route {
     pub name: Arc<str>,
     pub cfg: RouteConfig,
     pub upstream: Arc<Upstream>,
+    /// How the backend is reached: directly for the operator, through the tenant's egress policy.
+    pub connector: crate::egress::Connector,
     pub plugins: Chain,
     /// Open WebSocket tunnels, for `max_tunnels`.
     pub tunnels: Arc<AtomicUsize>,
@@ -178,6 +180,8 @@ pub struct Builders {
     pub upstreams: UpstreamCache,
     pub plugins: PluginHost,
     pub tenants: tenants::TenantCounters,
+    /// The server's bound sockets, which no tenant backend may reach (filled in once bound).
+    pub own: Arc<crate::egress::OwnAddrs>,
 }
 
 impl Builders {
@@ -186,6 +190,7 @@ impl Builders {
             upstreams: UpstreamCache::default(),
             plugins: PluginHost::new(cache_dir),
             tenants: Default::default(),
+            own: Default::default(),
         }
     }
 }
@@ -228,6 +233,12 @@ pub fn build_sites(
         let owner = PluginOwner {
             site: &sc.name,
             tenant: sc.tenant.as_deref(),
+            cpu: tenant.and_then(|t| t.cpu.as_ref()),
+            quota: tenant.map(|t| &t.quota),
+        };
+        let connector = match tenant {
+            Some(t) => crate::egress::Connector::Tenant(t.egress.clone()),
+            None => crate::egress::Connector::Operator,
         };
         let site_plugins = b.plugins.chain(&sc.plugins, owner).unwrap_or_else(|e| {
             errors.extend(e);
@@ -250,6 +261,7 @@ pub fn build_sites(
                 name: rc.path.as_str().into(),
                 cfg: rc.clone(),
                 upstream,
+                connector: connector.clone(),
                 plugins,
                 tunnels: Arc::new(AtomicUsize::new(0)),
                 metrics: Arc::new(crate::metrics::RouteMetrics::new(
@@ -340,7 +352,10 @@ impl Runtime {
             .collect();
         let sites = all.iter().map(|bs| bs.site.clone()).collect();
         Ok(Runtime {
-            trusted: TrustedProxies(config.trusted_proxies.clone()),
+            trusted: TrustedProxies::new(
+                config.trusted_proxies.clone(),
+                config.client_address_header,
+            ),
             config: Arc::new(config),
             listeners,
             sites,

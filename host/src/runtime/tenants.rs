@@ -27,6 +27,8 @@ pub struct TenantRuntime {
     pub limits: TenantLimits,
     pub sites: Vec<BuiltSite>,
     pub shared: Arc<TenantShared>,
+    /// Plugin instance slots reserved for this tenant out of `quota::TENANT_POOL`.
+    pub instances: usize,
 }
 
 /// Per-tenant counters, kept across reloads.
@@ -36,6 +38,10 @@ pub struct TenantShared {
     pub tunnels: AtomicUsize,
     pub refused_requests: AtomicU64,
     pub refused_tunnels: AtomicU64,
+    /// The tenant's plugin CPU clock (see `plugins::cpu`): debt outlives a reload.
+    pub cpu: Arc<crate::plugins::cpu::CpuClock>,
+    /// Live plugin instances of every version of the tenant.
+    pub instances: Arc<AtomicUsize>,
 }
 
 /// What a tenant's site carries on the request path.
@@ -44,6 +50,11 @@ pub struct TenantHandle {
     pub name: Arc<str>,
     pub limits: TenantLimits,
     pub shared: Arc<TenantShared>,
+    /// What the tenant's backends may reach; every connection of theirs goes through it.
+    pub egress: Arc<crate::egress::EgressPolicy>,
+    /// The tenant's plugin CPU budget (`None`: unlimited).
+    pub cpu: Option<Arc<crate::plugins::cpu::CpuBudget>>,
+    pub quota: Arc<crate::plugins::quota::InstanceQuota>,
 }
 
 /// Holds one in-flight request (or tunnel) of a tenant; released on drop.
@@ -143,16 +154,33 @@ pub(super) fn build_all(
     for s in operator {
         claim(&mut claimed, &s.cfg, "the operator");
     }
-    for (name, dir) in tenant_dirs(&tc.dir) {
+    let dirs = tenant_dirs(&tc.dir);
+    // Instance slots held now, by tenants that are still there: an incumbent keeps its reservation,
+    // whichever names sort first; a changed or new tenant gets what is left of the tenants' pool.
+    let mut held: HashMap<String, usize> = previous
+        .map(|p| p.tenants.iter())
+        .into_iter()
+        .flatten()
+        .filter(|t| dirs.iter().any(|(n, _)| **n == *t.name))
+        .map(|t| (t.name.to_string(), t.instances))
+        .collect();
+    for (name, dir) in dirs {
         let fingerprint = fingerprint(&dir);
+        let others: usize = held
+            .iter()
+            .filter(|(n, _)| **n != name)
+            .map(|(_, k)| k)
+            .sum();
+        let room = crate::plugins::quota::TENANT_POOL.saturating_sub(others);
         let limits = tc.limits_for(&name);
         let prev = previous.and_then(|p| p.tenant(&name)).cloned();
         let unchanged = prev
             .as_ref()
             .filter(|p| p.fingerprint == fingerprint && p.limits == limits);
+        let limits = limits.clone();
         let candidate = match unchanged {
             Some(p) => Ok(p.clone()),
-            None => load(config, b, &name, &dir, fingerprint, limits),
+            None => load(config, b, &name, &dir, fingerprint, limits, room),
         };
         let chosen = match candidate {
             Ok(t) => match conflict(&claimed, &t) {
@@ -171,6 +199,10 @@ pub(super) fn build_all(
                 refuse(&mut out.errors, &name, why, prev.is_some());
                 prev.filter(|p| conflict(&claimed, p).is_none())
             }
+        };
+        match &chosen {
+            Some(t) => held.insert(name.clone(), t.instances),
+            None => held.remove(&name),
         };
         if let Some(t) = chosen {
             for s in &t.sites {
@@ -199,12 +231,48 @@ fn load(
     dir: &Path,
     fingerprint: String,
     limits: TenantLimits,
+    room: usize,
 ) -> Result<Arc<TenantRuntime>, String> {
-    let configs = config.load_tenant(dir, name).map_err(|e| e.to_string())?;
+    let configs = config
+        .load_tenant_with(dir, name, &b.own)
+        .map_err(|e| e.to_string())?;
+    let entries = configs
+        .iter()
+        .flat_map(|s| {
+            s.plugins
+                .iter()
+                .chain(s.routes.iter().flat_map(|r| r.plugins.iter()))
+        })
+        .map(|p| p.limits.instances);
+    let warm: usize = entries.clone().sum();
+    let instances = crate::plugins::quota::InstanceQuota::needed(entries);
+    if instances > room {
+        return Err(format!(
+            "{}: the tenants' share of the plugin instance pool has room for {room} more instances; this tenant's {warm} warm instances need {instances} (what its pools can keep, twice: one set serving, one loading)",
+            dir.join("tenant.toml").display()
+        ));
+    }
     let shared = b.tenants.get(name);
     let handle = TenantHandle {
         name: name.into(),
-        limits,
+        egress: Arc::new(crate::egress::EgressPolicy::new(
+            name,
+            &limits.backends,
+            b.own.clone(),
+        )),
+        cpu: limits.plugin_cpu.map(|share| {
+            Arc::new(crate::plugins::cpu::CpuBudget::new(
+                name,
+                share,
+                limits.plugin_time,
+                shared.cpu.clone(),
+            ))
+        }),
+        quota: Arc::new(crate::plugins::quota::InstanceQuota {
+            live: shared.instances.clone(),
+            cap: instances,
+        }),
+        limits: limits.clone(),
         shared: shared.clone(),
     };
     let sites = build_sites(&configs, b, &dir.join("tenant.toml"), Some(&handle))
@@ -215,6 +283,7 @@ fn load(
         limits,
         sites,
         shared,
+        instances,
     }))
 }
 

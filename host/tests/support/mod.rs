@@ -1,0 +1,94 @@
+//! A running `wasmgate run` child process, for the tests that need the real binary: its log lines
+//! streamed to a channel, its listeners' addresses read from what it prints.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_wasmgate");
+
+pub struct Running {
+    pub child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    pub addrs: Vec<(String, std::net::SocketAddr)>,
+}
+
+impl Running {
+    /// `wasmgate run --config CONFIG`, in `cwd` (so CONFIG may be relative to it).
+    pub async fn start_in(cwd: &Path, config: &Path) -> Running {
+        let mut child = Command::new(BIN)
+            .current_dir(cwd)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(stream).lines();
+                while let Ok(Some(l)) = r.next_line().await {
+                    let _ = tx.send(l);
+                }
+            });
+        }
+        let mut me = Running {
+            child,
+            lines,
+            addrs: Vec::new(),
+        };
+        while me.addrs.is_empty() {
+            let line = me.wait_for("listening ").await;
+            if let Some(rest) = line.strip_prefix("listening ") {
+                let (name, addr) = rest.split_once(' ').unwrap();
+                me.addrs.push((name.to_string(), addr.parse().unwrap()));
+            }
+        }
+        me
+    }
+
+    /// The next log line containing `needle` (10 s at most).
+    pub async fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut skipped = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) if l.contains(needle) => return l,
+                Ok(Some(l)) => skipped.push(l),
+                _ => panic!(
+                    "no log line containing `{needle}`; saw:\n{}",
+                    skipped.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every line logged so far (without waiting).
+    pub fn drain(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(l) = self.lines.try_recv() {
+            out.push(l);
+        }
+        out
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
