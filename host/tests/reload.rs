@@ -293,7 +293,7 @@ async fn a_tenant_may_not_name_files_outside_its_directory() {
     std::fs::write(&outside, "alice\n").unwrap();
     std::fs::write(
         dir.path().join("wasmgate.toml"),
-        "tenants_dir = \"tenants\"\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n",
+        "tenants_dir = \"tenants\"\n\n[tenant_limits.default]\nbackends = [\"127.0.0.1:9\"]\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n",
     )
     .unwrap();
     let tenant = |name: &str, tokens_file: &str| {
