@@ -31,6 +31,10 @@ pub enum ProxyError {
     NoRoute,
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    #[error("the request body is malformed: {0}")]
+    BadRequestBody(String),
+    #[error("the client was too slow sending its request body: {detail}")]
+    ClientTimeout { kind: &'static str, detail: String },
     #[error("backend {backend} refused or reset the connection: {cause}")]
     UpstreamConnect { backend: String, cause: String },
     #[error("backend {backend} did not connect within {after_ms} ms")]
@@ -63,6 +67,8 @@ impl ProxyError {
             UnknownHost(_) | NoRoute => StatusCode::NOT_FOUND,
             Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             UpstreamConnectTimeout { .. } | UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Plugin { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -81,6 +87,8 @@ impl ProxyError {
             | Misdirected { .. }
             | NoRoute
             | BodyTooLarge { .. }
+            | BadRequestBody(_)
+            | ClientTimeout { .. }
             | OriginRefused(_) => Side::Downstream,
             UpstreamConnect { .. }
             | UpstreamConnectTimeout { .. }
@@ -99,6 +107,8 @@ impl ProxyError {
             Misdirected { .. } => "misdirected",
             NoRoute => "no_route",
             BodyTooLarge { .. } => "body_too_large",
+            BadRequestBody(_) => "bad_request_body",
+            ClientTimeout { kind, .. } => kind,
             UpstreamConnect { .. } => "upstream_connect",
             UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
             UpstreamTimeout { .. } => "upstream_timeout",
@@ -121,6 +131,8 @@ impl ProxyError {
             ProxyError::UnknownHost(_) => "no site is configured for this host\n".into(),
             ProxyError::Misdirected { .. } => "this connection cannot serve that host\n".into(),
             ProxyError::BodyTooLarge { limit } => format!("request body exceeds {limit} bytes\n"),
+            ProxyError::BadRequestBody(_) => "malformed request body\n".into(),
+            ProxyError::ClientTimeout { .. } => "the request body was not sent in time\n".into(),
             ProxyError::OriginRefused(_) => "WebSocket origin not allowed\n".into(),
             _ => String::new(),
         };
