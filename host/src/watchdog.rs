@@ -39,9 +39,9 @@ pub struct Activity {
     /// Response bodies that handed the connection a frame and have not been asked for the next one
     /// yet: they wait on the client to take what was sent.
     send_waiting: AtomicUsize,
-    /// When a response body was last asked for more (the client took what it had).
+    /// When a response body was last asked for more, or bytes last went out to the client.
     send_progress: AtomicU64,
-    /// Response bytes handed to the connection, for `min_rate`.
+    /// Bytes written to the client, for `min_rate`.
     sent: AtomicU64,
 }
 
@@ -158,9 +158,8 @@ where
         let res = Pin::new(&mut this.inner).poll_frame(cx);
         match &res {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+                if frame.is_data() {
                     let a = &this.activity;
-                    a.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
                     if !this.waiting {
                         this.waiting = true;
                         a.send_waiting.fetch_add(1, Ordering::SeqCst);
@@ -287,7 +286,8 @@ pub async fn watch(a: Arc<Activity>, limits: Limits, h2: bool) -> Cut {
     }
 }
 
-/// The client stream, noting the first byte that arrives while nothing is in flight.
+/// The client stream, noting the first byte that arrives while nothing is in flight, and every write
+/// that makes progress (one frame of a large body can take long to go out: each write is progress).
 pub struct Watched<S> {
     pub inner: S,
     pub activity: Arc<Activity>,
@@ -318,13 +318,27 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
+impl<S> Watched<S> {
+    fn wrote(&self, res: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = res {
+            if *n > 0 {
+                let a = &self.activity;
+                a.sent.fetch_add(*n as u64, Ordering::Relaxed);
+                a.send_progress.store(a.now(), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&res);
+        res
     }
 
     fn poll_write_vectored(
@@ -332,7 +346,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&res);
+        res
     }
 
     fn is_write_vectored(&self) -> bool {
