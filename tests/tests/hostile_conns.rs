@@ -207,13 +207,16 @@ async fn a_stalled_request_body_gets_408_after_timeouts_io() {
         "{took:?}"
     );
     assert!(
-        closed_within(&mut s, Duration::from_secs(3)).await.is_some(),
+        closed_within(&mut s, Duration::from_secs(3))
+            .await
+            .is_some(),
         "the connection stays open after a 408 for a body that never came"
     );
     let text = logs.text();
     assert!(
-        text.lines()
-            .any(|l| l.contains("POST /stalled-body 408") && l.contains("error=client_body_timeout")),
+        text.lines().any(
+            |l| l.contains("POST /stalled-body 408") && l.contains("error=client_body_timeout")
+        ),
         "{text}"
     );
     assert!(
@@ -313,7 +316,7 @@ async fn a_malformed_chunked_body_is_a_400() {
     let p = Proxy::start(&config(&b.url(), "", ""), &[]).await;
     for (i, body) in [
         "zz\r\nhello\r\n0\r\n\r\n",             // not a hex size
-        "5\r\nhelloXX0\r\n\r\n",                 // no CRLF after the chunk
+        "5\r\nhelloXX0\r\n\r\n",                // no CRLF after the chunk
         "ffffffffffffffffff\r\nx\r\n0\r\n\r\n", // size overflows
     ]
     .iter()
@@ -355,11 +358,7 @@ async fn a_backend_that_stalls_mid_body_is_cut_after_idle() {
     ))
     .await;
     let (_g, logs) = capture_logs();
-    let p = Proxy::start(
-        &config(&be.url(), "", "timeouts = { idle = \"1s\" }"),
-        &[],
-    )
-    .await;
+    let p = Proxy::start(&config(&be.url(), "", "timeouts = { idle = \"1s\" }"), &[]).await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
     let start = Instant::now();
     s.write_all(b"GET /stalls HTTP/1.1\r\nHost: app.test\r\n\r\n")
@@ -423,7 +422,11 @@ async fn connections_per_client_address_are_capped() {
     assert_ne!(ex.closed, wasmgate_tests::wire::Closed::Open);
 
     let mut other = connect_from("127.0.0.2", addr).await.unwrap();
-    assert_eq!(one_request(&mut other, head).await, [200], "another address is not limited");
+    assert_eq!(
+        one_request(&mut other, head).await,
+        [200],
+        "another address is not limited"
+    );
 
     // The kept ones still work; closing one lets a new one in.
     assert_eq!(one_request(&mut first, head).await, [200]);
@@ -434,7 +437,10 @@ async fn connections_per_client_address_are_capped() {
         if one_request(&mut again, head).await == [200] {
             break;
         }
-        assert!(Instant::now() < deadline, "the closed connection's place was not freed");
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's place was not freed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -469,7 +475,11 @@ async fn draining_answers_the_next_request_on_an_idle_connection_with_close() {
         Instant::now(),
     )
     .await;
-    assert_eq!(ex.statuses(), [200], "a request on an idle connection during the drain");
+    assert_eq!(
+        ex.statuses(),
+        [200],
+        "a request on an idle connection during the drain"
+    );
     assert_eq!(
         ex.responses[0].header("connection"),
         Some("close"),
