@@ -2,40 +2,155 @@
 //! loaded and we are not draining: load balancers and Kubernetes stop sending traffic on 503), and
 //! `/status` (JSON: live config digest, plugin versions, tenants, the last reload error).
 //!
-//! Off unless `[admin] bind = "127.0.0.1:9901"` is configured, loopback unless `allow_public = true`,
-//! and never one of the proxy's own listeners.
+//! Off unless `[admin] bind = "127.0.0.1:9901"` (or `socket = "/run/wasmgate/admin.sock"`) is
+//! configured; beyond loopback only with `token_file` (a bearer token `/metrics` and `/status` then
+//! require); never one of the proxy's own listeners. Bounded like the proxy's listeners: header-read
+//! and idle timeouts, a connection cap, a lifetime per connection, and accept backoff.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
 
+use crate::config::AdminListen;
+use crate::conn_limits::AcceptBackoff;
 use crate::server::Shared;
 
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// Connections the admin listener serves at once; more are closed on accept. Scrapers and probes
+/// need a handful; the cap keeps a flood from using the process's descriptors.
+const MAX_CONNECTIONS: usize = 64;
+/// A request head must arrive this long after accept, or after the previous response (hyper's
+/// timer covers the idle keep-alive wait too).
+const HEADER_READ: Duration = Duration::from_secs(5);
+/// No admin connection lives longer: every answer is small, so this only ends slow readers.
+const LIFETIME: Duration = Duration::from_secs(30);
+
+/// The bound admin socket.
+pub enum AdminListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
 }
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+impl AdminListener {
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            AdminListener::Tcp(l) => l.local_addr().ok(),
+            AdminListener::Unix(..) => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            AdminListener::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|_| "tcp".into(), |a| a.to_string()),
+            AdminListener::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+pub async fn bind(listen: &AdminListen) -> std::io::Result<AdminListener> {
+    match listen {
+        AdminListen::Tcp(addr) => TcpListener::bind(addr).await.map(AdminListener::Tcp),
+        AdminListen::Unix(path) => {
+            // A socket left by a predecessor (a handover, a crash) is replaced; anything else is not
+            // ours to delete.
+            use std::os::unix::fs::FileTypeExt;
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                if meta.file_type().is_socket() {
+                    std::fs::remove_file(path)?;
+                }
+            }
+            let l = UnixListener::bind(path)?;
+            // Owner and group: whoever may scrape is put in the group.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+            Ok(AdminListener::Unix(l, path.clone()))
+        }
+    }
+}
+
+pub async fn serve(listener: AdminListener, token_file: Option<PathBuf>, shared: Arc<Shared>) {
+    let cap = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let token_file: Option<Arc<Path>> = token_file.map(Into::into);
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted: std::io::Result<Box<dyn Io>> = match &listener {
+            AdminListener::Tcp(l) => l.accept().await.map(|(s, _)| Box::new(s) as Box<dyn Io>),
+            AdminListener::Unix(l, _) => l.accept().await.map(|(s, _)| Box::new(s) as Box<dyn Io>),
+        };
+        let stream = match accepted {
+            Ok(s) => {
+                backoff.success();
+                s
+            }
+            Err(e) => {
+                // Out of descriptors, accept fails at once, every time: spinning on it would take a core.
+                tokio::time::sleep(backoff.failure("admin", &e)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = cap.clone().try_acquire_owned() else {
+            tracing::warn!("admin endpoint: {MAX_CONNECTIONS} connections open; connection closed");
             continue;
         };
         let shared = shared.clone();
+        let token_file = token_file.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| answer(req, shared.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _permit = permit;
+            let svc = service_fn(move |req| answer(req, shared.clone(), token_file.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(LIFETIME, conn).await;
         });
     }
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// Does the request carry the token in `token_file`? Read on every request, so a rotated token
+/// takes effect at once; compared as SHA-256 digests in constant time (no timing tells how much of
+/// a guess was right, nor its length).
+fn authorized(req: &Request<Incoming>, token_file: &Path) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let Ok(expected) = std::fs::read_to_string(token_file) else {
+        tracing::warn!(file = %token_file.display(), "admin endpoint: cannot read the token file; refusing");
+        return false;
+    };
+    let expected = expected.trim();
+    if expected.is_empty() {
+        return false;
+    }
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+    else {
+        return false;
+    };
+    let a = Sha256::digest(expected.as_bytes());
+    let b = Sha256::digest(given.as_bytes());
+    a.ct_eq(&b).into()
 }
 
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -49,8 +164,26 @@ fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Res
 async fn answer(
     req: Request<Incoming>,
     shared: Arc<Shared>,
+    token_file: Option<Arc<Path>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(match req.uri().path() {
+    let path = req.uri().path();
+    // Probes (health, readiness) say nothing a load balancer may not know; metrics and status do.
+    let open = matches!(path, "/healthz" | "/readyz");
+    if let Some(file) = token_file.as_deref() {
+        if !open && !authorized(&req, file) {
+            let mut r = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "401 Unauthorized: send Authorization: Bearer <token>\n",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wasmgate admin\""),
+            );
+            return Ok(r);
+        }
+    }
+    Ok(match path {
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" if shared.draining.is_cancelled() => {
             reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")

@@ -43,6 +43,10 @@ pub enum ProxyError {
     NoRoute,
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    #[error("the request body is malformed: {0}")]
+    BadRequestBody(String),
+    #[error("the client was too slow sending its request body: {detail}")]
+    ClientTimeout { kind: &'static str, detail: String },
     #[error("backend {backend} refused or reset the connection: {cause}")]
     UpstreamConnect { backend: String, cause: String },
     #[error("backend {backend} did not connect within {after_ms} ms")]
@@ -79,6 +83,8 @@ impl ProxyError {
             UnknownHost(_) | NoRoute => StatusCode::NOT_FOUND,
             Misdirected { .. } | MisdirectedNoSni { .. } => StatusCode::MISDIRECTED_REQUEST,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             UpstreamConnect { .. } | UpstreamProtocol { .. } | EgressRefused { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -102,6 +108,8 @@ impl ProxyError {
             | MisdirectedNoSni { .. }
             | NoRoute
             | BodyTooLarge { .. }
+            | BadRequestBody(_)
+            | ClientTimeout { .. }
             | OriginRefused(_) => Side::Downstream,
             UpstreamConnect { .. }
             | UpstreamConnectTimeout { .. }
@@ -127,6 +135,8 @@ impl ProxyError {
             Misdirected { .. } | MisdirectedNoSni { .. } => "misdirected",
             NoRoute => "no_route",
             BodyTooLarge { .. } => "body_too_large",
+            BadRequestBody(_) => "bad_request_body",
+            ClientTimeout { kind, .. } => kind,
             UpstreamConnect { .. } => "upstream_connect",
             UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
             UpstreamTimeout { .. } => "upstream_timeout",
@@ -157,6 +167,8 @@ impl ProxyError {
                 "this connection cannot serve that host\n".into()
             }
             ProxyError::BodyTooLarge { limit } => format!("request body exceeds {limit} bytes\n"),
+            ProxyError::BadRequestBody(_) => "malformed request body\n".into(),
+            ProxyError::ClientTimeout { .. } => "the request body was not sent in time\n".into(),
             ProxyError::OriginRefused(_) => "WebSocket origin not allowed\n".into(),
             _ => String::new(),
         };

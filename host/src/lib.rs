@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod conn_limits;
 pub mod demo;
 pub mod egress;
 pub mod error;
@@ -14,11 +15,13 @@ pub mod log_sink;
 pub mod metrics;
 pub mod plugins;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod watchdog;
 pub mod websocket;
 
 pub use config::Config;

@@ -32,6 +32,8 @@ pub struct AccessRecord {
     pub error: Option<String>,
     /// Which plugin answered, if one did.
     pub answered_by: Option<String>,
+    /// The TCP peer, when the PROXY protocol named another client address (the balancer).
+    pub proxy_peer: Option<String>,
 }
 
 impl AccessRecord {
@@ -60,6 +62,7 @@ impl AccessRecord {
             status: 0,
             error: None,
             answered_by: None,
+            proxy_peer: None,
         }
     }
 
@@ -131,6 +134,7 @@ impl AccessRecord {
             upstream = self.upstream.as_deref().map(display),
             plugin = self.answered_by.as_deref().map(display),
             error = self.error.as_deref().map(display),
+            proxy_peer = self.proxy_peer.as_deref().map(display),
             complete,
             "{} {} {}", self.method, self.path, self.status
         );
@@ -215,7 +219,7 @@ impl AccessRecord {
         let text = |r: std::ops::Range<usize>| std::str::from_utf8(&nums[r]).unwrap_or("0");
         let duration = [text(ms), ".", &text(frac)[1..]].concat();
         // (name, value, is a number) in the order `emit`'s tracing event has them; absent ones skipped.
-        let fields: [(&str, Option<&str>, bool); 16] = [
+        let fields: [(&str, Option<&str>, bool); 17] = [
             ("id", Some(&self.request_id), false),
             ("client", Some(client), false),
             ("listener", Some(&self.listener), false),
@@ -232,6 +236,7 @@ impl AccessRecord {
             ("upstream", self.upstream.as_deref(), false),
             ("plugin", self.answered_by.as_deref(), false),
             ("error", self.error.as_deref(), false),
+            ("proxy_peer", self.proxy_peer.as_deref(), false),
         ];
         let fields = fields.iter().filter_map(|(k, v, n)| Some((*k, (*v)?, *n)));
         let mut line = String::with_capacity(384);

@@ -3,17 +3,15 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -22,7 +20,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigErrors};
 use crate::proxy::{ConnInfo, TlsConn};
+use crate::proxy_protocol::Rewind;
 use crate::runtime::{Builders, Runtime, SharedRuntime};
+use crate::watchdog::{Activity, InFlight, Paced, Watched};
 
 /// State shared by every connection for the life of the process.
 pub struct Shared {
@@ -110,7 +110,14 @@ impl Shared {
 
     pub(crate) fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
         let current = self.runtime.load();
-        if config.listeners != current.config.listeners {
+        let sockets = |c: &Config| {
+            c.listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.bind, l.tls))
+                .collect::<Vec<_>>()
+        };
+        // PROXY protocol sources are read per connection, so they reload; sockets do not.
+        if sockets(&config) != sockets(&current.config) {
             return Err(ConfigErrors::single(
                 &config.path,
                 "listener",
@@ -162,6 +169,11 @@ pub enum StartError {
     Bind {
         name: String,
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on the admin socket {}: {source}", path.display())]
+    AdminSocket {
+        path: std::path::PathBuf,
         source: std::io::Error,
     },
 }
@@ -233,12 +245,16 @@ impl Server {
         let builders = Builders::new(config.cache_dir.clone());
         let runtime = Runtime::build(config, &builders, None)?;
         let listeners = runtime.config.listeners.clone();
-        let admin = runtime.config.admin;
+        let admin = runtime.config.admin.clone();
         let limits = runtime.config.limits.clone();
         let timeouts = (
             runtime.config.header_read_timeout,
             runtime.config.keepalive_timeout,
+            runtime.config.io_timeout,
         );
+        let per_ip = limits
+            .max_connections_per_ip
+            .map(crate::conn_limits::PerIp::new);
         let shared = Arc::new(Shared {
             runtime: Arc::new(ArcSwap::from_pointee(runtime)),
             builders,
@@ -285,10 +301,15 @@ impl Server {
                 name: l.name.as_str().into(),
                 tls,
                 shared: shared.clone(),
-                header_read_timeout: timeouts.0,
-                keepalive_timeout: timeouts.1,
+                limits: crate::watchdog::Limits {
+                    header_read: timeouts.0,
+                    keepalive: timeouts.1,
+                    io: timeouts.2,
+                    min_rate: limits.min_rate,
+                },
                 max_header_bytes: limits.max_header_bytes,
                 connections: Arc::new(Semaphore::new(limits.max_connections)),
+                per_ip: per_ip.clone(),
             };
             sockets.push((socket, Arc::new(ctx)));
         }
@@ -325,22 +346,30 @@ impl Server {
             held = std_sockets.into_iter().map(|(s, _)| s).collect();
         }
         let mut admin_task = None;
-        if let Some(addr) = admin {
-            let socket = crate::admin::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    name: "admin".into(),
-                    addr,
-                    source,
-                })?;
-            let local = socket.local_addr().map_err(|source| StartError::Bind {
-                name: "admin".into(),
-                addr,
-                source,
-            })?;
-            tracing::info!(addr = %local, "admin endpoint listening (/metrics /healthz /readyz /status)");
-            addrs.push(("admin".to_string(), local));
-            admin_task = Some(tokio::spawn(crate::admin::serve(socket, shared.clone())));
+        if let Some(admin) = admin {
+            let listener =
+                crate::admin::bind(&admin.listen)
+                    .await
+                    .map_err(|source| match &admin.listen {
+                        crate::config::AdminListen::Tcp(addr) => StartError::Bind {
+                            name: "admin".into(),
+                            addr: *addr,
+                            source,
+                        },
+                        crate::config::AdminListen::Unix(path) => StartError::AdminSocket {
+                            path: path.clone(),
+                            source,
+                        },
+                    })?;
+            tracing::info!(at = %listener.describe(), auth = admin.token_file.is_some(), "admin endpoint listening (/metrics /healthz /readyz /status)");
+            if let Some(local) = listener.tcp_addr() {
+                addrs.push(("admin".to_string(), local));
+            }
+            admin_task = Some(tokio::spawn(crate::admin::serve(
+                listener,
+                admin.token_file.clone(),
+                shared.clone(),
+            )));
         }
         // Now that every socket is bound (ports chosen by the kernel included), tenant egress knows
         // which addresses are the proxy's own.
@@ -449,21 +478,28 @@ struct ListenerCtx {
     name: Arc<str>,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
-    header_read_timeout: Duration,
-    keepalive_timeout: Duration,
+    limits: crate::watchdog::Limits,
     max_header_bytes: usize,
     connections: Arc<Semaphore>,
+    per_ip: Option<Arc<crate::conn_limits::PerIp>>,
 }
 
 async fn accept_loop(socket: TcpListener, ctx: Arc<ListenerCtx>) {
+    let mut backoff = crate::conn_limits::AcceptBackoff::default();
     loop {
         let (stream, peer) = tokio::select! {
             r = socket.accept() => match r {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    backoff.success();
+                    pair
+                }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %ctx.name, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let pause = backoff.failure(&ctx.name, &e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = ctx.shared.draining.cancelled() => return,
+                    }
                     continue;
                 }
             },
@@ -499,13 +535,45 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx) {
+async fn serve_connection(stream: TcpStream, tcp_peer: SocketAddr, ctx: &ListenerCtx) {
     let _open = OpenConnection::new();
     let _ = stream.set_nodelay(true);
+    // The PROXY protocol header comes first, before TLS; its address is the client's from here on.
+    let proxy_from = ctx.shared.runtime.load().config.listeners[ctx.idx]
+        .proxy_protocol
+        .clone();
+    let (stream, peer) = match proxy_from {
+        None => (Rewind::plain(stream), tcp_peer),
+        Some(from) => {
+            let read = crate::proxy_protocol::accept(stream, tcp_peer, &from);
+            match tokio::time::timeout(ctx.limits.header_read, read).await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
+                    tracing::info!(listener = %ctx.name, peer = %tcp_peer, "connection closed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %tcp_peer, "PROXY header timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let _per_ip = match &ctx.per_ip {
+        None => None,
+        Some(table) => match table.acquire(peer.ip()) {
+            Some(slot) => Some(slot),
+            None => {
+                tracing::warn!(listener = %ctx.name, client = %peer.ip(), "max_connections_per_ip reached; connection closed");
+                return;
+            }
+        },
+    };
     match &ctx.tls {
         None => {
             let info = ConnInfo {
                 peer,
+                tcp_peer,
                 listener: ctx.idx,
                 listener_name: ctx.name.clone(),
                 tls: None,
@@ -513,19 +581,18 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx
             serve_http(stream, info, false, ctx).await;
         }
         Some(acceptor) => {
-            let tls = match tokio::time::timeout(ctx.header_read_timeout, acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let tls =
+                match tokio::time::timeout(ctx.limits.header_read, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
             let session = tls.get_ref().1;
             let alpn = session
                 .alpn_protocol()
@@ -541,6 +608,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx
             };
             let info = ConnInfo {
                 peer,
+                tcp_peer,
                 listener: ctx.idx,
                 listener_name: ctx.name.clone(),
                 tls: Some(tls_info),
@@ -555,9 +623,15 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: &ListenerCtx
 /// (hyper's graceful close would wait for a head or a request body that is still trickling in).
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
+/// While draining, how long an HTTP/1 connection may stay idle before it is closed. Until then it
+/// stays open, and its next request is answered with `Connection: close` (HAProxy before 2.4, and
+/// its `idle-close-on-response`; Envoy's drain): closing an idle keep-alive connection at once races
+/// with a request the client is sending on it, which then fails.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
 /// Drive one hyper connection until it ends, the idle watchdog fires, or the server drains.
 macro_rules! drive {
-    ($conn:expr, $watchdog:expr, $ctx:expr, $graceful:expr, $activity:expr) => {{
+    ($conn:expr, $watchdog:expr, $ctx:expr, $h2:expr, $activity:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
         let watchdog = $watchdog;
@@ -568,22 +642,39 @@ macro_rules! drive {
                     tracing::debug!("connection ended with an error: {e}");
                 }
             }
-            _ = &mut watchdog => {
-                tracing::debug!("idle or header-read timeout: closing the connection");
-                if $graceful {
+            why = &mut watchdog => {
+                tracing::debug!("closing the connection: {}", why.describe());
+                if $h2 {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
                 }
             }
             _ = $ctx.shared.draining.cancelled() => {
-                // A connection accepted just before the drain may not have sent its request yet:
-                // hyper would close it as idle, unanswered. Give it a moment to start one.
-                let deadline = tokio::time::Instant::now() + FIRST_REQUEST_GRACE;
+                // HTTP/1: responses from now on carry `Connection: close` (see `serve_http`), so a
+                // busy connection ends after its next response; one that stays idle for DRAIN_IDLE
+                // is closed. HTTP/2: GOAWAY, once a fresh connection had a moment for its first
+                // request (hyper would close it unanswered).
+                let wait = if $h2 { Duration::ZERO } else { DRAIN_IDLE };
+                let grace = tokio::time::Instant::now() + DRAIN_IDLE;
                 let mut done = false;
-                while !$activity.started() && tokio::time::Instant::now() < deadline {
+                loop {
+                    let idle = $activity.idle_for();
+                    let quiet = if $h2 {
+                        $activity.started() || tokio::time::Instant::now() >= grace
+                    } else {
+                        idle.is_some_and(|d| d >= wait) && tokio::time::Instant::now() >= grace
+                    };
+                    if quiet {
+                        break;
+                    }
                     tokio::select! {
                         _ = conn.as_mut() => { done = true; break; }
-                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                        why = &mut watchdog => {
+                            tracing::debug!("closing the draining connection: {}", why.describe());
+                            done = !$h2;
+                            break;
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                     }
                 }
                 if !done {
@@ -594,9 +685,6 @@ macro_rules! drive {
         }
     }};
 }
-
-/// How long a draining server waits for a fresh connection's first request before closing it.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 async fn serve_http<S>(stream: S, info: ConnInfo, h2: bool, ctx: &ListenerCtx)
 where
@@ -616,19 +704,23 @@ where
         // Boxed: the pipeline's future is large (kilobytes of state across its awaits); hyper moves
         // the service future around, and a box makes each move a pointer copy.
         let handled = Box::pin(crate::proxy::handle(shared.clone(), conn_info.clone(), req));
+        let shared = shared.clone();
         async move {
-            let resp = handled.await?;
-            Ok::<_, Infallible>(resp.map(|body| {
-                crate::proxy::body::OnDone::new(body, move |_| drop(in_flight)).boxed_unsync()
-            }))
+            let mut resp = handled.await?;
+            if !h2
+                && shared.draining.is_cancelled()
+                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                // Draining: this is the connection's last response; hyper closes after it.
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(resp.map(|body| Paced::new(body, in_flight).boxed_unsync()))
         }
     });
-    let watchdog = idle_watchdog(
-        activity.clone(),
-        ctx.header_read_timeout,
-        ctx.keepalive_timeout,
-        h2,
-    );
+    let watchdog = crate::watchdog::watch(activity.clone(), ctx.limits, h2);
     // Each connection gets exactly one protocol: plain listeners HTTP/1.1 only (no h2c, neither by
     // `Upgrade: h2c` nor by prior knowledge), TLS listeners what ALPN chose. hyper-util's
     // `auto::Builder::serve_connection_with_upgrades` sniffs the preface and ignores `http1_only()`,
@@ -665,168 +757,6 @@ where
             false,
             activity
         );
-    }
-}
-
-/// What one connection's idle watchdog knows. Times are milliseconds since `start`.
-struct Activity {
-    start: Instant,
-    /// Requests whose response has not been sent completely (or dropped).
-    in_flight: AtomicUsize,
-    /// When the connection last had nothing in flight.
-    idle_since: AtomicU64,
-    /// When the first byte arrived while idle (a request head being read), or `NOTHING`.
-    first_byte: AtomicU64,
-    /// A request has been answered: later idle periods are keep-alive waits.
-    served: AtomicBool,
-}
-
-const NOTHING: u64 = u64::MAX;
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(0),
-            first_byte: AtomicU64::new(NOTHING),
-            served: AtomicBool::new(false),
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
-    }
-
-    /// Has a request arrived on this connection (answered or in flight)?
-    fn started(&self) -> bool {
-        self.served.load(Ordering::SeqCst) || self.in_flight.load(Ordering::SeqCst) > 0
-    }
-}
-
-/// One request in flight on a connection.
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn start(a: Arc<Activity>) -> Self {
-        a.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(a)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let a = &self.0;
-        // Reset the idle clock before the count drops, so a byte read right after is not lost.
-        a.idle_since.store(a.now(), Ordering::SeqCst);
-        a.first_byte.store(NOTHING, Ordering::SeqCst);
-        a.served.store(true, Ordering::SeqCst);
-        a.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Resolves when the connection must be closed:
-/// - the first request's head is not complete `header_read` after accept (slowloris);
-/// - after a response, no byte of a next request within `keepalive` (idle keep-alive);
-/// - a next request's head (or a request body still trickling in after its response was sent) is not
-///   complete `header_read` after its first byte.
-///
-/// While a request is in flight nothing here applies: the route's `timeouts.response` bounds the wait
-/// for the backend, and with it a request body the backend is still waiting for. HTTP/2 connections
-/// only get the idle rule (their bytes include PINGs and SETTINGS, not just request heads).
-async fn idle_watchdog(a: Arc<Activity>, header_read: Duration, keepalive: Duration, h2: bool) {
-    let (header_read, keepalive) = (header_read.as_millis() as u64, keepalive.as_millis() as u64);
-    // Nothing on the request path wakes the watchdog (three wake-ups and a timer per request, before):
-    // it looks again at least every `period`, and every deadline lies at least `period` after the
-    // event that starts it (accept, first byte, end of a response), so none is missed or seen late.
-    let period = header_read.min(keepalive).max(1);
-    loop {
-        let now = a.now();
-        let deadline = if a.in_flight.load(Ordering::SeqCst) > 0 {
-            None
-        } else if !a.served.load(Ordering::SeqCst) {
-            Some(header_read)
-        } else {
-            let first = a.first_byte.load(Ordering::SeqCst);
-            if first != NOTHING && !h2 {
-                Some(first.saturating_add(header_read))
-            } else {
-                Some(
-                    a.idle_since
-                        .load(Ordering::SeqCst)
-                        .saturating_add(keepalive),
-                )
-            }
-        };
-        if deadline.is_some_and(|at| now >= at) {
-            return;
-        }
-        let next = deadline.map_or(now + period, |at| at.min(now + period));
-        tokio::time::sleep_until(tokio::time::Instant::from_std(
-            a.start + Duration::from_millis(next),
-        ))
-        .await;
-    }
-}
-
-/// The client stream, noting the first byte that arrives while nothing is in flight.
-struct Watched<S> {
-    inner: S,
-    activity: Arc<Activity>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            let a = &self.activity;
-            if a.in_flight.load(Ordering::SeqCst) == 0
-                && a.first_byte.load(Ordering::SeqCst) == NOTHING
-            {
-                let _ = a.first_byte.compare_exchange(
-                    NOTHING,
-                    a.now(),
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                );
-            }
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -648,3 +648,148 @@ async fn check_refuses_fail_open_auth_and_lists_refused_credential_lines() {
         "{stdout}"
     );
 }
+
+/// A keep-alive client: requests on one connection for as long as the server keeps it; a response
+/// with `Connection: close` (or a connection closed while idle, before a request went out) means
+/// "reconnect", as wrk and browsers do. Any request that was sent and got no complete answer fails.
+async fn keepalive_client(
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u32, Vec<String>) {
+    use http_body_util::BodyExt;
+    let (mut ok, mut failed) = (0u32, Vec::new());
+    'connections: while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let stream = match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                failed.push(format!("connect: {e}"));
+                continue;
+            }
+        };
+        let Ok((mut sender, conn)) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+        else {
+            failed.push("handshake".into());
+            continue;
+        };
+        tokio::spawn(conn);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if sender.ready().await.is_err() {
+                continue 'connections;
+            }
+            let req = http::Request::get("/keepalive")
+                .header("host", "app.test")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let resp = match sender.try_send_request(req).await {
+                Ok(r) => r,
+                Err(mut e) => {
+                    // Never written: the connection had closed meanwhile. Not a failure.
+                    if e.take_message().is_none() {
+                        failed.push(format!("request: {}", e.into_error()));
+                    }
+                    continue 'connections;
+                }
+            };
+            let close = resp
+                .headers()
+                .get("connection")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            let status = resp.status().as_u16();
+            match resp.into_body().collect().await {
+                Ok(_) if status == 200 => ok += 1,
+                Ok(_) => failed.push(format!("status {status}")),
+                Err(e) => failed.push(format!("body: {e}")),
+            }
+            if close {
+                continue 'connections;
+            }
+        }
+    }
+    (ok, failed)
+}
+
+/// The reproduction, bounded: keep-alive clients beside connection-per-request clients across
+/// several SIGUSR2 handovers. The draining process used to close idle keep-alive connections while
+/// clients were sending on them; now it answers their next request with `Connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handovers_under_keepalive_and_new_connection_load_lose_nothing() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmgate.toml");
+    std::fs::write(&path, plain_config(&backend, "")).unwrap();
+    let mut run = Running::start(&path).await;
+    let addr = run.addrs[0].1;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut keepalive = Vec::new();
+    let mut fresh = Vec::new();
+    for _ in 0..4 {
+        keepalive.push(tokio::spawn(keepalive_client(addr, stop.clone())));
+        let stop = stop.clone();
+        fresh.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match try_get(addr, "app.test").await {
+                    Ok(200) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut current = run.child.id().unwrap();
+    let mut successors = Vec::new();
+    for round in 0..3 {
+        let signalled = std::process::Command::new("kill")
+            .args(["-USR2", &current.to_string()])
+            .status()
+            .unwrap();
+        assert!(signalled.success());
+        let line = run.wait_for("started a successor").await;
+        let pid: u32 = line
+            .split("successor=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        successors.push(KillOnDrop(pid));
+        run.wait_for("telling the predecessor to drain").await;
+        // The predecessor drains and exits (its idle connections after about a second).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{current}/stat")).exists()
+            && std::fs::read_to_string(format!("/proc/{current}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: process {current} did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        current = pid;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (kind, tasks) in [("keep-alive", keepalive), ("new-connection", fresh)] {
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        for t in tasks {
+            let (o, f) = t.await.unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        assert!(
+            failed.is_empty(),
+            "{kind}: {} of {} requests failed: {:?}",
+            failed.len(),
+            ok as usize + failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        assert!(ok > 100, "{kind}: too little load to mean anything: {ok}");
+    }
+    assert_eq!(try_get(addr, "app.test").await, Ok(200));
+}

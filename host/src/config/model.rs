@@ -25,7 +25,10 @@ pub struct Config {
     /// The top-level timeouts every site inherits (tenants' sites too).
     pub default_timeouts: Timeouts,
     pub tenants: Option<TenantsConfig>,
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<AdminConfig>,
+    /// Inactivity allowed while a request is in flight and we wait on the client (its body, or its
+    /// reading of the response).
+    pub io_timeout: Duration,
     pub log_format: LogFormat,
     /// Worker threads; 0 = serve on the caller's runtime.
     pub workers: usize,
@@ -119,6 +122,37 @@ pub struct ListenerConfig {
     pub tls: bool,
     /// TLS only: refuse handshakes without SNI or with an unknown name (no fallback site).
     pub reject_unknown_sni: bool,
+    /// PROXY protocol: the sources whose header is read (required from them, refused from others).
+    pub proxy_protocol: Option<Vec<IpNet>>,
+}
+
+impl ListenerConfig {
+    /// What needs a restart to change: the socket and how it is served.
+    pub fn socket_identity(&self) -> (&str, SocketAddr, bool) {
+        (&self.name, self.bind, self.tls)
+    }
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: AdminListen,
+    /// The bearer token's file, read on each request (so it can be rotated without a restart).
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// The least transfer rate a client must keep up while we wait on it (Apache's `MinRate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    pub bytes_per_sec: u64,
+    /// Judged over this much waiting time.
+    pub window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +160,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub max_connections: usize,
+    /// Open connections per client address (after PROXY protocol); `None`: no limit.
+    pub max_connections_per_ip: Option<usize>,
+    pub min_rate: Option<MinRate>,
 }
 
 impl Default for Limits {
@@ -134,6 +171,8 @@ impl Default for Limits {
             max_header_bytes: 32 * 1024,
             max_body_bytes: 64 * 1024 * 1024,
             max_connections: 10_000,
+            max_connections_per_ip: None,
+            min_rate: None,
         }
     }
 }

@@ -47,9 +47,14 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    pub bind: Spanned<String>,
-    /// The admin listener exposes metrics and status; binding it beyond loopback must be explicit.
+    pub bind: Option<Spanned<String>>,
+    /// A unix socket path instead of `bind` (access is then the file's permissions).
+    pub socket: Option<Spanned<String>>,
+    /// A file holding the bearer token `/metrics` and `/status` require; needed beyond loopback.
+    pub token_file: Option<Spanned<String>>,
+    /// Kept for old configs: beyond loopback, `token_file` is what is required now.
     #[serde(default)]
+    #[allow(dead_code)]
     pub allow_public: bool,
 }
 
@@ -90,6 +95,11 @@ pub struct RawListener {
     /// Refuse TLS handshakes without SNI, or with a name no site on the listener serves (nginx's
     /// `ssl_reject_handshake`), instead of serving them the listener's default (or first) site.
     pub tls_reject_unknown_sni: Option<Spanned<bool>>,
+    /// Expect a PROXY protocol (v1 or v2) header from the sources in `proxy_protocol_from`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +112,8 @@ pub struct RawTimeouts {
     pub header_read: Option<Spanned<String>>,
     /// Only meaningful at the top level: how long an idle keep-alive client connection is kept.
     pub keepalive: Option<Spanned<String>>,
+    /// Only meaningful at the top level: inactivity while sending to or receiving from the client.
+    pub io: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +122,10 @@ pub struct RawLimits {
     pub max_header_bytes: Option<Spanned<SizeValue>>,
     pub max_body_bytes: Option<Spanned<SizeValue>>,
     pub max_connections: Option<Spanned<u64>>,
+    pub max_connections_per_ip: Option<Spanned<u64>>,
+    /// A rate such as `"1KiB/s"`: the least a client must send or take while we wait on it.
+    pub min_rate: Option<Spanned<String>>,
+    pub min_rate_window: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -72,7 +72,10 @@ impl<'a> Validator<'a> {
             .iter()
             .map(|l| (l.name.as_str().into(), l.bind))
             .collect();
-        binds.extend(operator.admin.map(|a| ("admin".into(), a)));
+        binds.extend(operator.admin.as_ref().and_then(|a| match a.listen {
+            crate::config::AdminListen::Tcp(addr) => Some(("admin".into(), addr)),
+            crate::config::AdminListen::Unix(_) => None,
+        }));
         binds.retain(|(_, a)| a.port() != 0);
         self.egress = Some(Egress {
             allow: caps.backends.clone(),
@@ -251,6 +254,16 @@ impl<'a> Validator<'a> {
         let keepalive_timeout = self
             .duration_opt(&raw.timeouts.keepalive, "timeouts.keepalive")
             .unwrap_or(Duration::from_secs(60));
+        // nginx's `send_timeout` and `client_body_timeout` default (HAProxy's `timeout client` is
+        // usually set near it): long enough for a slow mobile link, short enough to free the slot.
+        let io_timeout = self
+            .duration_opt(&raw.timeouts.io, "timeouts.io")
+            .unwrap_or(Duration::from_secs(60));
+        if io_timeout.is_zero() {
+            if let Some(v) = &raw.timeouts.io {
+                self.err::<()>(v.span(), "timeouts.io", "must be more than 0");
+            }
+        }
         let shutdown_grace = self
             .duration_opt(&raw.shutdown_grace, "shutdown_grace")
             .unwrap_or(Duration::from_secs(30));
@@ -310,6 +323,11 @@ impl<'a> Validator<'a> {
             default_timeouts: defaults,
             tenants,
             admin,
+            io_timeout: if io_timeout.is_zero() {
+                Duration::from_secs(60)
+            } else {
+                io_timeout
+            },
             log_format,
             workers: match &raw.workers {
                 Some(n) if *n.get_ref() > 256 => {
@@ -322,30 +340,63 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn admin(&mut self, raw: &RawConfig, listeners: &[ListenerConfig]) -> Option<SocketAddr> {
+    fn admin(&mut self, raw: &RawConfig, listeners: &[ListenerConfig]) -> Option<AdminConfig> {
         let a = raw.admin.as_ref()?;
-        let Ok(addr) = a.bind.get_ref().parse::<SocketAddr>() else {
-            return self.err(
-                a.bind.span(),
-                "admin.bind",
-                format!("`{}` is not an IP:port address", a.bind.get_ref()),
-            );
+        let token_file = a
+            .token_file
+            .as_ref()
+            .and_then(|t| self.existing_file(t, "admin.token_file"));
+        if let (Some(path), Some(raw_path)) = (&token_file, &a.token_file) {
+            let empty = std::fs::read_to_string(path).map_or(true, |t| t.trim().is_empty());
+            if empty {
+                self.err::<()>(
+                    raw_path.span(),
+                    "admin.token_file",
+                    format!("`{}` holds no token", path.display()),
+                );
+            }
+        }
+        let listen = match (&a.bind, &a.socket) {
+            (Some(_), Some(s)) => {
+                return self.err(s.span(), "admin.socket", "set bind or socket, not both")
+            }
+            (None, None) => {
+                self.errors.push(ConfigError {
+                    file: self.loc.file.to_path_buf(),
+                    position: None,
+                    field: "admin".into(),
+                    message: "[admin] needs bind = \"127.0.0.1:9901\" or socket = \"/run/wasmgate/admin.sock\"".into(),
+                });
+                return None;
+            }
+            (None, Some(s)) => AdminListen::Unix(self.base_dir.join(s.get_ref())),
+            (Some(bind), None) => {
+                let Ok(addr) = bind.get_ref().parse::<SocketAddr>() else {
+                    return self.err(
+                        bind.span(),
+                        "admin.bind",
+                        format!("`{}` is not an IP:port address", bind.get_ref()),
+                    );
+                };
+                if listeners.iter().any(|l| l.bind == addr && addr.port() != 0) {
+                    return self.err(
+                        bind.span(),
+                        "admin.bind",
+                        "the admin endpoint cannot share a proxy listener's address",
+                    );
+                }
+                // Metrics and status name sites, tenants and errors: beyond loopback, only with a token.
+                if !addr.ip().is_loopback() && a.token_file.is_none() {
+                    return self.err(
+                        bind.span(),
+                        "admin.bind",
+                        "the admin endpoint exposes metrics and status: beyond loopback it needs token_file = \"...\" (a bearer token), or use socket = \"...\" instead of bind (allow_public alone is no longer enough)",
+                    );
+                }
+                AdminListen::Tcp(addr)
+            }
         };
-        if listeners.iter().any(|l| l.bind == addr && addr.port() != 0) {
-            return self.err(
-                a.bind.span(),
-                "admin.bind",
-                "the admin endpoint cannot share a proxy listener's address",
-            );
-        }
-        if !addr.ip().is_loopback() && !a.allow_public {
-            return self.err(
-                a.bind.span(),
-                "admin.bind",
-                "the admin endpoint exposes metrics and status: bind it to loopback, or set allow_public = true",
-            );
-        }
-        Some(addr)
+        Some(AdminConfig { listen, token_file })
     }
 
     fn tenants(&mut self, raw: &RawConfig) -> Option<TenantsConfig> {
@@ -514,11 +565,38 @@ impl<'a> Validator<'a> {
                 Some(r) => *r.get_ref(),
                 None => false,
             };
+            let from: Vec<IpNet> = l
+                .proxy_protocol_from
+                .iter()
+                .enumerate()
+                .filter_map(|(j, c)| self.cidr(c, &format!("{field}.proxy_protocol_from[{j}]")))
+                .collect();
+            let proxy_protocol = match (l.proxy_protocol, from.is_empty()) {
+                (true, false) => Some(from),
+                (true, true) => {
+                    self.err::<()>(
+                        l.name.span(),
+                        &format!("{field}.proxy_protocol"),
+                        "proxy_protocol = true needs proxy_protocol_from = [\"CIDR of the load balancers\", ...]: a PROXY header from anyone else would let them pick their own address",
+                    );
+                    None
+                }
+                (false, false) => {
+                    self.err::<()>(
+                        l.proxy_protocol_from[0].span(),
+                        &format!("{field}.proxy_protocol_from"),
+                        "proxy_protocol_from without proxy_protocol = true",
+                    );
+                    None
+                }
+                (false, true) => None,
+            };
             out.push(ListenerConfig {
                 name: l.name.get_ref().clone(),
                 bind,
                 tls: l.tls,
                 reject_unknown_sni,
+                proxy_protocol,
             });
         }
         if raw.is_empty() {
@@ -599,6 +677,7 @@ impl<'a> Validator<'a> {
         for (sub, v) in [
             ("header_read", &s.timeouts.header_read),
             ("keepalive", &s.timeouts.keepalive),
+            ("io", &s.timeouts.io),
         ] {
             if let Some(v) = v {
                 self.err::<()>(
@@ -1003,7 +1082,57 @@ impl<'a> Validator<'a> {
                 .max_connections
                 .as_ref()
                 .map_or(d.max_connections, |n| *n.get_ref() as usize),
+            max_connections_per_ip: match &raw.max_connections_per_ip {
+                Some(n) if *n.get_ref() == 0 => self.err(
+                    n.span(),
+                    "limits.max_connections_per_ip",
+                    "must be at least 1 (leave it out for no limit)",
+                ),
+                Some(n) => Some(*n.get_ref() as usize),
+                None => None,
+            },
+            min_rate: self.min_rate(raw),
         }
+    }
+
+    /// `min_rate = "1KiB/s"` (bytes per second, with a size unit), judged over `min_rate_window`.
+    fn min_rate(&mut self, raw: &RawLimits) -> Option<MinRate> {
+        let window = self
+            .duration_opt(&raw.min_rate_window, "limits.min_rate_window")
+            .unwrap_or(Duration::from_secs(10));
+        let Some(rate) = &raw.min_rate else {
+            if let Some(w) = &raw.min_rate_window {
+                self.err::<()>(
+                    w.span(),
+                    "limits.min_rate_window",
+                    "min_rate_window without min_rate",
+                );
+            }
+            return None;
+        };
+        let text = rate.get_ref().trim();
+        let Some(size) = text.strip_suffix("/s") else {
+            return self.err(
+                rate.span(),
+                "limits.min_rate",
+                format!("`{text}` is not a rate: write e.g. \"1KiB/s\""),
+            );
+        };
+        let bytes_per_sec = match super::units::parse_size(size) {
+            Ok(0) => return self.err(rate.span(), "limits.min_rate", "must be more than 0/s"),
+            Ok(n) => n,
+            Err(m) => return self.err(rate.span(), "limits.min_rate", m),
+        };
+        if window < Duration::from_secs(1) {
+            if let Some(w) = &raw.min_rate_window {
+                self.err::<()>(w.span(), "limits.min_rate_window", "must be at least 1s");
+            }
+            return None;
+        }
+        Some(MinRate {
+            bytes_per_sec,
+            window,
+        })
     }
 
     fn duration_opt(&mut self, raw: &Option<Spanned<String>>, field: &str) -> Option<Duration> {

@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -165,6 +166,9 @@ impl Upstream {
                         body,
                         ended: false,
                         back: Some((key, backend.authority.clone(), tx)),
+                        idle: None,
+                        timer: None,
+                        armed: false,
                     }))
                 }
                 Err(mut e) => match e.take_message() {
@@ -195,27 +199,68 @@ impl Upstream {
     }
 }
 
+/// A backend that went silent in the middle of its response body for the route's `timeouts.idle`
+/// (nginx's `proxy_read_timeout` between two reads). The client's response is cut.
+#[derive(Debug, thiserror::Error)]
+#[error("the backend sent nothing of its response body for {0:?} (timeouts.idle)")]
+pub struct BackendBodyIdle(pub Duration);
+
 /// A backend response body that returns its connection to the pool once read to the end (when it is
 /// dropped; hyper drops it after the last byte went out, or never polls it when it is empty).
 pub struct PooledBody {
     body: Incoming,
     ended: bool,
     back: Option<(PoolKey, String, SendRequest<ProxyBody>)>,
+    /// See [`PooledBody::idle_timeout`].
+    idle: Option<Duration>,
+    /// Armed while the backend owes us bytes (allocated at the first wait only).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer is set for the current wait.
+    armed: bool,
+}
+
+impl PooledBody {
+    /// Fail the body (cutting the client's response) when the backend sends nothing for `idle`.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
+    }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::proxy::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) {
-            self.ended = true;
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending => {}
+            Poll::Ready(polled) => {
+                this.armed = false;
+                if polled.is_none() {
+                    this.ended = true;
+                }
+                return Poll::Ready(polled.map(|r| r.map_err(Into::into)));
+            }
         }
-        polled
+        let Some(idle) = this.idle else {
+            return Poll::Pending;
+        };
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        if !this.armed {
+            timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            this.armed = true;
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            // The connection is dropped with the body (not `ended`): it goes, not back to the pool.
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BackendBodyIdle(idle))))),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -329,6 +374,18 @@ fn classify(err: &hyper::Error, backend: &Backend) -> ProxyError {
     while let Some(e) = src {
         if let Some(t) = e.downcast_ref::<crate::proxy::body::TooLarge>() {
             return ProxyError::BodyTooLarge { limit: t.0 };
+        }
+        // The request body failed on the client's side: its fault, not the backend's.
+        if let Some(c) = e.downcast_ref::<crate::proxy::body::ClientBodyError>() {
+            return match c {
+                crate::proxy::body::ClientBodyError::Broken(_) => {
+                    ProxyError::BadRequestBody(c.to_string())
+                }
+                _ => ProxyError::ClientTimeout {
+                    kind: c.kind(),
+                    detail: c.to_string(),
+                },
+            };
         }
         src = e.source();
     }

@@ -38,7 +38,11 @@ use headers::{add_forwarding, has_token, Forwarding};
 /// Facts about one client connection, shared by all requests on it.
 #[derive(Debug)]
 pub struct ConnInfo {
+    /// The client: the TCP peer, or the address a trusted PROXY protocol header gave. Everything —
+    /// `trusted_proxies`, X-Forwarded-For, ip-allow, limits, logs — judges this one.
     pub peer: SocketAddr,
+    /// The TCP peer (the balancer, when PROXY protocol named another client), for logs.
+    pub tcp_peer: SocketAddr,
     pub listener: usize,
     pub listener_name: Arc<str>,
     pub tls: Option<TlsConn>,
@@ -89,6 +93,9 @@ pub async fn handle(
         req.uri().path(),
         version,
     );
+    if conn.tcp_peer != conn.peer {
+        access.proxy_peer = Some(conn.tcp_peer.ip().to_string());
+    }
     let mut routed = match route_request(&rt, &conn, &req, client.ip, &mut access) {
         Ok(Routing::Serve(r)) => r,
         Ok(Routing::Answer(resp)) => return Ok(finish(resp, access, None)),
@@ -156,8 +163,12 @@ fn finish(
     let (parts, body) = response.into_parts();
     let out = Arc::new(AtomicU64::new(0));
     let counted = Metered::new(body, out.clone(), None);
-    let logged = OnDone::new(counted, move |complete| {
-        access.emit(out.load(Ordering::Relaxed), complete);
+    let logged = OnDone::new(counted, move |ended: body::Ended| {
+        if let Some(why) = ended.error {
+            // A response cut in the middle: the line says why (a silent backend, …).
+            access.error = Some(why.to_string());
+        }
+        access.emit(out.load(Ordering::Relaxed), ended.complete);
         drop(slot);
     });
     Response::from_parts(parts, logged.boxed_unsync())
@@ -303,7 +314,11 @@ async fn serve(
             ));
         }
     }
-    forward(conn, &route, &routed.state, req, client, access).await
+    let io = {
+        let rt = shared.runtime.load();
+        (rt.config.io_timeout, rt.config.limits.min_rate)
+    };
+    forward(conn, &route, &routed.state, req, client, access, io).await
 }
 
 /// The authority the client addressed: `:authority` on h2, the absolute-form target or `Host` on h1.
@@ -434,6 +449,7 @@ async fn forward(
     req: Request<Incoming>,
     client: &ClientAddr,
     access: &AccessRecord,
+    (io, min_rate): (std::time::Duration, Option<crate::config::MinRate>),
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let limit = route.cfg.max_body_bytes;
     let declared = req
@@ -449,6 +465,7 @@ async fn forward(
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     upstream_headers(&mut parts.headers, conn, route, state, client);
+    let body = body::ClientBody::new(body, io, min_rate);
     let body = Metered::new(body, access.bytes_in.clone(), Some(limit)).boxed_unsync();
     let upstream_req = Request::from_parts(parts, body);
 
@@ -466,7 +483,7 @@ async fn forward(
                 after_ms: timeout.as_millis(),
             })
         }
-        Ok(r) => r?,
+        Ok(r) => r?.map(|b| b.idle_timeout(route.cfg.timeouts.idle)),
     };
     // A 101 to a request that asked for no upgrade (WebSockets take the other path) would switch the
     // client's connection to a protocol nobody agreed on: the backend is broken (RFC 9110 §15.2.2).
