@@ -166,11 +166,14 @@ impl Relevant {
 }
 
 fn watch_dirs(w: &mut impl Watcher, watched: &mut BTreeSet<PathBuf>, config: &Path, rt: &Runtime) {
-    if let Some(t) = &rt.config.tenants {
-        // Recursively: a tenant directory created later is seen too.
-        if watched.insert(t.dir.clone()) {
-            if let Err(e) = w.watch(&t.dir, RecursiveMode::Recursive) {
-                tracing::warn!(dir = %t.dir.display(), "cannot watch: {e}");
+    // The tenants directory and each tenant's directories one by one, within the tenant's caps: a
+    // recursive watch would follow a tenant's 100k directories (or its symlinks) for everyone's
+    // inotify budget. A directory created later is seen by its parent's watch and added after the
+    // reload it triggers.
+    for dir in rt.tenant_watch_dirs() {
+        if watched.insert(dir.clone()) {
+            if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), "cannot watch: {e}");
             }
         }
     }
@@ -202,5 +205,6 @@ pub fn fingerprint(config: &Path, rt: &Runtime) -> String {
             Err(_) => h.update(b"<missing>"),
         }
     }
+    h.update(rt.tenant_digest().as_bytes());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

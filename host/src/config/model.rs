@@ -41,6 +41,13 @@ pub struct TenantsConfig {
     pub defaults: TenantLimits,
     /// Fully resolved limits (defaults applied) for tenants the operator named.
     pub overrides: std::collections::BTreeMap<String, TenantLimits>,
+    /// Host ownership (issue 14.1): host patterns the operator hands to each tenant
+    /// (`[tenant_limits.X] hosts`); a tenant listed here may claim only hosts they cover, and a host
+    /// they cover is that tenant's against every other tenant and the operator's own wildcards.
+    pub grants: std::collections::BTreeMap<String, Vec<String>>,
+    /// Where the owner of each tenant host is recorded, so a restart or a handover gives a contested
+    /// host to the tenant that had it. `None`: nowhere to keep it (contested hosts go to no one).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl TenantsConfig {
@@ -59,6 +66,8 @@ pub struct TenantLimits {
     /// Open WebSocket tunnels at once (503 beyond).
     pub max_tunnels: usize,
     pub max_body_bytes: u64,
+    /// What the tenant's directory may hold (issue 14.4).
+    pub files: super::tenant_fs::FileCaps,
 }
 
 impl Default for TenantLimits {
@@ -69,6 +78,7 @@ impl Default for TenantLimits {
             max_requests: 1024,
             max_tunnels: 1024,
             max_body_bytes: 16 << 20,
+            files: Default::default(),
         }
     }
 }
@@ -183,6 +193,8 @@ pub struct PluginConfig {
     pub limits: PluginLimits,
     /// Directory that `read-config-file` resolves against and may not leave.
     pub base_dir: PathBuf,
+    /// For a tenant's plugin: its wasm and data files are opened beneath the tenant's directory.
+    pub confined: Option<super::tenant_fs::Confined>,
     /// `file:line:col` of the entry, for messages.
     pub location: String,
 }

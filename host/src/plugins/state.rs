@@ -30,6 +30,8 @@ pub struct Identity {
 #[derive(Debug)]
 pub struct ConfigFiles {
     pub base_dir: PathBuf,
+    /// A tenant's plugin: files are opened beneath the tenant's directory, no symlink followed.
+    pub confined: Option<crate::config::tenant_fs::Confined>,
     pub read: Mutex<BTreeMap<PathBuf, Result<Vec<u8>, String>>>,
 }
 
@@ -46,16 +48,20 @@ impl ConfigFiles {
             ));
         }
         let path = self.base_dir.join(rel_path);
-        // A symlink may not lead out of the directory either (a tenant's files are its own).
-        if let (Ok(real), Ok(root)) = (path.canonicalize(), self.base_dir.canonicalize()) {
-            if !real.starts_with(&root) {
-                return Err(format!("`{rel}` leads outside the config directory"));
+        if self.confined.is_none() {
+            // A symlink may not lead out of the operator's directory either.
+            if let (Ok(real), Ok(root)) = (path.canonicalize(), self.base_dir.canonicalize()) {
+                if !real.starts_with(&root) {
+                    return Err(format!("`{rel}` leads outside the config directory"));
+                }
             }
         }
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
         read.entry(path.clone())
-            .or_insert_with(|| {
-                std::fs::read(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+            .or_insert_with(|| match &self.confined {
+                Some(c) => c.read(rel_path),
+                None => std::fs::read(&path)
+                    .map_err(|e| format!("cannot read `{}`: {e}", path.display())),
             })
             .clone()
     }
@@ -124,22 +130,25 @@ impl bindings::wasmgate::plugin::host::Host for State {
     fn log(&mut self, level: Level, message: String) {
         let w = &self.who;
         let id = self.request_id.as_deref().unwrap_or("-");
+        // The guest's text is data: escaped, so it cannot start a line that looks like the host's.
         let message: String = message.chars().take(4096).collect();
+        let message = crate::log::escaped(&message);
+        let tenant = w.tenant.as_deref().unwrap_or("-");
         match level {
             Level::Trace => {
-                tracing::trace!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+                tracing::trace!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant, id, "{message}")
             }
             Level::Debug => {
-                tracing::debug!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+                tracing::debug!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant, id, "{message}")
             }
             Level::Info => {
-                tracing::info!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+                tracing::info!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant, id, "{message}")
             }
             Level::Warn => {
-                tracing::warn!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+                tracing::warn!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant, id, "{message}")
             }
             Level::Error => {
-                tracing::error!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+                tracing::error!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant, id, "{message}")
             }
         }
     }
@@ -203,7 +212,8 @@ impl LogStream {
     fn emit(&mut self) {
         if !self.line.is_empty() {
             let text = String::from_utf8_lossy(&self.line);
-            tracing::info!(target: "wasmgate::plugin", plugin = %self.who.name, site = %self.who.site, stream = self.stream, "{}", text.trim_end());
+            let tenant = self.who.tenant.as_deref().unwrap_or("-");
+            tracing::info!(target: "wasmgate::plugin", plugin = %self.who.name, site = %self.who.site, tenant, stream = self.stream, "{}", crate::log::escaped(text.trim_end()));
             self.line.clear();
         }
     }
