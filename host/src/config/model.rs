@@ -133,6 +133,8 @@ pub struct SiteConfig {
     pub listeners: Vec<String>,
     /// Lower-case host names; `*.example.org` matches any single label in front.
     pub hosts: Vec<String>,
+    /// `file:line:col` of each of `hosts`, for ownership refusals.
+    pub host_locations: Vec<String>,
     pub default: bool,
     pub tls: Option<TlsFiles>,
     pub routes: Vec<RouteConfig>,

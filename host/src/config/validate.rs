@@ -492,9 +492,14 @@ impl<'a> Validator<'a> {
             );
         }
         let mut hosts = Vec::new();
+        let mut host_locations = Vec::new();
         for (i, h) in s.hosts.iter().enumerate() {
             match normalise_host_pattern(h.get_ref()) {
-                Ok(h) => hosts.push(h),
+                Ok(n) => {
+                    let (line, col) = self.loc.position(h.span().start);
+                    host_locations.push(format!("{}:{line}:{col}", self.loc.file.display()));
+                    hosts.push(n);
+                }
                 Err(m) => {
                     ok = false;
                     self.err::<()>(h.span(), &format!("{field}.hosts[{i}]"), m);
@@ -559,6 +564,7 @@ impl<'a> Validator<'a> {
             name,
             listeners: s.listeners.get_ref().clone(),
             hosts,
+            host_locations,
             default: s.default,
             tls,
             routes,

@@ -274,8 +274,38 @@ impl Runtime {
         b: &Builders,
         previous: Option<&Runtime>,
     ) -> Result<Runtime, ConfigErrors> {
+        Runtime::build_with(config, b, previous, None)
+    }
+
+    /// `wasmgate check --tenant`: build `config` as a reload would if tenant `name`'s directory
+    /// became `dir` — the tenants now on disk (with the recorded owners) are the running ones, the
+    /// candidate is the change, judged by the same code. Nothing is recorded.
+    pub fn check_tenant(
+        config: Config,
+        b: &Builders,
+        name: &str,
+        dir: &std::path::Path,
+    ) -> Result<Runtime, ConfigErrors> {
+        if config.tenants.is_none() {
+            return Err(ConfigErrors::single(
+                &config.path,
+                "tenants_dir",
+                "this configuration has no tenants_dir: there is nothing to check a tenant against",
+            ));
+        }
+        let current = Runtime::build(config.clone(), b, None)?;
+        *b.owners.lock().unwrap_or_else(|p| p.into_inner()) = Some(current.owners.clone());
+        Runtime::build_with(config, b, Some(&current), Some((name, dir)))
+    }
+
+    fn build_with(
+        config: Config,
+        b: &Builders,
+        previous: Option<&Runtime>,
+        candidate: Option<(&str, &std::path::Path)>,
+    ) -> Result<Runtime, ConfigErrors> {
         let operator = build_sites(&config.sites, b, &config.path, None).map_err(ConfigErrors)?;
-        let tenants = tenants::build_all(&config, b, previous, &operator);
+        let tenants = tenants::build_all(&config, b, previous, &operator, candidate);
         let all: Vec<&BuiltSite> = operator
             .iter()
             .chain(tenants.live.iter().flat_map(|t| t.sites.iter()))

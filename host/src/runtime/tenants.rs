@@ -143,6 +143,15 @@ impl TenantRuntime {
         c.dedup();
         c
     }
+
+    /// Where `claim` is written (`file:line:col`), for messages.
+    fn location(&self, claim: &str) -> String {
+        self.sites
+            .iter()
+            .flat_map(|s| s.cfg.hosts.iter().zip(&s.cfg.host_locations))
+            .find(|(h, _)| *h == claim)
+            .map_or_else(|| format!("tenant `{}`", self.name), |(_, at)| at.clone())
+    }
 }
 
 pub(super) struct Outcome {
@@ -177,6 +186,7 @@ pub(super) fn build_all(
     b: &Builders,
     previous: Option<&Runtime>,
     operator: &[BuiltSite],
+    candidate: Option<(&str, &Path)>,
 ) -> Outcome {
     let mut out = Outcome {
         live: Vec::new(),
@@ -188,7 +198,13 @@ pub(super) fn build_all(
     };
     let records = b.owners(config);
     let mut contenders = Vec::new();
-    let (dirs, bad_names) = tenant_dirs(&tc.dir);
+    let (mut dirs, bad_names) = tenant_dirs(&tc.dir);
+    if let Some((name, dir)) = candidate {
+        // `wasmgate check --tenant`: this directory stands for tenant `name`, as if it had landed.
+        dirs.retain(|(n, _)| n != name);
+        dirs.push((name.to_string(), dir.to_path_buf()));
+        dirs.sort();
+    }
     for bad in bad_names {
         let why = format!(
             "{}: a tenant directory's name must be a name (letters, digits, `-`, `_`, `.`; at most 64)",
@@ -376,7 +392,10 @@ fn settle(
             } else {
                 "its previous version"
             };
-            c.why.push(format!("{which}: {why}"));
+            // `why` starts with "host `x`": say where x is written.
+            let claim = why.split('`').nth(1).unwrap_or_default();
+            let at = c.chosen().map(|v| v.location(claim)).unwrap_or_default();
+            c.why.push(format!("{at}: {which}: {why}"));
             c.choice += 1;
         }
     }
