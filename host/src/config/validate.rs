@@ -954,7 +954,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{} is not a name: use letters, digits, `-`, `_` and `.` (starting with a letter or digit, at most 64)",
+            "`{}` is not a name: use letters, digits, `-`, `_` and `.` (starting with a letter or digit, at most 64)",
             crate::log::escaped(name)
         ))
     }

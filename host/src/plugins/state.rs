@@ -136,19 +136,19 @@ impl bindings::wasmgate::plugin::host::Host for State {
         let tenant = w.tenant.as_deref().unwrap_or("-");
         match level {
             Level::Trace => {
-                tracing::trace!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant, id, "{message}")
+                tracing::trace!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant = %tenant, id, "{message}")
             }
             Level::Debug => {
-                tracing::debug!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant, id, "{message}")
+                tracing::debug!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant = %tenant, id, "{message}")
             }
             Level::Info => {
-                tracing::info!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant, id, "{message}")
+                tracing::info!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant = %tenant, id, "{message}")
             }
             Level::Warn => {
-                tracing::warn!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant, id, "{message}")
+                tracing::warn!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant = %tenant, id, "{message}")
             }
             Level::Error => {
-                tracing::error!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant, id, "{message}")
+                tracing::error!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant = %tenant, id, "{message}")
             }
         }
     }
@@ -213,7 +213,7 @@ impl LogStream {
         if !self.line.is_empty() {
             let text = String::from_utf8_lossy(&self.line);
             let tenant = self.who.tenant.as_deref().unwrap_or("-");
-            tracing::info!(target: "wasmgate::plugin", plugin = %self.who.name, site = %self.who.site, tenant, stream = self.stream, "{}", crate::log::escaped(text.trim_end()));
+            tracing::info!(target: "wasmgate::plugin", plugin = %self.who.name, site = %self.who.site, tenant = %tenant, stream = %self.stream, "{}", crate::log::escaped(text.trim_end()));
             self.line.clear();
         }
     }

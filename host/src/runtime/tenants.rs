@@ -402,9 +402,13 @@ fn settle(
 }
 
 fn refuse(errors: &mut BTreeMap<String, String>, name: &str, why: &[String], stays: &str) {
-    let why = why.join("\n");
-    tracing::error!(tenant = %name, "tenant refused; {stays}:\n{why}");
-    errors.insert(name.to_string(), format!("{why}\n({stays})"));
+    // One line per reason, each with the tenant's name: the log can be grepped by tenant, and every
+    // reason is one line (`ConfigError` escapes what it quotes).
+    tracing::error!(tenant = %name, "tenant refused; {stays}");
+    for reason in why.iter().flat_map(|w| w.lines()) {
+        tracing::error!(tenant = %name, "tenant refused: {reason}");
+    }
+    errors.insert(name.to_string(), format!("{}\n({stays})", why.join("\n")));
 }
 
 /// What of the operator's config shapes a tenant besides its own files: a change here rebuilds the
@@ -417,7 +421,7 @@ fn operator_inputs(config: &Config, name: &str, limits: &TenantLimits) -> String
         tc.and_then(|t| t.grants.get(name)),
         config.listeners,
         config.default_timeouts,
-        config.limits,
+        config.limits.max_body_bytes,
     );
     Sha256::digest(text.as_bytes())
         .iter()
