@@ -4,7 +4,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use wasmgate::router::{longest_prefix, map_path, normalise_host, prefix_matches, HostTable};
+use wasmgate::router::{
+    lenient_agrees, longest_prefix, map_path, normalise_host, pick_route, prefix_matches, prefix_matches_as, HostTable, Pick,
+};
 
 #[derive(Arbitrary, Debug)]
 struct Input<'a> {
@@ -12,6 +14,8 @@ struct Input<'a> {
     default: Option<u8>,
     authority: &'a str,
     prefixes: Vec<&'a str>,
+    /// Which routes are `case_insensitive`, by position.
+    folds: Vec<bool>,
     bases: Vec<&'a str>,
     path: &'a str,
 }
@@ -41,5 +45,27 @@ fuzz_target!(|i: Input<'_>| {
         let base = i.bases.first().map(|b| if b.starts_with('/') { b.to_string() } else { format!("/{b}") }).unwrap_or_else(|| "/".into());
         let mapped = map_path(prefix, &base, &path);
         assert!(mapped.starts_with(base.trim_end_matches('/')), "{prefix:?} {base:?} {path:?} -> {mapped:?}");
+    }
+
+    // The pick with case-insensitive routes: what it chooses covers the path (or is the path plus `/`),
+    // and cutting the prefix off for the backend never splits a character.
+    let routes: Vec<(&str, bool)> = prefixes.iter().enumerate().map(|(n, p)| (*p, i.folds.get(n).copied().unwrap_or(false))).collect();
+    let pick = pick_route(routes.iter().copied(), &path);
+    match pick {
+        Pick::Route(n) => {
+            let (prefix, fold) = routes[n];
+            assert!(prefix_matches_as(prefix, &path, fold), "{prefix:?} {fold} {path:?}");
+            let _ = map_path(prefix, "/", &path);
+        }
+        Pick::AddSlash(n) => {
+            let (prefix, fold) = routes[n];
+            assert_eq!(prefix.len(), path.len() + 1, "{prefix:?} {path:?}");
+            assert!(prefix_matches_as(prefix, &format!("{path}/"), fold), "{prefix:?} {path:?}");
+        }
+        Pick::Nothing => assert!(routes.iter().all(|(p, f)| !prefix_matches_as(p, &path, *f))),
+    }
+    // A path read exactly as the routes are (no folding anywhere) always agrees with itself.
+    if i.folds.iter().all(|f| !f) {
+        assert!(lenient_agrees(prefixes.iter().copied(), &path, pick.index()), "{prefixes:?} {path:?}");
     }
 });

@@ -23,10 +23,22 @@ pub enum Side {
 pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("bad request path: {0}")]
+    BadPath(crate::proxy::normalize::PathError),
+    #[error("path `{path}` is routed to `{route}`, but lenient backends read it as `{read}`, which another route serves")]
+    AmbiguousPath {
+        path: String,
+        read: String,
+        route: String,
+    },
     #[error("no site serves host `{0}`")]
     UnknownHost(String),
     #[error("TLS server name `{sni}` and Host `{host}` belong to different sites")]
     Misdirected { sni: String, host: String },
+    #[error(
+        "a TLS connection without SNI got the certificate of site `{site}`, not of Host `{host}`'s"
+    )]
+    MisdirectedNoSni { site: String, host: String },
     #[error("no route for this path")]
     NoRoute,
     #[error("request body larger than {limit} bytes")]
@@ -59,9 +71,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         use ProxyError::*;
         match self {
-            BadRequest(_) => StatusCode::BAD_REQUEST,
+            BadRequest(_) | BadPath(_) | AmbiguousPath { .. } => StatusCode::BAD_REQUEST,
             UnknownHost(_) | NoRoute => StatusCode::NOT_FOUND,
-            Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            Misdirected { .. } | MisdirectedNoSni { .. } => StatusCode::MISDIRECTED_REQUEST,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UpstreamConnect { .. } | UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             UpstreamConnectTimeout { .. } | UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -77,8 +89,11 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             BadRequest(_)
+            | BadPath(_)
+            | AmbiguousPath { .. }
             | UnknownHost(_)
             | Misdirected { .. }
+            | MisdirectedNoSni { .. }
             | NoRoute
             | BodyTooLarge { .. }
             | OriginRefused(_) => Side::Downstream,
@@ -95,8 +110,10 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             BadRequest(_) => "bad_request",
+            BadPath(_) => "bad_path",
+            AmbiguousPath { .. } => "ambiguous_path",
             UnknownHost(_) => "unknown_host",
-            Misdirected { .. } => "misdirected",
+            Misdirected { .. } | MisdirectedNoSni { .. } => "misdirected",
             NoRoute => "no_route",
             BodyTooLarge { .. } => "body_too_large",
             UpstreamConnect { .. } => "upstream_connect",
@@ -118,8 +135,14 @@ impl ProxyError {
         let reason = status.canonical_reason().unwrap_or("Error");
         let detail = match self {
             ProxyError::BadRequest(why) => format!("{why}\n"),
+            ProxyError::BadPath(why) => format!("{why}\n"),
+            ProxyError::AmbiguousPath { .. } => {
+                "the request path reads as another route's once case, trailing dots or spaces, %2F, %5C or ;parameters are folded\n".into()
+            }
             ProxyError::UnknownHost(_) => "no site is configured for this host\n".into(),
-            ProxyError::Misdirected { .. } => "this connection cannot serve that host\n".into(),
+            ProxyError::Misdirected { .. } | ProxyError::MisdirectedNoSni { .. } => {
+                "this connection cannot serve that host\n".into()
+            }
             ProxyError::BodyTooLarge { limit } => format!("request body exceeds {limit} bytes\n"),
             ProxyError::OriginRefused(_) => "WebSocket origin not allowed\n".into(),
             _ => String::new(),

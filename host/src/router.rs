@@ -30,8 +30,13 @@ impl HostTable {
         self.default = Some(site);
     }
 
-    /// The site for a normalised host name (see [`normalise_host`]).
+    /// The site for a normalised host name (see [`normalise_host`]), else the default site.
     pub fn lookup(&self, host: &str) -> Option<usize> {
+        self.lookup_named(host).or(self.default)
+    }
+
+    /// The site that names `host` among its hosts (exactly or by wildcard); never the default.
+    pub fn lookup_named(&self, host: &str) -> Option<usize> {
         if let Some(&s) = self.exact.get(host) {
             return Some(s);
         }
@@ -45,7 +50,6 @@ impl HostTable {
                     && !host[..host.len() - suffix.len()].contains('.')
             })
             .map(|&(_, s)| s)
-            .or(self.default)
     }
 }
 
@@ -119,6 +123,107 @@ pub fn longest_prefix<'a>(
         .map(|(i, _)| i)
 }
 
+/// The route a path selects, by [`pick_route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// The route at this index serves the path.
+    Route(usize),
+    /// The path is this route's prefix without its trailing slash (`/ops` for `/ops/`): nginx answers
+    /// it with a redirect to the prefix, unless another route is written exactly as the path.
+    AddSlash(usize),
+    Nothing,
+}
+
+impl Pick {
+    /// The route chosen, either way.
+    pub fn index(self) -> Option<usize> {
+        match self {
+            Pick::Route(i) | Pick::AddSlash(i) => Some(i),
+            Pick::Nothing => None,
+        }
+    }
+}
+
+/// Does `prefix` cover `path`, comparing ASCII letters case-insensitively when `fold`?
+pub fn prefix_matches_as(prefix: &str, path: &str, fold: bool) -> bool {
+    if !fold {
+        return prefix_matches(prefix, path);
+    }
+    let (p, q) = (prefix.as_bytes(), path.as_bytes());
+    q.len() >= p.len()
+        && q[..p.len()].eq_ignore_ascii_case(p)
+        && (q.len() == p.len() || p.ends_with(b"/") || q[p.len()] == b'/')
+}
+
+/// The route for `path` among `(prefix, case_insensitive)` pairs: the longest prefix covering it, or
+/// the slash redirect (see [`Pick::AddSlash`]). One pass, no allocation. Folding keeps lengths (ASCII
+/// only), so [`map_path`] cuts a case-insensitive prefix off at the same place.
+pub fn pick_route<'a>(routes: impl IntoIterator<Item = (&'a str, bool)>, path: &str) -> Pick {
+    let mut best: Option<(usize, usize)> = None;
+    let mut exact = false;
+    let mut slash = None;
+    for (i, (prefix, fold)) in routes.into_iter().enumerate() {
+        if prefix_matches_as(prefix, path, fold) {
+            exact |= prefix.len() == path.len();
+            if best.is_none_or(|(len, _)| prefix.len() > len) {
+                best = Some((prefix.len(), i));
+            }
+        } else if slash.is_none() && is_slash_of(prefix, path, fold) {
+            slash = Some(i);
+        }
+    }
+    match (slash, best) {
+        (Some(i), _) if !exact => Pick::AddSlash(i),
+        (_, Some((_, i))) => Pick::Route(i),
+        _ => Pick::Nothing,
+    }
+}
+
+/// Is `prefix` exactly `path` plus a trailing `/`?
+fn is_slash_of(prefix: &str, path: &str, fold: bool) -> bool {
+    prefix.len() == path.len() + 1
+        && prefix.ends_with('/')
+        && if fold {
+            prefix.as_bytes()[..path.len()].eq_ignore_ascii_case(path.as_bytes())
+        } else {
+            prefix.starts_with(path)
+        }
+}
+
+/// Would a route chosen for the lenient reading of a path (see `proxy::normalize::lenient_reading`)
+/// be `strict`, the one chosen for the path itself? `folded` are the routes' prefixes read the same
+/// way, in route order. Routes whose prefixes fold to the same text tie, and any of them agrees.
+pub fn lenient_agrees<'a>(
+    folded: impl IntoIterator<Item = &'a str>,
+    lenient: &str,
+    strict: Option<usize>,
+) -> bool {
+    let mut best = None;
+    let mut strict_len = None;
+    let mut exact = false;
+    let (mut slash, mut strict_slash) = (false, false);
+    for (i, prefix) in folded.into_iter().enumerate() {
+        let mine = strict == Some(i);
+        if prefix_matches(prefix, lenient) {
+            exact |= prefix.len() == lenient.len();
+            best = best.max(Some(prefix.len()));
+            if mine {
+                strict_len = Some(prefix.len());
+            }
+        } else if is_slash_of(prefix, lenient, false) {
+            slash = true;
+            strict_slash |= mine;
+        }
+    }
+    if slash && !exact {
+        return strict_slash;
+    }
+    match strict {
+        None => best.is_none(),
+        Some(_) => strict_len.is_some() && strict_len == best,
+    }
+}
+
 /// ProxyPass mapping: the matched `prefix` of `path` is replaced by the backend's `base` path, joined on
 /// exactly one `/` (Apache would produce `//` or glue segments together when the slashes disagree).
 pub fn map_path(prefix: &str, base: &str, path: &str) -> String {
@@ -151,6 +256,8 @@ mod tests {
         assert_eq!(t.lookup("example.org"), None);
         t.set_default(2);
         assert_eq!(t.lookup("other.test"), Some(2));
+        assert_eq!(t.lookup_named("other.test"), None);
+        assert_eq!(t.lookup_named("api.example.org"), Some(1));
     }
 
     #[test]
@@ -213,5 +320,53 @@ mod tests {
         assert_eq!(map_path("/app", "/base/", "/app/x"), "/base/x");
         assert_eq!(map_path("/app/", "/base", "/app/x"), "/base/x");
         assert_eq!(map_path("/app/", "/base/", "/app/"), "/base/");
+    }
+
+    #[test]
+    fn routes_are_picked_with_case_folding_and_slash_redirects() {
+        let routes = [
+            ("/", false),
+            ("/admin", false),
+            ("/ops/", false),
+            ("/Docs", true),
+        ];
+        assert_eq!(pick_route(routes, "/admin/x"), Pick::Route(1));
+        assert_eq!(pick_route(routes, "/ADMIN/x"), Pick::Route(0));
+        assert_eq!(pick_route(routes, "/docs/a"), Pick::Route(3));
+        assert_eq!(pick_route(routes, "/DOCS"), Pick::Route(3));
+        assert_eq!(pick_route(routes, "/docsx"), Pick::Route(0));
+        assert_eq!(pick_route(routes, "/ops"), Pick::AddSlash(2));
+        assert_eq!(pick_route(routes, "/ops/"), Pick::Route(2));
+        assert_eq!(pick_route(routes, "/OPS"), Pick::Route(0));
+        assert_eq!(pick_route([("/x/", true)], "/X"), Pick::AddSlash(0));
+        // A route written exactly as the path wins over the redirect.
+        assert_eq!(
+            pick_route([("/ops/", false), ("/ops", false)], "/ops"),
+            Pick::Route(1)
+        );
+        assert_eq!(pick_route([("/a", false)], "/b"), Pick::Nothing);
+        // Non-ASCII bytes never panic the folded comparison.
+        assert_eq!(pick_route([("/é", true)], "/É"), Pick::Nothing);
+        assert_eq!(pick_route([("/ab", true)], "/é"), Pick::Nothing);
+    }
+
+    #[test]
+    fn the_lenient_route_must_be_the_strict_one() {
+        let folded = ["/", "/admin", "/ops/"];
+        assert!(lenient_agrees(folded, "/api/projects", Some(0)));
+        assert!(!lenient_agrees(folded, "/admin/x", Some(0)));
+        assert!(lenient_agrees(folded, "/admin/x", Some(1)));
+        assert!(
+            !lenient_agrees(folded, "/ops", Some(0)),
+            "`/OPS` would reach /ops/ via the slash"
+        );
+        assert!(lenient_agrees(folded, "/ops", Some(2)));
+        assert!(!lenient_agrees(["/admin"], "/admin", None));
+        assert!(lenient_agrees(["/admin"], "/public", None));
+        // `/API` and `/api` fold to the same prefix: either agrees, `/` does not.
+        let twins = ["/", "/api", "/api"];
+        assert!(lenient_agrees(twins, "/api/x", Some(1)));
+        assert!(lenient_agrees(twins, "/api/x", Some(2)));
+        assert!(!lenient_agrees(twins, "/api/x", Some(0)));
     }
 }

@@ -88,6 +88,8 @@ pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
     pub tls: bool,
+    /// TLS only: refuse handshakes without SNI or with an unknown name (no fallback site).
+    pub reject_unknown_sni: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +165,8 @@ pub struct RouteConfig {
     pub allowed_origins: Option<Vec<String>>,
     pub max_tunnels: Option<usize>,
     pub max_body_bytes: u64,
+    /// The prefix matches ignoring ASCII case.
+    pub case_insensitive: bool,
     pub plugins: Vec<PluginConfig>,
 }
 

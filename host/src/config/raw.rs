@@ -86,6 +86,9 @@ pub struct RawListener {
     pub bind: Spanned<String>,
     #[serde(default)]
     pub tls: bool,
+    /// Refuse TLS handshakes without SNI, or with a name no site on the listener serves (nginx's
+    /// `ssl_reject_handshake`), instead of serving them the listener's default (or first) site.
+    pub tls_reject_unknown_sni: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +163,10 @@ pub struct RawRoute {
     pub max_body_bytes: Option<Spanned<SizeValue>>,
     /// PEM file with the CA certificates that an `https://`/`wss://` backend's certificate must chain to.
     pub ca: Option<Spanned<String>>,
+    /// Match the path prefix ignoring ASCII case (`/Admin/x` is this route's), instead of refusing
+    /// paths that only differ from it in case.
+    #[serde(default)]
+    pub case_insensitive: bool,
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<Spanned<RawPlugin>>,
 }

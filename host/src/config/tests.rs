@@ -192,3 +192,67 @@ timeouts = { idle = "2s" }
     assert_eq!(t.idle, Duration::from_secs(2));
     assert!(c.sites[0].routes[0].backend.websocket_scheme);
 }
+
+#[test]
+fn route_paths_in_another_spelling_and_sni_options_are_checked() {
+    let d = Dir::new();
+    let text = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+tls_reject_unknown_sni = true
+
+[[site]]
+name = "a"
+listeners = ["web"]
+hosts = ["a.example"]
+
+[[site.route]]
+path = "/caf%c3%a9//x"
+backend = "http://127.0.0.1:1/"
+
+[[site.route]]
+path = "/%C0%AE"
+backend = "http://127.0.0.1:1/"
+
+[[site.route]]
+path = "/api"
+backend = "http://127.0.0.1:1/"
+
+[[site.route]]
+path = "/Api"
+backend = "http://127.0.0.1:1/"
+case_insensitive = true
+"#;
+    let all = ConfigErrors(Config::parse(text, &d.path("w.toml")).unwrap_err().0).to_string();
+    assert!(
+        all.contains(
+            "w.toml:5:26: listener[0].tls_reject_unknown_sni: only a listener with tls = true"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "site[0].route[0].path: requests are matched in normal form: write `/caf%C3%A9/x`"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.contains("site[0].route[1].path: the request path is not UTF-8"),
+        "{all}"
+    );
+    assert!(
+        all.contains("site[0].route[3].path: `/Api` and `/api` differ only in case"),
+        "{all}"
+    );
+    // Written in normal form, and with case_insensitive on one route of each spelling, it loads.
+    let ok = text
+        .replace("tls_reject_unknown_sni = true\n", "")
+        .replace("/caf%c3%a9//x", "/caf%C3%A9/x")
+        .replace("/%C0%AE", "/ok")
+        .replace("path = \"/Api\"", "path = \"/Docs\"");
+    let cfg = Config::parse(&ok, &d.path("w.toml")).unwrap();
+    let routes = &cfg.sites[0].routes;
+    assert!(routes[3].case_insensitive && !routes[2].case_insensitive);
+    assert!(!cfg.listeners[0].reject_unknown_sni);
+}

@@ -432,10 +432,23 @@ impl<'a> Validator<'a> {
                     continue;
                 }
             };
+            let reject_unknown_sni = match &l.tls_reject_unknown_sni {
+                Some(r) if !l.tls => {
+                    self.err::<()>(
+                        r.span(),
+                        &format!("{field}.tls_reject_unknown_sni"),
+                        "only a listener with tls = true has handshakes to refuse",
+                    );
+                    false
+                }
+                Some(r) => *r.get_ref(),
+                None => false,
+            };
             out.push(ListenerConfig {
                 name: l.name.get_ref().clone(),
                 bind,
                 tls: l.tls,
+                reject_unknown_sni,
             });
         }
         if raw.is_empty() {
@@ -549,6 +562,19 @@ impl<'a> Validator<'a> {
                         &format!("{rfield}.path"),
                         "duplicate route path in this site",
                     );
+                } else if let Some(o) = routes.iter().find(|o| {
+                    (o.case_insensitive || route.case_insensitive)
+                        && o.path.eq_ignore_ascii_case(&route.path)
+                }) {
+                    // Which of the two would `/API/x` belong to? Neither answer is right.
+                    self.err::<()>(
+                        r.get_ref().path.span(),
+                        &format!("{rfield}.path"),
+                        format!(
+                            "`{}` and `{}` differ only in case, and case_insensitive makes them the same route",
+                            route.path, o.path
+                        ),
+                    );
                 }
                 routes.push(route);
             }
@@ -583,7 +609,7 @@ impl<'a> Validator<'a> {
     ) -> Option<RouteConfig> {
         let r = raw.get_ref();
         let path = r.path.get_ref();
-        let path_ok = path.starts_with('/')
+        let mut path_ok = path.starts_with('/')
             && !path.contains(['?', '#', ' '])
             && !path.chars().any(|c| c.is_control() || c.is_whitespace());
         if !path_ok {
@@ -592,6 +618,23 @@ impl<'a> Validator<'a> {
                 &format!("{field}.path"),
                 "a route path starts with `/` and has no query, spaces or control characters",
             );
+        } else {
+            // Requests are matched in normal form: a prefix written otherwise would never match.
+            match crate::proxy::normalize::normalize_path(path) {
+                Ok(n) if n == *path => {}
+                Ok(n) => {
+                    path_ok = false;
+                    self.err::<()>(
+                        r.path.span(),
+                        &format!("{field}.path"),
+                        format!("requests are matched in normal form: write `{n}`"),
+                    );
+                }
+                Err(e) => {
+                    path_ok = false;
+                    self.err::<()>(r.path.span(), &format!("{field}.path"), e.reason());
+                }
+            }
         }
         let ca =
             r.ca.as_ref()
@@ -619,6 +662,7 @@ impl<'a> Validator<'a> {
             allowed_origins,
             max_tunnels,
             max_body_bytes,
+            case_insensitive: r.case_insensitive,
             plugins,
         })
         .filter(|_| path_ok)

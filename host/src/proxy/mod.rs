@@ -11,6 +11,7 @@ pub mod client;
 pub mod headers;
 pub mod normalize;
 pub mod reverse;
+mod routing;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -26,7 +27,7 @@ use hyper::body::Incoming;
 use crate::error::ProxyError;
 use crate::log::AccessRecord;
 use crate::plugins::{Flow, RequestState};
-use crate::router::{map_path, normalise_host};
+use crate::router::map_path;
 use crate::runtime::{Route, Runtime, Site};
 use crate::server::Shared;
 use body::{Metered, OnDone, ProxyBody};
@@ -87,7 +88,8 @@ pub async fn handle(
         version,
     );
     let mut routed = match route_request(&rt, &conn, &req, client, &mut access) {
-        Ok(r) => r,
+        Ok(Routing::Serve(r)) => r,
+        Ok(Routing::Answer(resp)) => return Ok(finish(resp, access, None)),
         Err(err) => return Ok(finish(error_response(err, &mut access), access, None)),
     };
     // A tenant's request counts against its limit until the response body is done.
@@ -161,6 +163,10 @@ fn finish(
 
 fn log_error(err: &ProxyError, access: &AccessRecord) {
     match err.side() {
+        // A path that reads as another route's is a probe for a bypass: worth the operator's eyes.
+        crate::error::Side::Downstream if matches!(err, ProxyError::AmbiguousPath { .. }) => {
+            tracing::info!(id = %access.request_id, site = access.site.as_deref().unwrap_or("-"), kind = err.kind(), "refused: {err}")
+        }
         crate::error::Side::Downstream => {
             tracing::debug!(id = %access.request_id, kind = err.kind(), "{}", crate::log::escaped(&err.to_string()))
         }
@@ -185,6 +191,12 @@ pub fn version_name(v: Version) -> &'static str {
     }
 }
 
+/// What routing decided: serve the request, or answer it at once (nginx's trailing-slash redirect).
+enum Routing {
+    Serve(Routed),
+    Answer(Response<ProxyBody>),
+}
+
 /// Host, path and route: everything decided before any plugin runs.
 fn route_request(
     rt: &Runtime,
@@ -192,23 +204,26 @@ fn route_request(
     req: &Request<Incoming>,
     client: IpAddr,
     access: &mut AccessRecord,
-) -> Result<Routed, ProxyError> {
+) -> Result<Routing, ProxyError> {
     let authority = request_authority(req)?;
-    let path = normalize::normalize_path(req.uri().path())
-        .map_err(|_| ProxyError::BadRequest("invalid request path"))?;
-    let (site, route) = select(rt, conn, &authority, &path)?;
-    ensure_unambiguous_route(&site, route.as_ref(), &path)?;
+    let path = normalize::normalize_path(req.uri().path()).map_err(ProxyError::BadPath)?;
+    let (site, pick) = routing::select(rt, conn, &authority, &path)?;
+    let route = site.route(pick).cloned();
     access.site = Some(site.name.clone());
     access.tenant = site.tenant.as_ref().map(|t| t.name.clone());
     access.metrics = Some(route.as_ref().map_or(&site.metrics, |r| &r.metrics).clone());
     access.route = route.as_ref().map(|r| r.name.clone());
+    routing::ensure_unambiguous_route(&site, pick, &path)?;
+    if let crate::router::Pick::AddSlash(_) = pick {
+        return routing::add_slash(&path, req.uri().query()).map(Routing::Answer);
+    }
     let websocket = is_websocket_request(req);
     if req.method() == Method::CONNECT && !websocket {
         return Err(ProxyError::BadRequest(
             "CONNECT is only accepted for WebSockets (RFC 8441)",
         ));
     }
-    Ok(Routed {
+    Ok(Routing::Serve(Routed {
         state: RequestState {
             id: access.request_id.clone(),
             method: req.method().as_str().to_string(),
@@ -230,7 +245,7 @@ fn route_request(
         site,
         route,
         websocket,
-    })
+    }))
 }
 
 /// Plugins' on-request (site chain, then route chain), then the backend or a tunnel.
@@ -334,57 +349,6 @@ fn request_authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
         }
         None if req.version() == Version::HTTP_10 => Ok(String::new()),
         None => Err(ProxyError::BadRequest("missing Host header")),
-    }
-}
-
-/// Site by Host (agreeing with SNI on TLS listeners), then route by longest prefix.
-fn select(
-    rt: &Runtime,
-    conn: &ConnInfo,
-    authority: &str,
-    path: &str,
-) -> Result<(Arc<Site>, Option<Arc<Route>>), ProxyError> {
-    let listener = &rt.listeners[conn.listener];
-    let host = normalise_host(authority);
-    let site_idx = listener
-        .hosts
-        .lookup(&host)
-        .ok_or_else(|| ProxyError::UnknownHost(host.to_string()))?;
-    if let Some(sni) = conn.tls.as_ref().and_then(|t| t.sni.as_deref()) {
-        if listener.hosts.lookup(&normalise_host(sni)) != Some(site_idx) {
-            return Err(ProxyError::Misdirected {
-                sni: sni.to_string(),
-                host: host.into_owned(),
-            });
-        }
-    }
-    let site = rt.sites[site_idx].clone();
-    let route = site.route_for(path).cloned();
-    Ok((site, route))
-}
-
-/// Refuse a path that a lenient backend would read as belonging to another route (see
-/// [`normalize::lenient_reading`]): `/admin%2Fusers` or `/x;a/../admin` must not reach the `/` route's
-/// backend, which may decode them into `/admin/users`, past the `/admin` route's plugins. Paths that stay
-/// on their route under that reading (`/api/projects/group%2Fname`) pass unchanged.
-fn ensure_unambiguous_route(
-    site: &Site,
-    route: Option<&Arc<Route>>,
-    path: &str,
-) -> Result<(), ProxyError> {
-    let lenient = normalize::lenient_reading(path);
-    if lenient == path {
-        return Ok(());
-    }
-    let same = normalize::normalize_path(&lenient)
-        .ok()
-        .is_some_and(|n| site.route_for(&n).map(Arc::as_ptr) == route.map(Arc::as_ptr));
-    if same {
-        Ok(())
-    } else {
-        Err(ProxyError::BadRequest(
-            "the path reaches another route when %2F, %5C or ;parameters are decoded",
-        ))
     }
 }
 

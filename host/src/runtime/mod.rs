@@ -18,7 +18,7 @@ use crate::config::{Config, ConfigError, ConfigErrors, RouteConfig, SiteConfig};
 use crate::plugins::{Chain, PluginHost, PluginOwner};
 use crate::proxy::client::{Upstream, UpstreamCache};
 use crate::proxy::headers::TrustedProxies;
-use crate::router::{longest_prefix, HostTable};
+use crate::router::{lenient_agrees, pick_route, HostTable, Pick};
 
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 
@@ -50,15 +50,28 @@ pub struct ListenerRuntime {
     pub hosts: HostTable,
     /// Sites in this table are indices into `Runtime::sites`; kept here for SNI.
     site_certs: Vec<Option<Arc<CertifiedKey>>>,
+    /// The site whose certificate a handshake without SNI gets, and the only site such a connection
+    /// may reach: the listener's default site, else its first operator site in config order
+    /// (Apache's rule). `None` with `tls_reject_unknown_sni`: such handshakes fail.
+    pub no_sni_site: Option<usize>,
+    /// `tls_reject_unknown_sni`: a name no site lists fails the handshake, default site or not.
+    reject_unknown_sni: bool,
 }
 
 impl ListenerRuntime {
-    pub fn certificate_for(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let site = match sni {
+    /// The site a handshake with this server name (or none) is for.
+    pub fn tls_site(&self, sni: Option<&str>) -> Option<usize> {
+        match sni {
+            Some(name) if self.reject_unknown_sni => self
+                .hosts
+                .lookup_named(&crate::router::normalise_host(name)),
             Some(name) => self.hosts.lookup(&crate::router::normalise_host(name)),
-            None => self.hosts.lookup(""),
-        }?;
-        self.site_certs.get(site)?.clone()
+            None => self.no_sni_site,
+        }
+    }
+
+    pub fn certificate_for(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        self.site_certs.get(self.tls_site(sni)?)?.clone()
     }
 }
 
@@ -70,13 +83,65 @@ pub struct Site {
     pub plugins: Chain,
     /// Metric handles for requests that match no route.
     pub metrics: Arc<crate::metrics::RouteMetrics>,
+    /// Each route's prefix as lenient backends read it (see `normalize::lenient_reading`), in route
+    /// order, for [`Site::lenient_agrees`].
+    folded: Vec<String>,
+    /// Every prefix is its own lenient reading: a path that reads the same leniently (plain lower
+    /// case) then selects the same route both ways, and needs no second look.
+    plain_prefixes: bool,
 }
 
 impl Site {
-    pub fn route_for(&self, path: &str) -> Option<&Arc<Route>> {
-        longest_prefix(self.routes.iter().map(|r| r.cfg.path.as_str()), path)
-            .map(|i| &self.routes[i])
+    fn new(
+        name: &str,
+        tenant: Option<TenantHandle>,
+        routes: Vec<Arc<Route>>,
+        plugins: Chain,
+        metrics: Arc<crate::metrics::RouteMetrics>,
+    ) -> Site {
+        let folded: Vec<String> = routes.iter().map(|r| fold_prefix(&r.cfg.path)).collect();
+        let plain_prefixes = folded.iter().zip(&routes).all(|(f, r)| *f == r.cfg.path);
+        Site {
+            name: name.into(),
+            tenant,
+            routes,
+            plugins,
+            metrics,
+            folded,
+            plain_prefixes,
+        }
     }
+
+    /// The route for a normalised path (see [`crate::router::pick_route`]).
+    pub fn pick(&self, path: &str) -> Pick {
+        pick_route(
+            self.routes
+                .iter()
+                .map(|r| (r.cfg.path.as_str(), r.cfg.case_insensitive)),
+            path,
+        )
+    }
+
+    pub fn route(&self, pick: Pick) -> Option<&Arc<Route>> {
+        pick.index().map(|i| &self.routes[i])
+    }
+
+    /// Does `lenient`, a path as lenient backends read it (normalised again), select the route of
+    /// `pick`? `borrowed` says the lenient reading is the path itself.
+    pub fn lenient_agrees(&self, lenient: &str, borrowed: bool, pick: Pick) -> bool {
+        (borrowed && self.plain_prefixes)
+            || lenient_agrees(
+                self.folded.iter().map(String::as_str),
+                lenient,
+                pick.index(),
+            )
+    }
+}
+
+/// A route prefix read as [`crate::proxy::normalize::lenient_reading`] reads request paths.
+fn fold_prefix(prefix: &str) -> String {
+    let read = crate::proxy::normalize::lenient_reading(prefix);
+    crate::proxy::normalize::normalize_path(&read).unwrap_or_else(|_| read.into_owned())
 }
 
 pub struct Route {
@@ -240,17 +305,18 @@ pub fn build_sites(
                 )),
             }));
         }
-        let site = Arc::new(Site {
-            metrics: Arc::new(crate::metrics::RouteMetrics::new(
-                &sc.name,
-                "-",
-                sc.tenant.as_deref(),
-            )),
-            name: sc.name.as_str().into(),
-            tenant: tenant.cloned(),
+        let metrics = Arc::new(crate::metrics::RouteMetrics::new(
+            &sc.name,
+            "-",
+            sc.tenant.as_deref(),
+        ));
+        let site = Arc::new(Site::new(
+            &sc.name,
+            tenant.cloned(),
             routes,
-            plugins: site_plugins,
-        });
+            site_plugins,
+            metrics,
+        ));
         built.push(BuiltSite {
             cfg: sc.clone(),
             site,
@@ -316,6 +382,7 @@ impl Runtime {
             .map(|l| {
                 let mut hosts = HostTable::default();
                 let mut site_certs = vec![None; all.len()];
+                let (mut default, mut first) = (None, None);
                 for (si, bs) in all.iter().enumerate() {
                     if !bs.cfg.listeners.contains(&l.name) {
                         continue;
@@ -326,6 +393,13 @@ impl Runtime {
                     if bs.cfg.default {
                         hosts.set_default(si);
                     }
+                    // A tenant's site never answers for a connection that named no site.
+                    if bs.cfg.tenant.is_none() && bs.cert.is_some() {
+                        first = first.or(Some(si));
+                        if bs.cfg.default {
+                            default = Some(si);
+                        }
+                    }
                     site_certs[si] = bs.cert.clone();
                 }
                 ListenerRuntime {
@@ -333,6 +407,10 @@ impl Runtime {
                     tls: l.tls,
                     hosts,
                     site_certs,
+                    no_sni_site: (l.tls && !l.reject_unknown_sni)
+                        .then(|| default.or(first))
+                        .flatten(),
+                    reject_unknown_sni: l.reject_unknown_sni,
                 }
             })
             .collect();
@@ -409,7 +487,11 @@ impl Runtime {
                 "  {:<12} {:<22} {}\n",
                 l.name,
                 l.bind,
-                if l.tls { "tls" } else { "plain" }
+                match (l.tls, l.reject_unknown_sni) {
+                    (true, true) => "tls (reject unknown SNI)",
+                    (true, false) => "tls",
+                    _ => "plain",
+                }
             ));
         }
         out.push_str("sites:\n");
@@ -460,6 +542,9 @@ fn describe_site(out: &mut String, s: &SiteConfig) {
         }
         if !r.websocket {
             flags.push("no-websocket".into());
+        }
+        if r.case_insensitive {
+            flags.push("case_insensitive".into());
         }
         flags.push(format!("timeout={}s", r.timeouts.response.as_secs_f64()));
         let plugins: Vec<&str> = r.plugins.iter().map(|p| p.name.as_str()).collect();
