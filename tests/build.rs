@@ -11,6 +11,7 @@ const FIXTURES: &[&str] = &[
     "fixture-hog",
     "fixture-recurse",
     "fixture-init-fail",
+    "fixture-chatty",
 ];
 
 fn main() {

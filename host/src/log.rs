@@ -121,20 +121,20 @@ impl AccessRecord {
             id = %self.request_id,
             client = %self.client,
             listener = %self.listener,
-            site = self.site.as_deref().map(display),
-            tenant = self.tenant.as_deref().map(display),
-            route = self.route.as_deref().map(display),
+            site = self.site.as_deref().map(field),
+            tenant = self.tenant.as_deref().map(field),
+            route = self.route.as_deref().map(field),
             method = %self.method,
-            path = %self.path,
+            path = field(&self.path),
             version = %self.version,
             status = self.status,
             bytes_in,
             bytes_out,
             duration_ms = elapsed_ms(self.start),
-            upstream = self.upstream.as_deref().map(display),
-            plugin = self.answered_by.as_deref().map(display),
-            error = self.error.as_deref().map(display),
-            proxy_peer = self.proxy_peer.as_deref().map(display),
+            upstream = self.upstream.as_deref().map(field),
+            plugin = self.answered_by.as_deref().map(field),
+            error = self.error.as_deref().map(field),
+            proxy_peer = self.proxy_peer.as_deref().map(field),
             complete,
             "{} {} {}", self.method, self.path, self.status
         );
@@ -154,17 +154,17 @@ impl AccessRecord {
             id = %self.request_id,
             client = %self.client,
             listener = %self.listener,
-            site = self.site.as_deref().map(display),
-            tenant = self.tenant.as_deref().map(display),
-            route = self.route.as_deref().map(display),
+            site = self.site.as_deref().map(field),
+            tenant = self.tenant.as_deref().map(field),
+            route = self.route.as_deref().map(field),
             method = %self.method,
-            path = %self.path,
+            path = field(&self.path),
             version = %self.version,
             status = self.status,
             bytes_in = up,
             bytes_out = down,
             duration_ms = elapsed_ms(self.start),
-            upstream = self.upstream.as_deref().map(display),
+            upstream = self.upstream.as_deref().map(field),
             websocket = true,
             end = %end,
             "{} {} {} websocket closed: {end}", self.method, self.path, self.status
@@ -252,14 +252,14 @@ impl AccessRecord {
             LogFormat::Text => {
                 crate::log_sink::timestamp_at(&mut line, now);
                 line.push_str("  INFO wasmgate::access: ");
-                msg.iter().for_each(|m| line.push_str(m));
+                msg.iter().for_each(|m| line.push_str(&escaped(m)));
                 for (k, v, _) in fields {
-                    for part in [" ", k, "=", v] {
+                    for part in [" ", k, "=", &escaped(v)] {
                         line.push_str(part);
                     }
                 }
                 for (k, v) in tail {
-                    for part in [" ", k, "=", v.as_str()] {
+                    for part in [" ", k, "=", &escaped(v.as_str())] {
                         line.push_str(part);
                     }
                 }
@@ -346,6 +346,36 @@ pub(crate) fn ip(addr: IpAddr, out: &mut [u8; 64]) -> &str {
     std::str::from_utf8(&out[..len]).unwrap_or("-")
 }
 
+/// Text from configs, plugins and guests, made safe for a log line: CR, LF, tab and every other
+/// control character (and the Unicode line separators and bidi overrides, which can make a line look
+/// like another) come out as escapes, so no one can start a line of their own or hide part of one.
+/// Borrowed, no allocation, when there is nothing to escape (the common case).
+pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// [`escaped`] as a `tracing` field value.
+pub fn field(s: &str) -> tracing::field::DisplayValue<std::borrow::Cow<'_, str>> {
+    tracing::field::display(escaped(s))
+}
+
 fn json_str(out: &mut String, s: &str) {
     // serde_json's escaping, without building a `Value`.
     out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
@@ -358,6 +388,19 @@ fn elapsed_ms(start: Instant) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_from_configs_and_guests_cannot_start_a_line() {
+        assert!(matches!(
+            escaped("plain text"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escaped("ok\n2026-01-01T00:00:00Z  INFO wasmgate::access: GET / 200 tenant=b\r\x1b[2J\u{2028}\u{202e}"),
+            "ok\\n2026-01-01T00:00:00Z  INFO wasmgate::access: GET / 200 tenant=b\\r\\u{1b}[2J\\u{2028}\\u{202e}"
+        );
+        assert!(!escaped("a\u{85}b\0").contains(['\u{85}', '\0']));
+    }
 
     #[test]
     fn numbers_and_addresses_by_hand() {

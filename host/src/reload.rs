@@ -146,17 +146,23 @@ struct Watched {
     names: BTreeSet<PathBuf>,
     /// Directories to watch (non-recursively), canonical.
     dirs: BTreeSet<PathBuf>,
-    /// The tenants directory (watched recursively), canonical.
+    /// The tenants directory, canonical: any event under it is relevant.
     tenants: Option<PathBuf>,
+    /// The tenants directory and each tenant's directories, watched one by one within the tenant's
+    /// caps: a recursive watch would follow a tenant's 100k directories for everyone's inotify budget.
+    /// A directory created later is seen by its parent's watch and added after the reload it triggers.
+    tenant_dirs: Vec<PathBuf>,
 }
 
 impl Watched {
     fn of(config: &Path, rt: &Runtime) -> Watched {
         let tenants = rt.config.tenants.as_ref().map(|t| t.dir.as_path());
-        Watched::files(
+        let mut w = Watched::files(
             std::iter::once(config.to_path_buf()).chain(rt.inputs()),
             tenants,
-        )
+        );
+        w.tenant_dirs = rt.tenant_watch_dirs();
+        w
     }
 
     fn files(files: impl IntoIterator<Item = PathBuf>, tenants: Option<&Path>) -> Watched {
@@ -245,7 +251,7 @@ impl WatchedDirs {
             .dirs
             .iter()
             .map(|d| (d.clone(), false))
-            .chain(w.tenants.iter().map(|t| (t.clone(), true)))
+            .chain(w.tenant_dirs.iter().map(|t| (t.clone(), false)))
             .collect();
         for gone in self.0.difference(&want) {
             // Fails when the directory went away, taking its watch with it: nothing to do then.
@@ -288,6 +294,7 @@ pub fn fingerprint(config: &Path, rt: &Runtime) -> String {
             Err(_) => h.update(b"<missing>"),
         }
     }
+    h.update(rt.tenant_digest().as_bytes());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -104,6 +104,7 @@ impl Shared {
         let current = self.runtime.load();
         let config = (*current.config).clone();
         let next = Runtime::build(config, &self.builders, Some(&current))?;
+        self.builders.remember_owners(&next);
         self.runtime.store(Arc::new(next));
         Ok(())
     }
@@ -125,6 +126,7 @@ impl Shared {
             ));
         }
         let next = Runtime::build(config, &self.builders, Some(&current))?;
+        self.builders.remember_owners(&next);
         self.runtime.store(Arc::new(next));
         Ok(())
     }
@@ -244,6 +246,7 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let builders = Builders::new(config.cache_dir.clone());
         let runtime = Runtime::build(config, &builders, None)?;
+        builders.remember_owners(&runtime);
         let listeners = runtime.config.listeners.clone();
         let admin = runtime.config.admin.clone();
         let limits = runtime.config.limits.clone();

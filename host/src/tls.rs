@@ -20,14 +20,26 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Load a PEM certificate chain and its private key, and check that they belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: cannot read certificates: {e}", cert.display()))?
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()));
+    certified_key_from_pem(&read(cert)?, cert, &read(key)?, key)
+}
+
+/// [`load_certified_key`] from bytes already read (a tenant's, opened through `tenant_fs`); the
+/// paths are for messages.
+pub fn certified_key_from_pem(
+    cert_pem: &[u8],
+    cert: &Path,
+    key_pem: &[u8],
+    key: &Path,
+) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: bad PEM certificate: {e}", cert.display()))?;
     if chain.is_empty() {
         return Err(format!("{}: no CERTIFICATE block found", cert.display()));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| format!("{}: no usable private key: {e}", key.display()))?;
     let signing = provider()
         .key_provider

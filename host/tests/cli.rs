@@ -793,3 +793,119 @@ async fn handovers_under_keepalive_and_new_connection_load_lose_nothing() {
     }
     assert_eq!(try_get(addr, "app.test").await, Ok(200));
 }
+
+/// `check --tenant DIR` judges one directory (an upload that has not landed) as a reload would: the
+/// operator's grants and rules, the file rules, and the hosts the tenants on disk already serve.
+#[tokio::test]
+async fn check_tenant_judges_one_upload_as_a_reload_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let tenant = |hosts: &str, extra: &str| {
+        format!(
+            "[[site]]\nname = \"shop\"\nlisteners = [\"web\"]\nhosts = [{hosts}]\n{extra}\n[[site.route]]\npath = \"/\"\nbackend = \"http://127.0.0.1:9/\"\n"
+        )
+    };
+    let write = |rel: &str, text: &str| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write(
+        "wasmgate.toml",
+        r#"tenants_dir = "tenants"
+state_dir = "state"
+
+# The tenants' backends are on loopback, which tenant egress refuses unless allowed.
+[tenant_limits.default]
+backends = ["127.0.0.0/8"]
+
+[tenant_limits.acme]
+hosts = ["acme.example", "*.acme.example"]
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+
+[[site]]
+name = "platform"
+listeners = ["web"]
+hosts = ["*.platform.example"]
+
+[[site.route]]
+path = "/"
+backend = "http://127.0.0.1:9/"
+"#,
+    );
+    write(
+        "tenants/globex/tenant.toml",
+        &tenant("\"globex.example\"", ""),
+    );
+    let check = |upload: &str, name: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.args(["check", "--config"])
+            .arg(root.join("wasmgate.toml"))
+            .arg("--tenant")
+            .arg(root.join(upload));
+        if let Some(n) = name {
+            c.args(["--name", n]);
+        }
+        async move {
+            let out = c.output().await.unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+
+    write(
+        "uploads/acme/tenant.toml",
+        &tenant("\"shop.acme.example\"", ""),
+    );
+    let (ok, out, err) = check("uploads/acme", None).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("tenant `acme` OK"), "{out}");
+
+    // Outside its grant, the default site, an IP literal, and a certificate that is a symlink out.
+    std::os::unix::fs::symlink("/etc/hostname", root.join("uploads/acme/cert.pem")).unwrap();
+    write(
+        "uploads/acme/tenant.toml",
+        &tenant(
+            "\"globex.example\", \"10.0.0.1\"",
+            "default = true\ntls = { cert = \"cert.pem\", key = \"cert.pem\" }",
+        ),
+    );
+    let (ok, _, err) = check("uploads/acme", None).await;
+    assert!(!ok);
+    let f = root.join("uploads/acme/tenant.toml").display().to_string();
+    for expected in [
+        format!("{f}:4:10: site[0].hosts[0]: `globex.example` is outside the hosts the operator granted this tenant"),
+        format!("{f}:4:28: site[0].hosts[1]: a tenant may not claim an IP address"),
+        format!("{f}:1:1: site[0].default: only the operator's config may set default = true"),
+        format!("{f}:6:16: site[0].tls.cert: `cert.pem` is or passes through a symbolic link"),
+    ] {
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(
+        err.contains("tenant `acme`") && err.contains("would be refused"),
+        "{err}"
+    );
+
+    // A host the tenant on disk serves (by another name, sorting first): refused, like a reload.
+    write("uploads/aaa/tenant.toml", &tenant("\"globex.example\"", ""));
+    let (ok, _, err) = check("uploads/aaa", None).await;
+    assert!(!ok);
+    let f = root.join("uploads/aaa/tenant.toml").display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{f}:4:10: its new version: host `globex.example` belongs to tenant `globex`"
+        )),
+        "{err}"
+    );
+    // The same upload under the owner's name is globex's own change: fine.
+    let (ok, out, err) = check("uploads/aaa", Some("globex")).await;
+    assert!(ok && out.contains("tenant `globex` OK"), "{out}\n{err}");
+    // Nothing was recorded by checking.
+    assert!(!root.join("state").exists());
+}

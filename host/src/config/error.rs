@@ -15,14 +15,15 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
+        write!(f, "{}", crate::log::escaped(&self.file.to_string_lossy()))?;
         if let Some((line, col)) = self.position {
             write!(f, ":{line}:{col}")?;
         }
         if !self.field.is_empty() {
-            write!(f, ": {}", self.field)?;
+            write!(f, ": {}", crate::log::escaped(&self.field))?;
         }
-        write!(f, ": {}", self.message)
+        // Messages quote what the file says, which may be a tenant's: one error is one line.
+        write!(f, ": {}", crate::log::escaped(&self.message))
     }
 }
 

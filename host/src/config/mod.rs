@@ -5,13 +5,14 @@ mod error;
 mod files;
 mod model;
 mod raw;
+pub mod tenant_fs;
 pub mod units;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use files::{FileRefused, FileScope};
 pub use model::*;
-pub use validate::normalise_host_pattern;
+pub use validate::{check_name, normalise_host_pattern};
 
 use std::path::Path;
 
@@ -60,8 +61,16 @@ impl Config {
         own: &crate::egress::OwnAddrs,
     ) -> Result<Vec<SiteConfig>, ConfigErrors> {
         let path = dir.join("tenant.toml");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ConfigErrors::single(&path, "", format!("cannot read the file: {e}")))?;
+        let caps = self
+            .tenants
+            .as_ref()
+            .map(|t| t.limits_for(name))
+            .unwrap_or_default();
+        // The tenant's own file is opened like every other file of its: beneath its directory.
+        let bytes = tenant_fs::read(dir, Path::new("tenant.toml"), caps.files.max_file_bytes)
+            .map_err(|e| ConfigErrors::single(&path, "", e))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| ConfigErrors::single(&path, "", "the file is not UTF-8"))?;
         let raw: raw::RawTenant = toml::from_str(&text).map_err(|e| {
             let loc = error::Locator::new(&path, &text);
             ConfigErrors(vec![ConfigError {
@@ -71,12 +80,7 @@ impl Config {
                 message: e.message().trim().to_string(),
             }])
         })?;
-        let caps = self
-            .tenants
-            .as_ref()
-            .map(|t| t.limits_for(name))
-            .unwrap_or_default();
-        let mut v = validate::Validator::for_tenant(&path, &text, name);
+        let mut v = validate::Validator::for_tenant(&path, &text, name, &caps);
         let sites = v.tenant_sites(raw, self, &caps, own);
         let errors = v.finish();
         if errors.is_empty() {

@@ -58,6 +58,13 @@ pub struct TenantsConfig {
     pub defaults: TenantLimits,
     /// Fully resolved limits (defaults applied) for tenants the operator named.
     pub overrides: std::collections::BTreeMap<String, TenantLimits>,
+    /// Host ownership (issue 14.1): host patterns the operator hands to each tenant
+    /// (`[tenant_limits.X] hosts`); a tenant listed here may claim only hosts they cover, and a host
+    /// they cover is that tenant's against every other tenant and the operator's own wildcards.
+    pub grants: std::collections::BTreeMap<String, Vec<String>>,
+    /// Where the owner of each tenant host is recorded, so a restart or a handover gives a contested
+    /// host to the tenant that had it. `None`: nowhere to keep it (contested hosts go to no one).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl TenantsConfig {
@@ -94,6 +101,8 @@ pub struct TenantLimits {
     /// Guest CPU time the tenant's plugins may run, as a share of one core (`0.25` = 25 %); `None`
     /// is unlimited.
     pub plugin_cpu: Option<f64>,
+    /// What the tenant's directory may hold (issue 14.4).
+    pub files: super::tenant_fs::FileCaps,
 }
 
 impl Default for TenantLimits {
@@ -111,6 +120,7 @@ impl Default for TenantLimits {
             max_instances: 64,
             max_plugin_memory: 512 << 20,
             plugin_cpu: Some(0.25),
+            files: Default::default(),
         }
     }
 }
@@ -203,6 +213,8 @@ pub struct SiteConfig {
     pub listeners: Vec<String>,
     /// Lower-case host names; `*.example.org` matches any single label in front.
     pub hosts: Vec<String>,
+    /// `file:line:col` of each of `hosts`, for ownership refusals.
+    pub host_locations: Vec<String>,
     pub default: bool,
     pub tls: Option<TlsFiles>,
     pub routes: Vec<RouteConfig>,
@@ -265,6 +277,8 @@ pub struct PluginConfig {
     pub limits: PluginLimits,
     /// Where `read-config-file` names resolve, and which ones it may read.
     pub files: super::FileScope,
+    /// For a tenant's plugin: its wasm and data files are opened beneath the tenant's directory.
+    pub confined: Option<super::tenant_fs::Confined>,
     /// `file:line:col` of the entry, for messages.
     pub location: String,
 }

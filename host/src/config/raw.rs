@@ -42,6 +42,9 @@ pub struct RawConfig {
     /// Limits per tenant: `default` for all, then one table per tenant name overriding it.
     #[serde(default)]
     pub tenant_limits: std::collections::BTreeMap<String, Spanned<RawTenantLimits>>,
+    /// Operator-owned state (who owns each tenant host). Default: `$XDG_STATE_HOME/wasmgate` or
+    /// `~/.local/state/wasmgate`.
+    pub state_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +77,14 @@ pub struct RawTenantLimits {
     pub max_instances: Option<Spanned<u64>>,
     pub max_plugin_memory: Option<Spanned<SizeValue>>,
     pub plugin_cpu: Option<Spanned<String>>,
+    // Host ownership and tenant files (issue 14.1, 14.4).
+    /// Host patterns this tenant may claim; a claim they cover is the tenant's.
+    pub hosts: Option<Vec<Spanned<String>>>,
+    pub max_file_bytes: Option<Spanned<SizeValue>>,
+    pub max_tenant_bytes: Option<Spanned<SizeValue>>,
+    pub max_files: Option<Spanned<u64>>,
+    pub max_depth: Option<Spanned<u64>>,
+    pub max_dirs: Option<Spanned<u64>>,
 }
 
 /// A tenant's `tenant.toml`: sites only. Listeners, trusted proxies, global timeouts and limits are

@@ -13,6 +13,7 @@ use toml::Spanned;
 use super::error::{ConfigError, Locator};
 use super::model::*;
 use super::raw::*;
+use super::tenant_fs::{Confined, FileCaps};
 use super::units::{parse_duration, SizeValue};
 
 pub(super) struct Validator<'a> {
@@ -21,6 +22,8 @@ pub(super) struct Validator<'a> {
     errors: Vec<ConfigError>,
     /// Which files this config may name (a tenant's stay inside its directory).
     files: super::FileScope,
+    /// For a tenant's file: every file it names is opened beneath this directory (see `tenant_fs`).
+    confine: Option<Confined>,
     /// For a tenant's file: the tenant's name, stamped on its sites.
     tenant: Option<String>,
     /// For a tenant's file: what its backends may reach, judged for literals as they are read.
@@ -45,15 +48,20 @@ impl<'a> Validator<'a> {
             base_dir: base_dir.clone(),
             errors: Vec::new(),
             files: super::FileScope::operator(&base_dir),
+            confine: None,
             tenant: None,
             egress: None,
         }
     }
 
     /// A validator for tenant `name`'s `tenant.toml` at `file`.
-    pub fn for_tenant(file: &'a Path, text: &'a str, name: &str) -> Self {
+    pub fn for_tenant(file: &'a Path, text: &'a str, name: &str, caps: &TenantLimits) -> Self {
         let mut v = Validator::new(file, text);
         v.files = super::FileScope::tenant(&v.base_dir);
+        v.confine = Some(Confined {
+            root: v.base_dir.clone(),
+            max_file_bytes: caps.files.max_file_bytes,
+        });
         v.tenant = Some(name.to_string());
         v
     }
@@ -128,7 +136,51 @@ impl<'a> Validator<'a> {
         }
         self.host_conflicts(&raw.sites, &sites);
         self.tenant_caps(&raw, &sites, caps);
+        let grants = operator
+            .tenants
+            .as_ref()
+            .and_then(|t| t.grants.get(self.tenant.as_deref().unwrap_or_default()));
+        self.tenant_claims(&raw.sites, grants);
         sites
+    }
+
+    /// What a tenant may not claim at all: the default site, IP literals, `localhost`, and (when the
+    /// operator granted it hosts) anything its grant does not cover.
+    fn tenant_claims(&mut self, raw: &[Spanned<RawSite>], grants: Option<&Vec<String>>) {
+        for (si, site) in raw.iter().enumerate() {
+            let s = site.get_ref();
+            if s.default {
+                self.err::<()>(
+                    site.span(),
+                    &format!("site[{si}].default"),
+                    "only the operator's config may set default = true (the catch-all site of a listener)",
+                );
+            }
+            for (i, h) in s.hosts.iter().enumerate() {
+                let Ok(pattern) = normalise_host_pattern(h.get_ref()) else {
+                    continue; // already reported
+                };
+                let field = format!("site[{si}].hosts[{i}]");
+                let bare = pattern.strip_prefix("*.").unwrap_or(&pattern);
+                let why = if bare.parse::<std::net::IpAddr>().is_ok() {
+                    Some("a tenant may not claim an IP address".to_string())
+                } else if bare == "localhost" || bare.ends_with(".localhost") {
+                    Some("a tenant may not claim localhost".to_string())
+                } else {
+                    grants
+                        .filter(|g| !g.iter().any(|p| crate::runtime::covers(p, &pattern)))
+                        .map(|g| {
+                            format!(
+                                "`{pattern}` is outside the hosts the operator granted this tenant ({})",
+                                g.join(", ")
+                            )
+                        })
+                };
+                if let Some(why) = why {
+                    self.err::<()>(h.span(), &field, why);
+                }
+            }
+        }
     }
 
     /// The tenant's totals against its caps, counted before anything is built: the first entry past
@@ -434,11 +486,52 @@ impl<'a> Validator<'a> {
                 )
             })
             .collect();
+        let grants = self.host_grants(raw);
+        let state_dir = match &raw.state_dir {
+            Some(d) => Some(self.base_dir.join(d)),
+            None => std::env::var_os("XDG_STATE_HOME")
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
+                .map(|d| d.join("wasmgate")),
+        };
         Some(TenantsConfig {
             dir: path,
             defaults,
             overrides,
+            grants,
+            state_dir,
         })
+    }
+
+    /// `[tenant_limits.X] hosts = [...]`, normalised like any host (a grant in `default` is refused:
+    /// one host pattern cannot belong to every tenant).
+    fn host_grants(&mut self, raw: &RawConfig) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut grants = std::collections::BTreeMap::new();
+        for (name, l) in &raw.tenant_limits {
+            let Some(hosts) = &l.get_ref().hosts else {
+                continue;
+            };
+            if name == "default" {
+                self.err::<()>(
+                    l.span(),
+                    "tenant_limits.default.hosts",
+                    "hosts are granted per tenant ([tenant_limits.<name>]), not to every tenant",
+                );
+                continue;
+            }
+            let mut list = Vec::new();
+            for (i, h) in hosts.iter().enumerate() {
+                match normalise_host_pattern(h.get_ref()) {
+                    Ok(p) => list.push(p),
+                    Err(m) => {
+                        self.err::<()>(h.span(), &format!("tenant_limits.{name}.hosts[{i}]"), m);
+                    }
+                }
+            }
+            grants.insert(name.clone(), list);
+        }
+        grants
     }
 
     fn tenant_limits(
@@ -500,6 +593,7 @@ impl<'a> Validator<'a> {
                     }
                 },
             },
+            files: self.file_caps(r, base.files, field),
         }
     }
 
@@ -523,6 +617,22 @@ impl<'a> Validator<'a> {
                 );
                 base
             }
+        }
+    }
+
+    fn file_caps(&mut self, r: &RawTenantLimits, base: FileCaps, field: &str) -> FileCaps {
+        let count =
+            |v: &Option<Spanned<u64>>, d: usize| v.as_ref().map_or(d, |n| *n.get_ref() as usize);
+        FileCaps {
+            max_file_bytes: self
+                .size_opt(&r.max_file_bytes, &format!("{field}.max_file_bytes"))
+                .unwrap_or(base.max_file_bytes),
+            max_total_bytes: self
+                .size_opt(&r.max_tenant_bytes, &format!("{field}.max_tenant_bytes"))
+                .unwrap_or(base.max_total_bytes),
+            max_files: count(&r.max_files, base.max_files),
+            max_depth: count(&r.max_depth, base.max_depth),
+            max_dirs: count(&r.max_dirs, base.max_dirs).max(1),
         }
     }
 
@@ -622,6 +732,10 @@ impl<'a> Validator<'a> {
         let s = raw.get_ref();
         let name = s.name.get_ref().clone();
         let mut ok = true;
+        if let Err(m) = check_name(&name) {
+            ok = false;
+            self.err::<()>(s.name.span(), &format!("{field}.name"), m);
+        }
         for l in s.listeners.get_ref() {
             if !listeners.contains(l.as_str()) {
                 ok = false;
@@ -649,9 +763,14 @@ impl<'a> Validator<'a> {
             );
         }
         let mut hosts = Vec::new();
+        let mut host_locations = Vec::new();
         for (i, h) in s.hosts.iter().enumerate() {
             match normalise_host_pattern(h.get_ref()) {
-                Ok(h) => hosts.push(h),
+                Ok(n) => {
+                    let (line, col) = self.loc.position(h.span().start);
+                    host_locations.push(format!("{}:{line}:{col}", self.loc.file.display()));
+                    hosts.push(n);
+                }
                 Err(m) => {
                     ok = false;
                     self.err::<()>(h.span(), &format!("{field}.hosts[{i}]"), m);
@@ -730,6 +849,7 @@ impl<'a> Validator<'a> {
             name,
             listeners: s.listeners.get_ref().clone(),
             hosts,
+            host_locations,
             default: s.default,
             tls,
             routes,
@@ -748,12 +868,14 @@ impl<'a> Validator<'a> {
     ) -> Option<RouteConfig> {
         let r = raw.get_ref();
         let path = r.path.get_ref();
-        let mut path_ok = path.starts_with('/') && !path.contains(['?', '#', ' ']);
+        let mut path_ok = path.starts_with('/')
+            && !path.contains(['?', '#', ' '])
+            && !path.chars().any(|c| c.is_control() || c.is_whitespace());
         if !path_ok {
             self.err::<()>(
                 r.path.span(),
                 &format!("{field}.path"),
-                "a route path starts with `/` and has no query",
+                "a route path starts with `/` and has no query, spaces or control characters",
             );
         } else {
             // Requests are matched in normal form: a prefix written otherwise would never match.
@@ -911,11 +1033,18 @@ impl<'a> Validator<'a> {
                 )
             }
         };
+        if let Some(n) = &p.name {
+            if let Err(m) = check_name(n) {
+                return self.err(raw.span(), &format!("{field}.name"), m);
+            }
+        }
         let name = p.name.clone().unwrap_or_else(|| match &source {
             PluginSource::Builtin(n) => n.clone(),
+            // A file's stem is the tenant's to choose: it becomes a name only if it is one.
             PluginSource::Wasm(path) => path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
+                .filter(|s| check_name(s).is_ok())
                 .unwrap_or_else(|| "plugin".into()),
         });
         let on_error = match p
@@ -997,6 +1126,7 @@ impl<'a> Validator<'a> {
             on_error,
             limits,
             files: self.files.clone(),
+            confined: self.confine.clone(),
             location: format!("{}:{line}:{col}", self.loc.file.display()),
         })
     }
@@ -1166,6 +1296,21 @@ impl<'a> Validator<'a> {
     }
 
     fn existing_file(&mut self, raw: &Spanned<String>, field: &str) -> Option<PathBuf> {
+        if let Some(c) = &self.confine {
+            // The name's shape is judged by the scope (absolute, `..`); the file itself is opened
+            // beneath the tenant's directory, no symlink followed; the use opens it again so.
+            let named = Path::new(raw.get_ref());
+            let verdict = match self.files.resolve(raw.get_ref()) {
+                Err(r @ (super::FileRefused::Absolute(_) | super::FileRefused::ParentDir(_))) => {
+                    Err(r.to_string())
+                }
+                _ => c.check(named),
+            };
+            return match verdict {
+                Ok(()) => Some(self.base_dir.join(named)),
+                Err(m) => self.err(raw.span(), field, m),
+            };
+        }
         let path = match self.files.resolve(raw.get_ref()) {
             Ok(path) => path,
             Err(refused) => return self.err(raw.span(), field, refused.to_string()),
@@ -1228,9 +1373,39 @@ fn parse_cpu_share(text: &str) -> Result<Option<f64>, String> {
     Ok(Some(pct / 100.0))
 }
 
+/// Site and plugin names go into log lines, metric labels and `/status`: letters, digits and
+/// `-_.`, starting with a letter or digit, at most 64 characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a name: use letters, digits, `-`, `_` and `.` (starting with a letter or digit, at most 64)",
+            crate::log::escaped(name)
+        ))
+    }
+}
+
 /// Lower-case, no port, no trailing dot; `*.` allowed only as the first label.
 pub fn normalise_host_pattern(h: &str) -> Result<String, String> {
-    let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+    let mut h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+    if !h.is_ascii() {
+        // IDN: one spelling for comparison and routing, the punycode one clients send.
+        let (star, rest) = match h.strip_prefix("*.") {
+            Some(rest) => ("*.", rest),
+            None => ("", h.as_str()),
+        };
+        match idna::domain_to_ascii(rest) {
+            Ok(a) => h = format!("{star}{a}"),
+            Err(_) => return Err(format!("`{h}` is not a valid internationalised host name")),
+        }
+    }
     let bare = h.strip_prefix("*.").unwrap_or(&h);
     let valid = !bare.is_empty()
         && bare

@@ -112,6 +112,7 @@ fn chain_of(name: &str, config: serde_json::Value, site: &str) -> Chain {
         on_error: OnError::Deny,
         limits: PluginLimits::default(),
         files: crate::config::FileScope::operator(&std::env::temp_dir()),
+        confined: None,
         location: format!("oracle:{name}"),
     };
     let owner = PluginOwner {
@@ -321,6 +322,7 @@ fn basic_auth_declares_no_cache() {
         on_error: OnError::Deny,
         limits: PluginLimits::default(),
         files: crate::config::FileScope::operator(dir.path()),
+        confined: None,
         location: "oracle:basic-auth".into(),
     };
     let chain = PluginHost::new(None)

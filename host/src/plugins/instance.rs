@@ -101,9 +101,13 @@ impl LoadedPlugin {
             PluginSource::Builtin(name) => super::builtin::bytes(name)
                 .ok_or_else(|| format!("no built-in plugin `{name}`"))?
                 .into(),
-            PluginSource::Wasm(path) => std::fs::read(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-                .into(),
+            // A tenant's wasm is opened beneath its directory (see `tenant_fs`).
+            PluginSource::Wasm(path) => match &cfg.confined {
+                Some(c) => c.read(path)?.into(),
+                None => std::fs::read(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                    .into(),
+            },
         };
         let digest: String = Sha256::digest(&bytes)
             .iter()
@@ -150,6 +154,7 @@ impl LoadedPlugin {
             passwords: Arc::default(),
             files: Arc::new(ConfigFiles {
                 scope: cfg.files.clone(),
+                confined: cfg.confined.clone(),
                 read: Default::default(),
             }),
             cpu: owner.cpu.cloned(),

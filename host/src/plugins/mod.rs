@@ -270,7 +270,7 @@ fn rewrite_path(
             Ok(())
         }
         Err(_) => {
-            tracing::warn!(plugin = %p.name, id = %state.id, "plugin asked for an invalid path `{target}`");
+            tracing::warn!(plugin = %p.name, id = %state.id, "plugin asked for an invalid path `{}`", crate::log::escaped(target));
             Err(ProxyError::Plugin {
                 plugin: p.name.clone(),
                 cause: "invalid path rewrite".into(),
@@ -281,7 +281,7 @@ fn rewrite_path(
 
 fn complain(p: &LoadedPlugin, id: &str, refused: &[String]) {
     for r in refused {
-        tracing::warn!(target: "wasmgate::plugin", plugin = %p.name, digest = %p.digest(), id, "edit refused: {r}");
+        tracing::warn!(target: "wasmgate::plugin", plugin = %p.name, digest = %p.digest(), id, "edit refused: {}", crate::log::escaped(r));
     }
 }
 
@@ -297,7 +297,8 @@ fn log_failure(p: &LoadedPlugin, id: &str, hook: &str, f: &instance::Failure) {
         hook = %hook,
         kind = %f.kind,
         on_error = if p.on_error == OnError::Deny { "deny" } else { "allow" },
-        detail = %f.detail,
+        // Trap messages carry the guest's backtrace, whose symbol names the guest chose.
+        detail = crate::log::field(&f.detail),
         "plugin failed"
     );
 }

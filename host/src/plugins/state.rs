@@ -98,15 +98,29 @@ pub struct Identity {
 #[derive(Debug)]
 pub struct ConfigFiles {
     pub scope: FileScope,
+    /// A tenant's plugin: files are opened beneath the tenant's directory, no symlink followed.
+    pub confined: Option<crate::config::tenant_fs::Confined>,
     pub read: Mutex<BTreeMap<PathBuf, Result<Vec<u8>, String>>>,
 }
 
 impl ConfigFiles {
     fn read(&self, name: &str) -> Result<Vec<u8>, String> {
-        let path = self.scope.resolve(name).map_err(|e| e.to_string())?;
+        use crate::config::FileRefused;
+        // A tenant's name is judged by its shape here (absolute, `..`) and opened beneath its
+        // directory by `tenant_fs`, which refuses every symlink; the operator's resolves anywhere.
+        let path = match (self.scope.resolve(name), &self.confined) {
+            (Err(r @ (FileRefused::Absolute(_) | FileRefused::ParentDir(_))), _) => {
+                return Err(r.to_string())
+            }
+            (_, Some(_)) => self.scope.dir().join(name),
+            (r, None) => r.map_err(|e| e.to_string())?,
+        };
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
         read.entry(path)
-            .or_insert_with(|| self.scope.read(name).map(|(_, bytes)| bytes))
+            .or_insert_with(|| match &self.confined {
+                Some(c) => c.read(std::path::Path::new(name)),
+                None => self.scope.read(name).map(|(_, bytes)| bytes),
+            })
             .clone()
     }
 }
@@ -201,22 +215,25 @@ impl bindings::wasmgate::plugin::host::Host for State {
     fn log(&mut self, level: Level, message: String) {
         let w = &self.who;
         let id = self.request_id.as_deref().unwrap_or("-");
+        // The guest's text is data: escaped, so it cannot start a line that looks like the host's.
         let message: String = message.chars().take(4096).collect();
+        let message = crate::log::escaped(&message);
+        let tenant = w.tenant.as_deref().unwrap_or("-");
         match level {
             Level::Trace => {
-                tracing::trace!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+                tracing::trace!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant = %tenant, id, "{message}")
             }
             Level::Debug => {
-                tracing::debug!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+                tracing::debug!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant = %tenant, id, "{message}")
             }
             Level::Info => {
-                tracing::info!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+                tracing::info!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant = %tenant, id, "{message}")
             }
             Level::Warn => {
-                tracing::warn!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+                tracing::warn!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant = %tenant, id, "{message}")
             }
             Level::Error => {
-                tracing::error!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, id, "{message}")
+                tracing::error!(target: "wasmgate::plugin", plugin = %w.name, site = %w.site, tenant = %tenant, id, "{message}")
             }
         }
     }
@@ -339,7 +356,8 @@ impl LogStream {
     fn emit(&mut self) {
         if !self.line.is_empty() {
             let text = String::from_utf8_lossy(&self.line);
-            tracing::info!(target: "wasmgate::plugin", plugin = %self.who.name, site = %self.who.site, stream = self.stream, "{}", text.trim_end());
+            let tenant = self.who.tenant.as_deref().unwrap_or("-");
+            tracing::info!(target: "wasmgate::plugin", plugin = %self.who.name, site = %self.who.site, tenant = %tenant, stream = %self.stream, "{}", crate::log::escaped(text.trim_end()));
             self.line.clear();
         }
     }

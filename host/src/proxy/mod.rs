@@ -181,14 +181,15 @@ fn log_error(err: &ProxyError, access: &AccessRecord) {
             tracing::info!(id = %access.request_id, site = access.site.as_deref().unwrap_or("-"), kind = err.kind(), "refused: {err}")
         }
         crate::error::Side::Downstream => {
-            tracing::debug!(id = %access.request_id, kind = err.kind(), "{err}")
+            tracing::debug!(id = %access.request_id, kind = err.kind(), "{}", crate::log::escaped(&err.to_string()))
         }
         _ => tracing::warn!(
             id = %access.request_id,
             site = access.site.as_deref().unwrap_or("-"),
             route = access.route.as_deref().unwrap_or("-"),
             kind = err.kind(),
-            "{err}"
+            // A plugin's failure or a backend's answer may be part of the message.
+            "{}", crate::log::escaped(&err.to_string())
         ),
     }
 }

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::sign::CertifiedKey;
 
+mod owners;
 mod tenants;
 
+pub use owners::{covers, overlap};
 pub use tenants::{TenantHandle, TenantRuntime, TenantShared, TenantSlot};
 
 use crate::config::{Config, ConfigError, ConfigErrors, RouteConfig, SiteConfig};
@@ -30,6 +32,8 @@ pub struct Runtime {
     pub tenants: Vec<Arc<TenantRuntime>>,
     /// Why a tenant's latest files were refused (it serves its previous version, if it had one).
     pub tenant_errors: std::collections::BTreeMap<String, String>,
+    /// Tenant host → tenant, as this runtime leaves it (recorded by [`Builders::remember_owners`]).
+    pub owners: owners::Owners,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -182,6 +186,9 @@ pub struct Builders {
     pub tenants: tenants::TenantCounters,
     /// The server's bound sockets, which no tenant backend may reach (filled in once bound).
     pub own: Arc<crate::egress::OwnAddrs>,
+    /// Who owns each tenant host: read from the state directory on first use, then kept here (so a
+    /// state directory that cannot be written still gives the right answer within the process).
+    owners: std::sync::Mutex<Option<owners::Owners>>,
 }
 
 impl Builders {
@@ -191,6 +198,29 @@ impl Builders {
             plugins: PluginHost::new(cache_dir),
             tenants: Default::default(),
             own: Default::default(),
+            owners: Default::default(),
+        }
+    }
+
+    fn owners(&self, config: &Config) -> owners::Owners {
+        let mut o = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        o.get_or_insert_with(|| match &config.tenants {
+            Some(t) => owners::load(t.state_dir.as_deref(), &t.dir),
+            None => Default::default(),
+        })
+        .clone()
+    }
+
+    /// `rt` went live: its host owners are the record from now on, here and in the state directory.
+    pub fn remember_owners(&self, rt: &Runtime) {
+        let Some(t) = &rt.config.tenants else {
+            return;
+        };
+        *self.owners.lock().unwrap_or_else(|p| p.into_inner()) = Some(rt.owners.clone());
+        if let Some(dir) = &t.state_dir {
+            if let Err(e) = owners::save(dir, &t.dir, &rt.owners) {
+                tracing::warn!(state_dir = %dir.display(), "cannot record tenant host owners (a restart will not know them): {e}");
+            }
         }
     }
 }
@@ -220,8 +250,24 @@ pub fn build_sites(
     };
     let mut built = Vec::new();
     for (si, sc) in configs.iter().enumerate() {
+        // A tenant's certificate and key are opened beneath its directory, like all its files.
+        let confined = tenant.and_then(|t| {
+            Some(crate::config::tenant_fs::Confined {
+                root: file.parent()?.to_path_buf(),
+                max_file_bytes: t.limits.files.max_file_bytes,
+            })
+        });
+        let load_key = |t: &crate::config::TlsFiles| match &confined {
+            None => crate::tls::load_certified_key(&t.cert, &t.key),
+            Some(c) => crate::tls::certified_key_from_pem(
+                &c.read(&t.cert)?,
+                &t.cert,
+                &c.read(&t.key)?,
+                &t.key,
+            ),
+        };
         let cert = match &sc.tls {
-            Some(t) => match crate::tls::load_certified_key(&t.cert, &t.key) {
+            Some(t) => match load_key(t) {
                 Ok(ck) => Some(Arc::new(ck)),
                 Err(m) => {
                     errors.push(err(format!("site[{si}].tls"), m));
@@ -306,8 +352,38 @@ impl Runtime {
         b: &Builders,
         previous: Option<&Runtime>,
     ) -> Result<Runtime, ConfigErrors> {
+        Runtime::build_with(config, b, previous, None)
+    }
+
+    /// `wasmgate check --tenant`: build `config` as a reload would if tenant `name`'s directory
+    /// became `dir` — the tenants now on disk (with the recorded owners) are the running ones, the
+    /// candidate is the change, judged by the same code. Nothing is recorded.
+    pub fn check_tenant(
+        config: Config,
+        b: &Builders,
+        name: &str,
+        dir: &std::path::Path,
+    ) -> Result<Runtime, ConfigErrors> {
+        if config.tenants.is_none() {
+            return Err(ConfigErrors::single(
+                &config.path,
+                "tenants_dir",
+                "this configuration has no tenants_dir: there is nothing to check a tenant against",
+            ));
+        }
+        let current = Runtime::build(config.clone(), b, None)?;
+        *b.owners.lock().unwrap_or_else(|p| p.into_inner()) = Some(current.owners.clone());
+        Runtime::build_with(config, b, Some(&current), Some((name, dir)))
+    }
+
+    fn build_with(
+        config: Config,
+        b: &Builders,
+        previous: Option<&Runtime>,
+        candidate: Option<(&str, &std::path::Path)>,
+    ) -> Result<Runtime, ConfigErrors> {
         let operator = build_sites(&config.sites, b, &config.path, None).map_err(ConfigErrors)?;
-        let tenants = tenants::build_all(&config, b, previous, &operator);
+        let tenants = tenants::build_all(&config, b, previous, &operator, candidate);
         let all: Vec<&BuiltSite> = operator
             .iter()
             .chain(tenants.live.iter().flat_map(|t| t.sites.iter()))
@@ -361,6 +437,7 @@ impl Runtime {
             sites,
             tenants: tenants.live,
             tenant_errors: tenants.errors,
+            owners: tenants.owners,
         })
     }
 
@@ -388,12 +465,31 @@ impl Runtime {
             }
         }
         if let Some(t) = &c.tenants {
-            // Everything under the tenants directory, as it is now: a new tenant is a change too.
-            files.extend(tenants::walk(&t.dir));
+            // Tenants' files are the tenants directory's walk (see `tenant_digest`), never read here.
+            files.retain(|f| !f.starts_with(&t.dir));
         }
         files.sort();
         files.dedup();
         files
+    }
+
+    /// A digest of the tenants directory as it is on disk now (walked safely, within each tenant's
+    /// caps): part of the reload fingerprint, so a new tenant or a changed tenant file is a change.
+    pub fn tenant_digest(&self) -> String {
+        self.config
+            .tenants
+            .as_ref()
+            .map(tenants::disk_digest)
+            .unwrap_or_default()
+    }
+
+    /// The directories under the tenants directory the watcher should watch (each is one watch).
+    pub fn tenant_watch_dirs(&self) -> Vec<std::path::PathBuf> {
+        self.config
+            .tenants
+            .as_ref()
+            .map(tenants::watch_dirs)
+            .unwrap_or_default()
     }
 
     /// A human-readable table of sites and routes, for `wasmgate check`.

@@ -1,21 +1,31 @@
 //! Tenants: directories of `tenants_dir`, each with a `tenant.toml` declaring that tenant's sites.
 //!
-//! Each tenant is loaded on its own. A tenant whose files did not change since the running runtime
-//! was built is reused as is — same sites, same warm plugin instances — so a change under
-//! `tenants/a/` reloads tenant `a` only. A tenant whose new files fail (parse, validation, a host
-//! another tenant or the operator owns, a plugin that does not compile or start) keeps serving its
-//! previous version, and the reason is logged and kept for the status report; other tenants are not
-//! touched. Counters (in-flight requests and tunnels, refusals) live in [`TenantCounters`] and survive
-//! reloads.
+//! Each tenant is loaded on its own. A tenant whose files and operator inputs (its limits, grants,
+//! the listeners, the operator's default timeouts and limits) did not change since the running
+//! runtime was built is reused as is — same sites, same warm plugin instances — so a change under
+//! `tenants/a/` reloads tenant `a` only, and an operator change reaches every tenant. A tenant whose
+//! new files fail (parse, validation, file caps, a host another tenant or the operator owns, a plugin
+//! that does not compile or start) keeps serving its previous version, and the reason is logged and
+//! kept for the status report; other tenants are not touched. Counters (in-flight requests and
+//! tunnels, refusals) live in [`TenantCounters`] and survive reloads.
+//!
+//! Host ownership is decided by rule, never by the order of directory names: a claim that overlaps
+//! an operator host is refused (unless the operator's grant hands that host to the tenant and the
+//! operator's own is a wider wildcard); between tenants, the one the operator granted the host wins,
+//! then the recorded owner (the one serving it, remembered in the state directory across restarts
+//! and handovers); with neither, or both, the host goes to no one and each contender keeps its
+//! previous version, or is not served.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use super::owners::{covers, overlap, Owners};
 use super::{build_sites, Builders, BuiltSite, Runtime};
+use crate::config::tenant_fs::{self, FileCaps};
 use crate::config::{Config, TenantLimits};
 use crate::error::ProxyError;
 
@@ -24,6 +34,8 @@ pub struct TenantRuntime {
     pub name: Arc<str>,
     /// Digest of every file in the tenant's directory when this version was loaded.
     pub fingerprint: String,
+    /// Digest of the operator's settings this version was built with (see [`operator_inputs`]).
+    pub inputs: String,
     pub limits: TenantLimits,
     pub sites: Vec<BuiltSite>,
     pub shared: Arc<TenantShared>,
@@ -130,31 +142,89 @@ impl TenantCounters {
     }
 }
 
+impl TenantRuntime {
+    /// The host patterns this version claims, on any listener.
+    pub fn claims(&self) -> Vec<&str> {
+        let mut c: Vec<&str> = self
+            .sites
+            .iter()
+            .flat_map(|s| s.cfg.hosts.iter().map(String::as_str))
+            .collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    }
+
+    /// Where `claim` is written (`file:line:col`), for messages.
+    fn location(&self, claim: &str) -> String {
+        self.sites
+            .iter()
+            .flat_map(|s| s.cfg.hosts.iter().zip(&s.cfg.host_locations))
+            .find(|(h, _)| *h == claim)
+            .map_or_else(|| format!("tenant `{}`", self.name), |(_, at)| at.clone())
+    }
+}
+
 pub(super) struct Outcome {
     pub live: Vec<Arc<TenantRuntime>>,
     pub errors: BTreeMap<String, String>,
+    /// The owners to record after this build: live tenants' claims, plus the records of tenants
+    /// that have a directory but are not served now (a broken tenant does not lose its hosts).
+    pub owners: Owners,
 }
 
-/// Load every tenant of `config`, reusing unchanged ones from `previous`.
+/// One tenant during a build: the versions it could serve, best first, and why any were refused.
+struct Contender {
+    name: String,
+    /// The new version first (if it loaded), then the previous one (if it differs).
+    versions: Vec<Arc<TenantRuntime>>,
+    choice: usize,
+    changed: bool,
+    had_previous: bool,
+    why: Vec<String>,
+}
+
+impl Contender {
+    fn chosen(&self) -> Option<&Arc<TenantRuntime>> {
+        self.versions.get(self.choice)
+    }
+}
+
+/// Load every tenant of `config`, reusing unchanged ones from `previous`, and settle who owns which
+/// host (see the module doc).
 pub(super) fn build_all(
     config: &Config,
     b: &Builders,
     previous: Option<&Runtime>,
     operator: &[BuiltSite],
+    candidate: Option<(&str, &Path)>,
 ) -> Outcome {
     let mut out = Outcome {
         live: Vec::new(),
         errors: BTreeMap::new(),
+        owners: Owners::new(),
     };
     let Some(tc) = &config.tenants else {
         return out;
     };
-    // (listener, host) pairs already served: the operator's first, then tenants in name order.
-    let mut claimed: HashMap<(String, String), String> = HashMap::new();
-    for s in operator {
-        claim(&mut claimed, &s.cfg, "the operator");
+    let records = b.owners(config);
+    let mut contenders = Vec::new();
+    let (mut dirs, bad_names) = tenant_dirs(&tc.dir);
+    if let Some((name, dir)) = candidate {
+        // `wasmgate check --tenant`: this directory stands for tenant `name`, as if it had landed.
+        dirs.retain(|(n, _)| n != name);
+        dirs.push((name.to_string(), dir.to_path_buf()));
+        dirs.sort();
     }
-    let dirs = tenant_dirs(&tc.dir);
+    for bad in bad_names {
+        let why = format!(
+            "{}: a tenant directory's name must be a name (letters, digits, `-`, `_`, `.`; at most 64)",
+            crate::log::escaped(&bad)
+        );
+        tracing::error!("tenant directory ignored: {why}");
+        out.errors
+            .insert(crate::log::escaped(&bad).into_owned(), why);
+    }
     // Instance slots held now, by tenants that are still there: an incumbent keeps its reservation,
     // whichever names sort first; a changed or new tenant gets what is left of the tenants' pool.
     let mut held: HashMap<String, usize> = previous
@@ -164,64 +234,228 @@ pub(super) fn build_all(
         .filter(|t| dirs.iter().any(|(n, _)| **n == *t.name))
         .map(|t| (t.name.to_string(), t.instances))
         .collect();
-    for (name, dir) in dirs {
-        let fingerprint = fingerprint(&dir);
+    for (name, dir) in &dirs {
         let others: usize = held
             .iter()
-            .filter(|(n, _)| **n != name)
+            .filter(|(n, _)| *n != name)
             .map(|(_, k)| k)
             .sum();
         let room = crate::plugins::quota::TENANT_POOL.saturating_sub(others);
-        let limits = tc.limits_for(&name);
-        let prev = previous.and_then(|p| p.tenant(&name)).cloned();
-        let unchanged = prev
-            .as_ref()
-            .filter(|p| p.fingerprint == fingerprint && p.limits == limits);
-        let limits = limits.clone();
-        let candidate = match unchanged {
-            Some(p) => Ok(p.clone()),
-            None => load(config, b, &name, &dir, fingerprint, limits, room),
+        let limits = tc.limits_for(name);
+        let inputs = operator_inputs(config, name, &limits);
+        let prev = previous.and_then(|p| p.tenant(name)).cloned();
+        let mut c = Contender {
+            name: name.clone(),
+            versions: Vec::new(),
+            choice: 0,
+            changed: true,
+            had_previous: prev.is_some(),
+            why: Vec::new(),
         };
-        let chosen = match candidate {
-            Ok(t) => match conflict(&claimed, &t) {
-                None => {
-                    if unchanged.is_none() {
-                        tracing::info!(tenant = %name, digest = %&t.fingerprint[..12], sites = t.sites.len(), "tenant loaded");
+        match tenant_fs::walk(dir, &limits.files) {
+            Err(why) => c.why.push(format!("{}: {why}", dir.display())),
+            Ok(walked) => {
+                let unchanged = prev
+                    .as_ref()
+                    .filter(|p| p.fingerprint == walked.digest && p.inputs == inputs);
+                match unchanged {
+                    Some(p) => {
+                        c.changed = false;
+                        c.versions.push(p.clone());
                     }
-                    Some(t)
+                    None => match load(config, b, name, dir, walked.digest, inputs, limits, room) {
+                        Ok(t) => c.versions.push(t),
+                        Err(why) => c.why.push(why),
+                    },
                 }
-                Some(why) => {
-                    refuse(&mut out.errors, &name, why, prev.is_some());
-                    prev.filter(|p| conflict(&claimed, p).is_none())
-                }
-            },
-            Err(why) => {
-                refuse(&mut out.errors, &name, why, prev.is_some());
-                prev.filter(|p| conflict(&claimed, p).is_none())
             }
-        };
-        match &chosen {
-            Some(t) => held.insert(name.clone(), t.instances),
-            None => held.remove(&name),
-        };
-        if let Some(t) = chosen {
-            for s in &t.sites {
-                claim(&mut claimed, &s.cfg, &format!("tenant `{name}`"));
+        }
+        if let Some(t) = c.versions.first() {
+            held.insert(name.clone(), t.instances);
+        }
+        if let Some(p) = prev {
+            if !c.versions.iter().any(|v| Arc::ptr_eq(v, &p)) {
+                c.versions.push(p);
             }
-            out.live.push(t);
+        }
+        contenders.push(c);
+    }
+    settle(&mut contenders, operator, tc, &records);
+
+    let served: std::collections::HashSet<&str> = contenders
+        .iter()
+        .filter(|c| c.chosen().is_some())
+        .map(|c| c.name.as_str())
+        .collect();
+    let present: std::collections::HashSet<&str> = dirs.iter().map(|(n, _)| n.as_str()).collect();
+    for (host, owner) in &records {
+        if present.contains(owner.as_str()) && !served.contains(owner.as_str()) {
+            out.owners.insert(host.clone(), owner.clone());
+        }
+    }
+    for c in &contenders {
+        let took_new = c.changed && c.choice == 0 && c.why.is_empty();
+        match c.chosen() {
+            Some(t) if took_new => {
+                tracing::info!(tenant = %c.name, digest = %&t.fingerprint[..12], sites = t.sites.len(), "tenant loaded");
+            }
+            Some(_) if c.why.is_empty() => {}
+            Some(_) => refuse(
+                &mut out.errors,
+                &c.name,
+                &c.why,
+                "its previous version keeps serving",
+            ),
+            None if c.had_previous && !c.changed => {
+                refuse(&mut out.errors, &c.name, &c.why, "it is no longer served")
+            }
+            None => refuse(&mut out.errors, &c.name, &c.why, "it is not served"),
+        }
+        if let Some(t) = c.chosen() {
+            for h in t.claims() {
+                out.owners.insert(h.to_string(), c.name.clone());
+            }
+            out.live.push(t.clone());
         }
     }
     out
 }
 
-fn refuse(errors: &mut BTreeMap<String, String>, name: &str, why: String, keeps_old: bool) {
-    let stays = if keeps_old {
-        "its previous version keeps serving"
-    } else {
-        "it is not served"
+/// Choose each tenant's version so that no two claims overlap. Every conflict is judged on its own
+/// (grant, then record): each loser falls back to its next version, and the round repeats until no
+/// claim conflicts. Losers of a round all fall back together, so the result does not depend on the
+/// order the tenants are looked at.
+fn settle(
+    contenders: &mut [Contender],
+    operator: &[BuiltSite],
+    tc: &crate::config::TenantsConfig,
+    records: &Owners,
+) {
+    let granted = |tenant: &str, claim: &str| {
+        tc.grants
+            .get(tenant)
+            .is_some_and(|g| g.iter().any(|p| covers(p, claim)))
     };
-    tracing::error!(tenant = %name, "tenant refused; {stays}:\n{why}");
-    errors.insert(name.to_string(), why);
+    let present: std::collections::HashSet<String> =
+        contenders.iter().map(|c| c.name.clone()).collect();
+    // A grant outranks a record; a record is one of an incumbent.
+    let rank = |tenant: &str, claim: &str| {
+        2 * u8::from(granted(tenant, claim))
+            + u8::from(records.get(claim).is_some_and(|o| o == tenant))
+    };
+    let why_rank = |tenant: &str, claim: &str| match (
+        granted(tenant, claim),
+        records.get(claim).is_some_and(|o| o == tenant),
+    ) {
+        (true, _) => "the operator granted it",
+        (false, true) => "it already owns it",
+        _ => "",
+    };
+    loop {
+        let mut losers: Vec<(usize, String)> = Vec::new();
+        for (i, c) in contenders.iter().enumerate() {
+            let Some(v) = c.chosen() else { continue };
+            'claims: for claim in v.claims() {
+                // The operator's hosts, on any listener.
+                for o in operator.iter().flat_map(|s| s.cfg.hosts.iter()) {
+                    let wider = o.starts_with("*.") && o != claim;
+                    if overlap(claim, o) && !(wider && granted(&c.name, claim)) {
+                        losers.push((i, format!("host `{claim}` belongs to the operator (`{o}`)")));
+                        break 'claims;
+                    }
+                }
+                // Recorded owners that are not served now but still have their directory.
+                for (host, owner) in records {
+                    let absent = !contenders
+                        .iter()
+                        .any(|o| &o.name == owner && o.chosen().is_some());
+                    if owner != &c.name
+                        && absent
+                        && present.contains(owner)
+                        && overlap(claim, host)
+                        && rank(&c.name, claim) <= rank(owner, host)
+                    {
+                        losers.push((i, format!("host `{claim}` belongs to tenant `{owner}` (recorded owner of `{host}`)")));
+                        break 'claims;
+                    }
+                }
+                // Other tenants' chosen versions.
+                for (j, other) in contenders.iter().enumerate() {
+                    let Some(ov) = other.chosen().filter(|_| j != i) else {
+                        continue;
+                    };
+                    for theirs in ov.claims() {
+                        if !overlap(claim, theirs) {
+                            continue;
+                        }
+                        let (mine, their) = (rank(&c.name, claim), rank(&other.name, theirs));
+                        if mine > their {
+                            continue;
+                        }
+                        let why = if mine < their {
+                            format!(
+                                "host `{claim}` belongs to tenant `{}` ({}: `{theirs}`)",
+                                other.name,
+                                why_rank(&other.name, theirs)
+                            )
+                        } else {
+                            format!(
+                                "host `{claim}` is also claimed by tenant `{}` (`{theirs}`); neither {}, so it goes to neither",
+                                other.name,
+                                if mine == 0 { "has a grant nor owns it" } else { "outranks the other" }
+                            )
+                        };
+                        losers.push((i, why));
+                        break 'claims;
+                    }
+                }
+            }
+        }
+        if losers.is_empty() {
+            return;
+        }
+        for (i, why) in losers {
+            let c = &mut contenders[i];
+            let which = if c.changed && c.choice == 0 {
+                "its new version"
+            } else {
+                "its previous version"
+            };
+            // `why` starts with "host `x`": say where x is written.
+            let claim = why.split('`').nth(1).unwrap_or_default();
+            let at = c.chosen().map(|v| v.location(claim)).unwrap_or_default();
+            c.why.push(format!("{at}: {which}: {why}"));
+            c.choice += 1;
+        }
+    }
+}
+
+fn refuse(errors: &mut BTreeMap<String, String>, name: &str, why: &[String], stays: &str) {
+    // One line per reason, each with the tenant's name: the log can be grepped by tenant, and every
+    // reason is one line (`ConfigError` escapes what it quotes).
+    tracing::error!(tenant = %name, "tenant refused; {stays}");
+    for reason in why.iter().flat_map(|w| w.lines()) {
+        tracing::error!(tenant = %name, "tenant refused: {reason}");
+    }
+    errors.insert(name.to_string(), format!("{}\n({stays})", why.join("\n")));
+}
+
+/// What of the operator's config shapes a tenant besides its own files: a change here rebuilds the
+/// tenant even though its directory is untouched (plugins come from the compiled-component cache).
+fn operator_inputs(config: &Config, name: &str, limits: &TenantLimits) -> String {
+    let tc = config.tenants.as_ref();
+    let text = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}",
+        limits,
+        tc.and_then(|t| t.grants.get(name)),
+        config.listeners,
+        config.default_timeouts,
+        config.limits.max_body_bytes,
+    );
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn load(
@@ -230,6 +464,7 @@ fn load(
     name: &str,
     dir: &Path,
     fingerprint: String,
+    inputs: String,
     limits: TenantLimits,
     room: usize,
 ) -> Result<Arc<TenantRuntime>, String> {
@@ -280,6 +515,7 @@ fn load(
     Ok(Arc::new(TenantRuntime {
         name: name.into(),
         fingerprint,
+        inputs,
         limits,
         sites,
         shared,
@@ -287,94 +523,70 @@ fn load(
     }))
 }
 
-fn claim(
-    claimed: &mut HashMap<(String, String), String>,
-    site: &crate::config::SiteConfig,
-    owner: &str,
-) {
-    for l in &site.listeners {
-        for h in site
-            .hosts
-            .iter()
-            .cloned()
-            .chain(site.default.then(|| "(default site)".to_string()))
-        {
-            claimed
-                .entry((l.clone(), h))
-                .or_insert_with(|| owner.to_string());
+/// `(name, dir)` of every subdirectory with a `tenant.toml`, by name, and the names that are not
+/// names. Entries of the tenants directory itself are the operator's (a symlink there is a mount).
+fn tenant_dirs(root: &Path) -> (Vec<(String, PathBuf)>, Vec<String>) {
+    let mut dirs = Vec::new();
+    let mut bad = Vec::new();
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // `..data` and friends: Kubernetes' own entries.
+        if name.starts_with('.') || !e.path().is_dir() {
+            continue;
+        }
+        if std::fs::symlink_metadata(e.path().join("tenant.toml")).is_err() {
+            continue;
+        }
+        match crate::config::check_name(&name) {
+            Ok(()) => dirs.push((name, e.path())),
+            Err(_) => bad.push(name),
         }
     }
+    dirs.sort();
+    bad.sort();
+    (dirs, bad)
 }
 
-fn conflict(claimed: &HashMap<(String, String), String>, t: &TenantRuntime) -> Option<String> {
-    let mut seen = HashSet::new();
-    for s in &t.sites {
-        for l in &s.cfg.listeners {
-            for h in s
-                .cfg
-                .hosts
-                .iter()
-                .cloned()
-                .chain(s.cfg.default.then(|| "(default site)".to_string()))
-            {
-                if let Some(owner) = claimed.get(&(l.clone(), h.clone())) {
-                    return Some(format!("host `{h}` on listener `{l}` belongs to {owner}"));
-                }
-                seen.insert((l.clone(), h));
-            }
-        }
-    }
-    None
-}
-
-/// `(name, dir)` of every subdirectory with a `tenant.toml`, by name.
-fn tenant_dirs(root: &Path) -> Vec<(String, PathBuf)> {
-    let mut dirs: Vec<(String, PathBuf)> = std::fs::read_dir(root)
+/// Every tenant directory under `root` (with or without a `tenant.toml` yet) with its file caps.
+fn all_dirs(tc: &crate::config::TenantsConfig) -> Vec<(PathBuf, FileCaps)> {
+    let mut out: Vec<(PathBuf, FileCaps)> = std::fs::read_dir(&tc.dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.path().join("tenant.toml").is_file())
-        .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
-        .filter(|(name, _)| !name.starts_with('.'))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.') && e.path().is_dir())
+        .map(|e| {
+            let caps = tc.limits_for(&e.file_name().to_string_lossy()).files;
+            (e.path(), caps)
+        })
         .collect();
-    dirs.sort();
-    dirs
-}
-
-/// Every regular file below `dir` (symlinks to files included: ConfigMaps are made of them).
-pub fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                if out.len() < 10_000 {
-                    stack.push(p);
-                }
-            } else if p.is_file() {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
-fn fingerprint(dir: &Path) -> String {
+/// A digest of every tenant directory as it is on disk now, walked within each tenant's caps (a
+/// directory over its caps digests as its error, which changes when it does).
+pub fn disk_digest(tc: &crate::config::TenantsConfig) -> String {
     let mut h = Sha256::new();
-    for f in walk(dir) {
-        h.update(
-            f.strip_prefix(dir)
-                .unwrap_or(&f)
-                .as_os_str()
-                .as_encoded_bytes(),
-        );
-        h.update(
-            std::fs::read(&f)
-                .map(|b| Sha256::digest(&b).to_vec())
-                .unwrap_or_default(),
-        );
+    for (dir, caps) in all_dirs(tc) {
+        h.update(dir.as_os_str().as_encoded_bytes());
+        match tenant_fs::walk(&dir, &caps) {
+            Ok(w) => h.update(w.digest.as_bytes()),
+            Err(e) => h.update(e.as_bytes()),
+        }
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The directories to watch under the tenants directory: the root, and each tenant's directories up
+/// to its `max_dirs` (one inotify watch each; symlinks are never followed into).
+pub fn watch_dirs(tc: &crate::config::TenantsConfig) -> Vec<PathBuf> {
+    let mut out = vec![tc.dir.clone()];
+    for (dir, caps) in all_dirs(tc) {
+        match tenant_fs::walk(&dir, &caps) {
+            Ok(w) => out.extend(w.dirs),
+            // Over its caps: the tenant's top directory still, so fixing it is seen.
+            Err(_) => out.push(dir),
+        }
+    }
+    out
 }
