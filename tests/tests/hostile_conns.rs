@@ -78,6 +78,8 @@ tenants_dir = "tenants"
 
 [tenant_limits.acme]
 max_requests = 1
+# The backend is on loopback, which tenant egress refuses unless allowed.
+backends = ["127.0.0.0/8"]
 
 [[listener]]
 name = "web"

@@ -226,3 +226,56 @@ async fn a_configmap_symlink_swap_reloads_the_config() {
     assert_eq!(get(addr, "v1.test", "/").await.status, 404);
     server.shutdown_with_grace(Duration::from_secs(1)).await;
 }
+
+/// With `token_file`, `/metrics` and `/status` need the bearer token (read on every request, so a
+/// rotated token takes effect at once); the probes stay open for load balancers.
+#[tokio::test]
+async fn the_admin_endpoint_wants_its_bearer_token() {
+    let b = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "admin.token", b"s3cret\n");
+    let cfg = config(&b, "a", "").replace(
+        "bind = \"127.0.0.1:0\"\n\n[[listener]]",
+        "bind = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n[[listener]]",
+    );
+    assert!(cfg.contains("token_file"), "{cfg}");
+    write(
+        dir.path(),
+        "plugins/add-header.wasm",
+        &std::fs::read(fixture("add-header")).unwrap(),
+    );
+    let p = Proxy::start_in(dir, &cfg).await;
+    let addr = p.addr("admin");
+    let with = |token: Option<&str>, path: &str| {
+        let mut req = http::Request::get(path.to_string()).header("host", "localhost");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        wasmgate_tests::client::send(
+            addr,
+            req.body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+    };
+    for path in ["/metrics", "/status"] {
+        let r = with(None, path).await;
+        assert_eq!(r.status, 401, "{path} without a token");
+        assert!(r.headers.contains_key("www-authenticate"), "{path}");
+        assert_eq!(
+            with(Some("wrong"), path).await.status,
+            401,
+            "{path} with a wrong token"
+        );
+        assert_eq!(
+            with(Some("s3cret"), path).await.status,
+            200,
+            "{path} with the token"
+        );
+    }
+    assert_eq!(with(None, "/healthz").await.status, 200);
+    assert_eq!(with(None, "/readyz").await.status, 200);
+    // Rotation: the old token stops working on the next request.
+    write(p.dir.path(), "admin.token", b"n3w\n");
+    assert_eq!(with(Some("s3cret"), "/status").await.status, 401);
+    assert_eq!(with(Some("n3w"), "/status").await.status, 200);
+}
