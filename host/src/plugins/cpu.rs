@@ -47,6 +47,8 @@ pub struct CpuBudget {
     credit_ns: u64,
     cpu: Counter<f64, AtomicU64>,
     delayed: Counter,
+    /// Stretches of a running call parked at an epoch yield because the tenant ran out of budget.
+    parked: Counter,
     refused: Counter,
 }
 
@@ -78,6 +80,7 @@ impl CpuBudget {
                 })
                 .clone(),
             delayed: throttled("delayed"),
+            parked: throttled("parked"),
             refused: throttled("refused"),
         }
     }
@@ -135,7 +138,11 @@ impl CpuBudget {
         if since != PARKED {
             self.charge(now.saturating_sub(since), now);
         }
-        (now, self.debt(now).map(|d| d.min(MAX_PARK)))
+        let park = self.debt(now).map(|d| d.min(MAX_PARK));
+        if park.is_some() {
+            self.parked.inc();
+        }
+        (now, park)
     }
 }
 
