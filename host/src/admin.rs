@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -23,18 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 
-use crate::config::AdminListen;
+use crate::config::{AdminConfig, AdminListen};
 use crate::conn_limits::AcceptBackoff;
 use crate::server::Shared;
-
-/// Connections the admin listener serves at once; more are closed on accept. Scrapers and probes
-/// need a handful; the cap keeps a flood from using the process's descriptors.
-const MAX_CONNECTIONS: usize = 64;
-/// A request head must arrive this long after accept, or after the previous response (hyper's
-/// timer covers the idle keep-alive wait too).
-const HEADER_READ: Duration = Duration::from_secs(5);
-/// No admin connection lives longer: every answer is small, so this only ends slow readers.
-const LIFETIME: Duration = Duration::from_secs(30);
 
 /// The bound admin socket.
 pub enum AdminListener {
@@ -81,10 +71,17 @@ pub async fn bind(listen: &AdminListen) -> std::io::Result<AdminListener> {
     }
 }
 
-pub async fn serve(listener: AdminListener, token_file: Option<PathBuf>, shared: Arc<Shared>) {
-    let cap = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let token_file: Option<Arc<Path>> = token_file.map(Into::into);
+/// Serve the admin endpoint. Bounded as `config` says: the connection cap (scrapers and probes need a
+/// handful; the cap keeps a flood from using the process's descriptors), the header-read timeout
+/// (hyper's timer covers the idle keep-alive wait too), and a lifetime per connection (every answer
+/// is small, so it only ends slow readers).
+pub async fn serve(listener: AdminListener, config: AdminConfig, shared: Arc<Shared>) {
+    let max = config.max_connections;
+    let cap = Arc::new(Semaphore::new(max));
+    let (header_timeout, lifetime) = (config.header_timeout, config.lifetime);
+    let token_file: Option<Arc<Path>> = config.token_file.map(Into::into);
     let mut backoff = AcceptBackoff::default();
+    let mut at_cap = false;
     loop {
         let accepted: std::io::Result<Box<dyn Io>> = match &listener {
             AdminListener::Tcp(l) => l.accept().await.map(|(s, _)| Box::new(s) as Box<dyn Io>),
@@ -102,9 +99,14 @@ pub async fn serve(listener: AdminListener, token_file: Option<PathBuf>, shared:
             }
         };
         let Ok(permit) = cap.clone().try_acquire_owned() else {
-            tracing::warn!("admin endpoint: {MAX_CONNECTIONS} connections open; connection closed");
+            // The first of a run is worth a warning; a flood must not flood the log as well.
+            if !at_cap {
+                tracing::warn!("admin endpoint: {max} connections open; closing new ones");
+            }
+            at_cap = true;
             continue;
         };
+        at_cap = false;
         let shared = shared.clone();
         let token_file = token_file.clone();
         tokio::spawn(async move {
@@ -112,10 +114,10 @@ pub async fn serve(listener: AdminListener, token_file: Option<PathBuf>, shared:
             let svc = service_fn(move |req| answer(req, shared.clone(), token_file.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(16 * 1024)
                 .serve_connection(TokioIo::new(stream), svc);
-            let _ = tokio::time::timeout(LIFETIME, conn).await;
+            let _ = tokio::time::timeout(lifetime, conn).await;
         });
     }
 }

@@ -370,7 +370,7 @@ impl Server {
             }
             admin_task = Some(tokio::spawn(crate::admin::serve(
                 listener,
-                admin.token_file.clone(),
+                admin.clone(),
                 shared.clone(),
             )));
         }

@@ -167,20 +167,6 @@ async fn health_readiness_and_status() {
     drain.await.unwrap();
 }
 
-#[tokio::test]
-async fn the_admin_endpoint_stays_off_public_addresses_unless_asked() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.toml");
-    let text =
-        "[admin]\nbind = \"0.0.0.0:9901\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n";
-    std::fs::write(&path, text).unwrap();
-    let err = wasmgate::Config::load(&path).unwrap_err().to_string();
-    assert!(
-        err.contains("w.toml:2:8: admin.bind") && err.contains("allow_public"),
-        "{err}"
-    );
-}
-
 /// Kubernetes mounts a ConfigMap as `..data -> ..<timestamp>/` plus one symlink per key, and updates
 /// it by writing a new timestamp dir and renaming a new `..data` symlink over the old one.
 #[tokio::test]
@@ -278,4 +264,191 @@ async fn the_admin_endpoint_wants_its_bearer_token() {
     write(p.dir.path(), "admin.token", b"n3w\n");
     assert_eq!(with(Some("s3cret"), "/status").await.status, 401);
     assert_eq!(with(Some("n3w"), "/status").await.status, 200);
+}
+
+/// The admin listener is bounded like the proxy's: a connection that sends no head is closed after
+/// `header_timeout`, one that keeps asking is closed after `lifetime`, and beyond `max_connections`
+/// new ones are closed on accept — until the others are gone.
+#[tokio::test]
+async fn the_admin_endpoint_times_out_and_caps_its_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "plugins/add-header.wasm",
+        &std::fs::read(fixture("add-header")).unwrap(),
+    );
+    let cfg = config(&b, "a", "").replace(
+        "bind = \"127.0.0.1:0\"\n\n[[listener]]",
+        "bind = \"127.0.0.1:0\"\nheader_timeout = \"400ms\"\nlifetime = \"1500ms\"\nmax_connections = 3\n\n[[listener]]",
+    );
+    assert!(cfg.contains("max_connections = 3"), "{cfg}");
+    let p = Proxy::start_in(dir, &cfg).await;
+    let addr = p.addr("admin");
+    // Closed by the server: EOF (or a reset) within `within`.
+    async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 512];
+        loop {
+            match tokio::time::timeout(within, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    // A head that never comes.
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(2),
+        "closed after {took:?}"
+    );
+
+    // Three connections hold the cap; the fourth is closed at once, long before any timeout.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut fourth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = fourth
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(300), fourth.read_to_end(&mut buf)).await;
+    assert!(
+        buf.is_empty(),
+        "the fourth connection was served: {}",
+        String::from_utf8_lossy(&buf)
+    );
+    // The held ones time out (no head), and the endpoint answers again.
+    for s in &mut held {
+        assert!(closed_within(s, Duration::from_secs(3)).await);
+    }
+    assert_eq!(admin(&p, "/healthz").await.status, 200);
+
+    // A client that keeps its connection busy is still cut at the lifetime.
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut answered = 0;
+    loop {
+        let sent = busy
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        let mut buf = [0u8; 1024];
+        let got = tokio::time::timeout(Duration::from_secs(1), busy.read(&mut buf)).await;
+        match (sent, got) {
+            (Ok(()), Ok(Ok(n))) if n > 0 => {
+                assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+                answered += 1;
+            }
+            _ => break,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a busy admin connection outlived its lifetime"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lived = started.elapsed();
+    assert!(answered >= 5, "only {answered} answers before the cut");
+    assert!(
+        lived >= Duration::from_millis(1400) && lived < Duration::from_secs(3),
+        "lived {lived:?}"
+    );
+}
+
+/// `socket = "..."` serves the admin endpoint on a unix socket (access is the file's mode, 0660)
+/// and opens no TCP port.
+#[tokio::test]
+async fn the_admin_endpoint_can_be_a_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "plugins/add-header.wasm",
+        &std::fs::read(fixture("add-header")).unwrap(),
+    );
+    let cfg = config(&b, "a", "").replace(
+        "[admin]\nbind = \"127.0.0.1:0\"",
+        "[admin]\nsocket = \"admin.sock\"",
+    );
+    assert!(cfg.contains("socket = "), "{cfg}");
+    let p = Proxy::start_in(dir, &cfg).await;
+    assert!(p.server().addr("admin").is_none(), "no TCP admin port");
+    let sock = p.path("admin.sock");
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    for (path, want) in [("/healthz", "200"), ("/status", "200"), ("/nope", "404")] {
+        let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {want}")),
+            "{path}: {out}"
+        );
+        if path == "/status" {
+            assert!(out.contains("\"sites\"") || out.contains("digest"), "{out}");
+        }
+    }
+}
+
+/// The admin endpoint names sites, tenants and errors: beyond loopback it needs a token (or a unix
+/// socket), and `check` says so; with the token file it starts.
+#[tokio::test]
+async fn a_public_admin_endpoint_needs_a_token() {
+    let b = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let public = config(&b, "a", "").replace(
+        "[admin]\nbind = \"127.0.0.1:0\"",
+        "[admin]\nbind = \"0.0.0.0:0\"",
+    );
+    write(dir.path(), "wasmgate.toml", public.as_bytes());
+    write(
+        dir.path(),
+        "plugins/add-header.wasm",
+        &std::fs::read(fixture("add-header")).unwrap(),
+    );
+    let err = wasmgate::Config::load(&dir.path().join("wasmgate.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("wasmgate.toml:3:8: admin.bind") && err.contains("token_file"),
+        "{err}"
+    );
+    // An empty token file is no token.
+    write(dir.path(), "admin.token", b"\n");
+    let with_token = public.replace(
+        "bind = \"0.0.0.0:0\"",
+        "bind = \"0.0.0.0:0\"\ntoken_file = \"admin.token\"",
+    );
+    write(dir.path(), "wasmgate.toml", with_token.as_bytes());
+    let err = wasmgate::Config::load(&dir.path().join("wasmgate.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holds no token"), "{err}");
+    write(dir.path(), "admin.token", b"t0ken\n");
+    assert!(wasmgate::Config::load(&dir.path().join("wasmgate.toml")).is_ok());
+    // Zero connections would be no endpoint at all.
+    let zero = with_token.replace("token_file", "max_connections = 0\ntoken_file");
+    write(dir.path(), "wasmgate.toml", zero.as_bytes());
+    let err = wasmgate::Config::load(&dir.path().join("wasmgate.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("admin.max_connections"), "{err}");
 }

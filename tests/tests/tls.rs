@@ -329,3 +329,75 @@ async fn certificates_rotate_on_reload_without_touching_open_connections() {
         renewed.der
     );
 }
+
+/// Draining over HTTP/2: a connection that has served a request gets GOAWAY at once (the client
+/// opens no new stream on it, and nothing it sent is lost); a request in flight completes; a
+/// connection opened just before the drain still gets its first request answered.
+#[tokio::test]
+async fn draining_sends_goaway_and_finishes_what_is_in_flight() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut s = setup().await;
+    let addr = s.proxy.addr("tls");
+    let h2 = || async {
+        let tls = tls_connect(addr, "chat.example.org", tls_config(s.ca.roots(), &[b"h2"]))
+            .await
+            .unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        let ended = tokio::spawn(conn);
+        (sender, ended)
+    };
+    let get = |path: &str| {
+        http::Request::get(format!("https://chat.example.org{path}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    // Used: one request answered before the drain.
+    let (mut used, used_ended) = h2().await;
+    let r = used.send_request(get("/before")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // In flight when the drain begins.
+    let (mut busy, _busy_ended) = h2().await;
+    let slow = tokio::spawn(async move {
+        let r = busy.send_request(get("/slow?ms=1200")).await.unwrap();
+        let status = r.status();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    });
+    // Fresh: handshaken, nothing asked yet.
+    let (mut fresh, _fresh_ended) = h2().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let server = s.proxy.server.take().unwrap();
+    let drain = tokio::spawn(server.shutdown_with_grace(Duration::from_secs(10)));
+    // GOAWAY ends the used connection promptly (hyper's client ends its connection task on it).
+    tokio::time::timeout(Duration::from_secs(2), used_ended)
+        .await
+        .expect("GOAWAY on a used connection")
+        .unwrap()
+        .unwrap();
+    assert!(
+        used.send_request(get("/after")).await.is_err(),
+        "no new stream on a connection that got GOAWAY"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = fresh
+        .send_request(get("/first"))
+        .await
+        .expect("the first request on a fresh connection during the drain");
+    assert_eq!(r.status(), 200);
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"slow");
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .expect("the drain ends once nothing is in flight")
+        .unwrap();
+    // The backend saw each answered request once, and none of the refused one.
+    let paths: Vec<String> = s.backend.seen().into_iter().map(|r| r.uri).collect();
+    assert!(!paths.iter().any(|p| p.contains("/after")), "{paths:?}");
+    assert_eq!(paths.iter().filter(|p| p.contains("/first")).count(), 1);
+}

@@ -149,6 +149,12 @@ pub struct AdminConfig {
     pub listen: AdminListen,
     /// The bearer token's file, read on each request (so it can be rotated without a restart).
     pub token_file: Option<PathBuf>,
+    /// A request head must arrive this long after accept or after the previous response.
+    pub header_timeout: Duration,
+    /// No admin connection lives longer.
+    pub lifetime: Duration,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

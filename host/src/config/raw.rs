@@ -55,6 +55,12 @@ pub struct RawAdmin {
     pub socket: Option<Spanned<String>>,
     /// A file holding the bearer token `/metrics` and `/status` require; needed beyond loopback.
     pub token_file: Option<Spanned<String>>,
+    /// A request head must arrive this long after accept or after the previous response (default 5s).
+    pub header_timeout: Option<Spanned<String>>,
+    /// No admin connection lives longer (default 30s): every answer is small.
+    pub lifetime: Option<Spanned<String>>,
+    /// Connections served at once; more are closed on accept (default 64).
+    pub max_connections: Option<Spanned<usize>>,
     /// Kept for old configs: beyond loopback, `token_file` is what is required now.
     #[serde(default)]
     #[allow(dead_code)]

@@ -448,7 +448,24 @@ impl<'a> Validator<'a> {
                 AdminListen::Tcp(addr)
             }
         };
-        Some(AdminConfig { listen, token_file })
+        let max_connections = match &a.max_connections {
+            Some(n) if *n.get_ref() == 0 => {
+                return self.err(n.span(), "admin.max_connections", "must be at least 1")
+            }
+            Some(n) => *n.get_ref(),
+            None => 64,
+        };
+        Some(AdminConfig {
+            listen,
+            token_file,
+            header_timeout: self
+                .duration_opt(&a.header_timeout, "admin.header_timeout")
+                .unwrap_or(Duration::from_secs(5)),
+            lifetime: self
+                .duration_opt(&a.lifetime, "admin.lifetime")
+                .unwrap_or(Duration::from_secs(30)),
+            max_connections,
+        })
     }
 
     fn tenants(&mut self, raw: &RawConfig) -> Option<TenantsConfig> {

@@ -20,16 +20,36 @@ pub struct Running {
 impl Running {
     /// `wasmgate run --config CONFIG`, in `cwd` (so CONFIG may be relative to it).
     pub async fn start_in(cwd: &Path, config: &Path) -> Running {
-        let mut child = Command::new(BIN)
-            .current_dir(cwd)
+        Running::start_with(cwd, config, None).await
+    }
+
+    /// Like [`Running::start_in`], with at most `nofile` open descriptors (`RLIMIT_NOFILE`).
+    pub async fn start_with(cwd: &Path, config: &Path, nofile: Option<u64>) -> Running {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(cwd)
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            .kill_on_drop(true);
+        if let Some(n) = nofile {
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: between fork and exec only setrlimit runs, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
         let (tx, lines) = mpsc::unbounded_channel();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
