@@ -455,10 +455,8 @@ async fn the_tenants_together_cannot_take_the_instance_pool_and_incumbents_keep_
     assert_eq!(get(web, "www.one.test", "/").await.status, 200);
 }
 
-// Ignored until it is made deterministic (issue 14's note): run alone, tenant A's CPU counter is
-// missing and A's spins take ≈260 ms instead of 20 ms; in the whole binary it passed, and once failed
-// on the throttle counter.
-#[ignore = "flaky: see issue 14's note"]
+/// A tenant over its plugin CPU budget waits (or is parked mid-call); its neighbour's call, made at
+/// the same instant on the same single worker, is served first and is never throttled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_over_its_cpu_budget_waits_and_its_neighbour_goes_first() {
     let b = Backend::start().await;
@@ -489,12 +487,14 @@ plugin_cpu = "5%"
     for _ in 0..2 {
         assert_eq!(get(web, "a.test", "/spin").await.status, 500);
     }
-    assert!(
-        metric(
-            "wasmgate_tenant_plugin_cpu_seconds_total",
-            &["tenant=\"cpu-a\""]
-        ) >= 0.035
+    // What A ran is charged: at least one deadline's worth. (Not exactly two: once A is parked, each
+    // stretch runs from its resumption to the next epoch tick, shorter than the tick the deadline
+    // counts for it; and on a loaded machine, the worker's time is charged, late ticks included.)
+    let charged = metric(
+        "wasmgate_tenant_plugin_cpu_seconds_total",
+        &["tenant=\"cpu-a\""],
     );
+    assert!(charged >= 0.018, "A charged {charged}s");
     // A call of A's waits before it starts (`delayed`) or, when its budget runs out mid-call, is
     // parked at its next epoch yield (`parked`): either way, A's throttling is counted.
     let throttled_a = || {

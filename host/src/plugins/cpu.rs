@@ -8,7 +8,9 @@
 //! tenant's clock `c / share` ns ahead; the tenant is in debt while its clock is ahead of now. A
 //! stretch of guest execution is measured with the monotonic clock (vDSO, no syscall) from the call's
 //! entry or its last resumption to its next epoch yield or its return — time parked in a yield, queued
-//! for a worker, or waiting for the budget is never charged. The allowance of an idle tenant is capped
+//! for a worker, or waiting for the budget is never charged. What is charged is the worker's time, not
+//! the thread's CPU time: a worker the kernel descheduled mid-guest stalls its other connections just
+//! the same, and the monotonic clock costs no syscall per call. The allowance of an idle tenant is capped
 //! at one `plugin_time` of guest CPU, so a burst after a quiet spell cannot exceed one full call.
 
 use std::sync::atomic::{AtomicU64, Ordering};
