@@ -409,8 +409,8 @@ backend = "{b}/"
     let file = "ann:$apr1$hZ3lWQ1N$l3hlBtp6A/IH5Yl8u6YYE/\n";
     let p = Proxy::start(&config, &[("users.htpasswd", file.as_bytes())]).await;
     let addr = p.addr("web");
-    let from = |ip: &'static str, pw: &str| {
-        let auth = basic("ann", pw);
+    let as_user = |user: &'static str, ip: &'static str, pw: &str| {
+        let auth = basic(user, pw);
         async move {
             send(
                 addr,
@@ -419,6 +419,7 @@ backend = "{b}/"
             .await
         }
     };
+    let from = |ip: &'static str, pw: &'static str| as_user("ann", ip, pw);
     assert_eq!(from("203.0.113.5", "secret").await.status, 200);
     for _ in 0..5 {
         assert_eq!(from("203.0.113.5", "guess").await.status, 401);
@@ -431,6 +432,15 @@ backend = "{b}/"
         from("203.0.113.6", "secret").await.status,
         200,
         "another address"
+    );
+    // Guessing user names costs the same: logins as users who do not exist count as failures.
+    for user in ["bob", "carol", "dave", "erin", "frank"] {
+        assert_eq!(as_user(user, "203.0.113.7", "x").await.status, 401);
+    }
+    assert_eq!(
+        from("203.0.113.7", "secret").await.status,
+        429,
+        "throttled after five unknown users"
     );
 }
 

@@ -197,11 +197,19 @@ impl Passwords {
         password: Vec<u8>,
         client: Option<IpAddr>,
     ) -> Result<PasswordVerdict, String> {
-        let kind = kind(&hash)?;
         let now = Instant::now();
         if let Some(wait) = client.and_then(|c| self.throttled(c, now)) {
             return Ok(PasswordVerdict::Throttled(wait.as_secs().max(1) as u32));
         }
+        // No hash: the user does not exist. Nothing to hash, but it is a failed login all the same,
+        // or guessing user names would be free.
+        if hash.is_empty() {
+            if let Some(c) = client {
+                self.fail(c, now);
+            }
+            return Ok(PasswordVerdict::Mismatch);
+        }
+        let kind = kind(&hash)?;
         let key: [u8; 32] = {
             let mut d = Sha256::new();
             d.update((hash.len() as u64).to_le_bytes());

@@ -142,10 +142,9 @@ impl BasicAuth {
     /// The host hashes (natively, off this plugin's time limit), remembers successes and throttles
     /// an address that keeps failing.
     fn check(&self, user: &str, password: &[u8]) -> Check {
-        let Some(hash) = self.users.get(user) else {
-            return Check::Wrong;
-        };
-        match verify_password(&hash.hash, password) {
+        // An unknown user is still asked about (with no hash), so the host counts the failure.
+        let hash = self.users.get(user).map_or("", |h| h.hash.as_str());
+        match verify_password(hash, password) {
             Ok(PasswordVerdict::Match) => Check::Ok,
             Ok(PasswordVerdict::Mismatch) => Check::Wrong,
             Ok(PasswordVerdict::Throttled { retry_after_secs }) => {
