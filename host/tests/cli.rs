@@ -345,17 +345,33 @@ async fn the_examples_pass_check() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("plugins=[token-auth]"));
 }
 
-/// One request on a fresh connection; any failure (refused, reset, bad status) is an `Err`.
-async fn try_get(addr: std::net::SocketAddr, host: &str) -> Result<u16, String> {
-    use http_body_util::BodyExt;
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// A new HTTP/1.1 client connection to `addr`, its driver spawned.
+async fn h1_connect(addr: std::net::SocketAddr) -> Result<Sender, String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// The request keep-alive clients repeat.
+fn keepalive_request() -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::get("/keepalive")
+        .header("host", "app.test")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap()
+}
+
+/// One request on a fresh connection; any failure (refused, reset, bad status) is an `Err`.
+async fn try_get(addr: std::net::SocketAddr, host: &str) -> Result<u16, String> {
+    use http_body_util::BodyExt;
+    let mut sender = h1_connect(addr).await?;
     let req = http::Request::get("/load")
         .header("host", host)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -588,29 +604,18 @@ async fn keepalive_client(
     use http_body_util::BodyExt;
     let (mut ok, mut failed) = (0u32, Vec::new());
     'connections: while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let stream = match tokio::net::TcpStream::connect(addr).await {
+        let mut sender = match h1_connect(addr).await {
             Ok(s) => s,
             Err(e) => {
-                failed.push(format!("connect: {e}"));
+                failed.push(e);
                 continue;
             }
         };
-        let Ok((mut sender, conn)) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
-        else {
-            failed.push("handshake".into());
-            continue;
-        };
-        tokio::spawn(conn);
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             if sender.ready().await.is_err() {
                 continue 'connections;
             }
-            let req = http::Request::get("/keepalive")
-                .header("host", "app.test")
-                .body(http_body_util::Empty::<bytes::Bytes>::new())
-                .unwrap();
-            let resp = match sender.try_send_request(req).await {
+            let resp = match sender.try_send_request(keepalive_request()).await {
                 Ok(r) => r,
                 Err(mut e) => {
                     // Never written: the connection had closed meanwhile. Not a failure.
@@ -947,21 +952,8 @@ async fn sigterm_answers_every_keepalive_request_it_was_sent() {
     std::fs::write(&path, plain_config(&backend, "")).unwrap();
     let mut run = Running::start_in(Path::new("."), &path).await;
     let addr = run.addrs[0].1;
-    let connect = || async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        sender
-    };
-    let request = || {
-        http::Request::get("/keepalive")
-            .header("host", "app.test")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap()
-    };
+    let connect = || async move { h1_connect(addr).await.unwrap() };
+    let request = keepalive_request;
     // Busy clients: back to back on one connection until the proxy says close.
     let mut busy = Vec::new();
     for _ in 0..4 {

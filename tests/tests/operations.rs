@@ -40,14 +40,24 @@ backend = "http://127.0.0.1:9/"
     )
 }
 
-async fn start(b: &Backend, site: &str) -> Proxy {
+/// A directory with the plugin `config` names.
+fn plugin_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write(
         dir.path(),
         "plugins/add-header.wasm",
         &std::fs::read(fixture("add-header")).unwrap(),
     );
-    Proxy::start_in(dir, &config(b, site, "")).await
+    dir
+}
+
+/// Start `cfg` (a variation of [`config`]) in a [`plugin_dir`].
+async fn start_config(cfg: &str) -> Proxy {
+    Proxy::start_in(plugin_dir(), cfg).await
+}
+
+async fn start(b: &Backend, site: &str) -> Proxy {
+    start_config(&config(b, site, "")).await
 }
 
 async fn admin(p: &Proxy, path: &str) -> wasmgate_tests::client::Reply {
@@ -218,18 +228,13 @@ async fn a_configmap_symlink_swap_reloads_the_config() {
 #[tokio::test]
 async fn the_admin_endpoint_wants_its_bearer_token() {
     let b = Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = plugin_dir();
     write(dir.path(), "admin.token", b"s3cret\n");
     let cfg = config(&b, "a", "").replace(
         "bind = \"127.0.0.1:0\"\n\n[[listener]]",
         "bind = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n[[listener]]",
     );
     assert!(cfg.contains("token_file"), "{cfg}");
-    write(
-        dir.path(),
-        "plugins/add-header.wasm",
-        &std::fs::read(fixture("add-header")).unwrap(),
-    );
     let p = Proxy::start_in(dir, &cfg).await;
     let addr = p.addr("admin");
     let with = |token: Option<&str>, path: &str| {
@@ -273,18 +278,12 @@ async fn the_admin_endpoint_wants_its_bearer_token() {
 async fn the_admin_endpoint_times_out_and_caps_its_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "plugins/add-header.wasm",
-        &std::fs::read(fixture("add-header")).unwrap(),
-    );
     let cfg = config(&b, "a", "").replace(
         "bind = \"127.0.0.1:0\"\n\n[[listener]]",
         "bind = \"127.0.0.1:0\"\nheader_timeout = \"400ms\"\nlifetime = \"1500ms\"\nmax_connections = 3\n\n[[listener]]",
     );
     assert!(cfg.contains("max_connections = 3"), "{cfg}");
-    let p = Proxy::start_in(dir, &cfg).await;
+    let p = start_config(&cfg).await;
     let addr = p.addr("admin");
     // Closed by the server: EOF (or a reset) within `within`.
     async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
@@ -369,18 +368,12 @@ async fn the_admin_endpoint_can_be_a_unix_socket() {
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "plugins/add-header.wasm",
-        &std::fs::read(fixture("add-header")).unwrap(),
-    );
     let cfg = config(&b, "a", "").replace(
         "[admin]\nbind = \"127.0.0.1:0\"",
         "[admin]\nsocket = \"admin.sock\"",
     );
     assert!(cfg.contains("socket = "), "{cfg}");
-    let p = Proxy::start_in(dir, &cfg).await;
+    let p = start_config(&cfg).await;
     assert!(p.server().addr("admin").is_none(), "no TCP admin port");
     let sock = p.path("admin.sock");
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
@@ -413,17 +406,12 @@ async fn the_admin_endpoint_can_be_a_unix_socket() {
 #[tokio::test]
 async fn a_public_admin_endpoint_needs_a_token() {
     let b = Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = plugin_dir();
     let public = config(&b, "a", "").replace(
         "[admin]\nbind = \"127.0.0.1:0\"",
         "[admin]\nbind = \"0.0.0.0:0\"",
     );
     write(dir.path(), "wasmgate.toml", public.as_bytes());
-    write(
-        dir.path(),
-        "plugins/add-header.wasm",
-        &std::fs::read(fixture("add-header")).unwrap(),
-    );
     let err = wasmgate::Config::load(&dir.path().join("wasmgate.toml"))
         .unwrap_err()
         .to_string();
