@@ -28,7 +28,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         "server",
         &["server", "tls", "watchdog", "conn_limits", "proxy_protocol"],
     ),
-    ("control", &["reload", "admin", "handover", "demo", "main", "lib"]),
+    (
+        "control",
+        &["reload", "admin", "handover", "demo", "main", "lib"],
+    ),
 ];
 
 /// Edges that point up, or close a cycle inside a layer, and are still to be removed (see
@@ -251,7 +254,11 @@ fn root_reexports(src: &Path) -> BTreeMap<String, String> {
         let tree: String = tree.split_whitespace().collect();
         for path in expand_use(&tree) {
             let segs: Vec<&str> = path.split("::").collect();
-            let segs = if segs[0] == "crate" { &segs[1..] } else { &segs[..] };
+            let segs = if segs[0] == "crate" {
+                &segs[1..]
+            } else {
+                &segs[..]
+            };
             if segs.len() >= 2 {
                 let name = segs.last().unwrap().split("as").next().unwrap();
                 map.insert(name.to_string(), segs[0].to_string());
@@ -408,7 +415,9 @@ fn references(
             continue;
         }
         if word == "use" {
-            let end = code[word_end..].find(';').map_or(code.len(), |p| word_end + p);
+            let end = code[word_end..]
+                .find(';')
+                .map_or(code.len(), |p| word_end + p);
             let tree: String = code[word_end..end].split_whitespace().collect();
             for path in expand_use(&tree) {
                 if let Some(top) = top_module(&path, &modpath, is_bin, roots) {
