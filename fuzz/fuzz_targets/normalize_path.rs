@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wasmgate::proxy::normalize::{lenient_reading, normalize_path};
+use wasmgate_core::path::{lenient_reading, normalize_path};
 
 fuzz_target!(|raw: &str| {
     let Ok(n) = normalize_path(raw) else { return };

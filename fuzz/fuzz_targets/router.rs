@@ -37,7 +37,7 @@ fuzz_target!(|i: Input<'_>| {
 
     // Routes as config validation accepts them; the path as request handling produces it.
     let prefixes: Vec<&str> = i.prefixes.iter().copied().filter(|p| p.starts_with('/') && !p.contains(['?', '#', ' '])).collect();
-    let Ok(path) = wasmgate::proxy::normalize::normalize_path(i.path) else { return };
+    let Ok(path) = wasmgate_core::path::normalize_path(i.path) else { return };
     if let Some(idx) = longest_prefix(prefixes.iter().copied(), &path) {
         let prefix = prefixes[idx];
         assert!(prefix_matches(prefix, &path));

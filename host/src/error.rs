@@ -24,7 +24,7 @@ pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("bad request path: {0}")]
-    BadPath(crate::proxy::normalize::PathError),
+    BadPath(wasmgate_core::path::PathError),
     #[error("path `{path}` is routed to `{route}`, but lenient backends read it as `{read}`, which another route serves")]
     AmbiguousPath {
         path: String,

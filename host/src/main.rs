@@ -246,7 +246,7 @@ async fn check_tenant(
         other => {
             eprintln!(
                 "{}: not a tenant name; pass --name",
-                wasmgate::log::escaped(other.as_deref().unwrap_or(""))
+                wasmgate_core::text::escaped(other.as_deref().unwrap_or(""))
             );
             return Ok(ExitCode::FAILURE);
         }

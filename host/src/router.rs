@@ -190,7 +190,7 @@ fn is_slash_of(prefix: &str, path: &str, fold: bool) -> bool {
         }
 }
 
-/// Would a route chosen for the lenient reading of a path (see `proxy::normalize::lenient_reading`)
+/// Would a route chosen for the lenient reading of a path (see `wasmgate_core::path::lenient_reading`)
 /// be `strict`, the one chosen for the path itself? `folded` are the routes' prefixes read the same
 /// way, in route order. Routes whose prefixes fold to the same text tie, and any of them agrees.
 pub fn lenient_agrees<'a>(

@@ -491,6 +491,9 @@ async fn accept_loop(socket: TcpListener, ctx: Arc<ListenerCtx>) {
     let mut backoff = crate::conn_limits::AcceptBackoff::default();
     loop {
         let (stream, peer) = tokio::select! {
+            // Draining wins over a ready accept: what is still queued is the successor's to take.
+            biased;
+            _ = ctx.shared.draining.cancelled() => return,
             r = socket.accept() => match r {
                 Ok(pair) => {
                     backoff.success();
@@ -506,7 +509,6 @@ async fn accept_loop(socket: TcpListener, ctx: Arc<ListenerCtx>) {
                     continue;
                 }
             },
-            _ = ctx.shared.draining.cancelled() => return,
         };
         let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
             tracing::warn!(listener = %ctx.name, %peer, "max_connections reached; connection closed");

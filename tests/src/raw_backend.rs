@@ -100,7 +100,7 @@ impl RawRequest {
         if !self.target.starts_with('/') {
             v.push(format!("target not in origin-form: {}", self.target));
         }
-        match wasmgate::proxy::normalize::normalize_path(self.path()) {
+        match wasmgate_core::path::normalize_path(self.path()) {
             Ok(n) if n == self.path() => {}
             Ok(n) => v.push(format!("path `{}` is not normalised (`{n}`)", self.path())),
             Err(e) => v.push(format!("path `{}` is invalid: {e:?}", self.path())),

@@ -578,7 +578,7 @@ wasm = "plugins/deny.wasm""#,
     );
     // Whatever reached the public backend must not read as /admin under any lenient decoding.
     for r in public.requests() {
-        let lenient = wasmgate::proxy::normalize::lenient_reading(r.path());
+        let lenient = wasmgate_core::path::lenient_reading(r.path());
         let lenient = lenient.to_ascii_lowercase().replace("%61", "a");
         if lenient.starts_with("/admin") {
             failures.push(format!("the public backend got {}", r.target));

@@ -15,15 +15,19 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", crate::log::escaped(&self.file.to_string_lossy()))?;
+        write!(
+            f,
+            "{}",
+            wasmgate_core::text::escaped(&self.file.to_string_lossy())
+        )?;
         if let Some((line, col)) = self.position {
             write!(f, ":{line}:{col}")?;
         }
         if !self.field.is_empty() {
-            write!(f, ": {}", crate::log::escaped(&self.field))?;
+            write!(f, ": {}", wasmgate_core::text::escaped(&self.field))?;
         }
         // Messages quote what the file says, which may be a tenant's: one error is one line.
-        write!(f, ": {}", crate::log::escaped(&self.message))
+        write!(f, ": {}", wasmgate_core::text::escaped(&self.message))
     }
 }
 

@@ -896,7 +896,7 @@ impl<'a> Validator<'a> {
             );
         } else {
             // Requests are matched in normal form: a prefix written otherwise would never match.
-            match crate::proxy::normalize::normalize_path(path) {
+            match wasmgate_core::path::normalize_path(path) {
                 Ok(n) if n == *path => {}
                 Ok(n) => {
                     path_ok = false;
@@ -1404,7 +1404,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "`{}` is not a name: use letters, digits, `-`, `_` and `.` (starting with a letter or digit, at most 64)",
-            crate::log::escaped(name)
+            wasmgate_core::text::escaped(name)
         ))
     }
 }

@@ -263,14 +263,14 @@ fn rewrite_path(
         Some((p, q)) => (p, Some(q.to_string())),
         None => (target, None),
     };
-    match crate::proxy::normalize::normalize_path(path) {
+    match wasmgate_core::path::normalize_path(path) {
         Ok(n) => {
             state.path = n;
             state.query = query;
             Ok(())
         }
         Err(_) => {
-            tracing::warn!(plugin = %p.name, id = %state.id, "plugin asked for an invalid path `{}`", crate::log::escaped(target));
+            tracing::warn!(plugin = %p.name, id = %state.id, "plugin asked for an invalid path `{}`", wasmgate_core::text::escaped(target));
             Err(ProxyError::Plugin {
                 plugin: p.name.clone(),
                 cause: "invalid path rewrite".into(),
@@ -281,7 +281,7 @@ fn rewrite_path(
 
 fn complain(p: &LoadedPlugin, id: &str, refused: &[String]) {
     for r in refused {
-        tracing::warn!(target: "wasmgate::plugin", plugin = %p.name, digest = %p.digest(), id, "edit refused: {}", crate::log::escaped(r));
+        tracing::warn!(target: "wasmgate::plugin", plugin = %p.name, digest = %p.digest(), id, "edit refused: {}", wasmgate_core::text::escaped(r));
     }
 }
 
@@ -298,7 +298,7 @@ fn log_failure(p: &LoadedPlugin, id: &str, hook: &str, f: &instance::Failure) {
         kind = %f.kind,
         on_error = if p.on_error == OnError::Deny { "deny" } else { "allow" },
         // Trap messages carry the guest's backtrace, whose symbol names the guest chose.
-        detail = crate::log::field(&f.detail),
+        detail = wasmgate_core::text::field(&f.detail),
         "plugin failed"
     );
 }

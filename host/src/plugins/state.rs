@@ -217,7 +217,7 @@ impl bindings::wasmgate::plugin::host::Host for State {
         let id = self.request_id.as_deref().unwrap_or("-");
         // The guest's text is data: escaped, so it cannot start a line that looks like the host's.
         let message: String = message.chars().take(4096).collect();
-        let message = crate::log::escaped(&message);
+        let message = wasmgate_core::text::escaped(&message);
         let tenant = w.tenant.as_deref().unwrap_or("-");
         match level {
             Level::Trace => {
@@ -357,7 +357,7 @@ impl LogStream {
         if !self.line.is_empty() {
             let text = String::from_utf8_lossy(&self.line);
             let tenant = self.who.tenant.as_deref().unwrap_or("-");
-            tracing::info!(target: "wasmgate::plugin", plugin = %self.who.name, site = %self.who.site, tenant = %tenant, stream = %self.stream, "{}", crate::log::escaped(text.trim_end()));
+            tracing::info!(target: "wasmgate::plugin", plugin = %self.who.name, site = %self.who.site, tenant = %tenant, stream = %self.stream, "{}", wasmgate_core::text::escaped(text.trim_end()));
             self.line.clear();
         }
     }

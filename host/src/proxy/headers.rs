@@ -92,7 +92,11 @@ pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     let c = f.client;
     if c.chain.is_empty() {
         let mut buf = [0u8; 64];
-        set(headers, &X_FORWARDED_FOR, crate::log::ip(c.peer, &mut buf));
+        set(
+            headers,
+            &X_FORWARDED_FOR,
+            wasmgate_core::text::ip(c.peer, &mut buf),
+        );
     } else {
         set(headers, &X_FORWARDED_FOR, &c.x_forwarded_for());
     }

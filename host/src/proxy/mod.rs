@@ -10,7 +10,6 @@ pub mod body;
 pub mod client;
 pub mod forwarded;
 pub mod headers;
-pub mod normalize;
 pub mod reverse;
 mod routing;
 
@@ -181,7 +180,7 @@ fn log_error(err: &ProxyError, access: &AccessRecord) {
             tracing::info!(id = %access.request_id, site = access.site.as_deref().unwrap_or("-"), kind = err.kind(), "refused: {err}")
         }
         crate::error::Side::Downstream => {
-            tracing::debug!(id = %access.request_id, kind = err.kind(), "{}", crate::log::escaped(&err.to_string()))
+            tracing::debug!(id = %access.request_id, kind = err.kind(), "{}", wasmgate_core::text::escaped(&err.to_string()))
         }
         _ => tracing::warn!(
             id = %access.request_id,
@@ -189,7 +188,7 @@ fn log_error(err: &ProxyError, access: &AccessRecord) {
             route = access.route.as_deref().unwrap_or("-"),
             kind = err.kind(),
             // A plugin's failure or a backend's answer may be part of the message.
-            "{}", crate::log::escaped(&err.to_string())
+            "{}", wasmgate_core::text::escaped(&err.to_string())
         ),
     }
 }
@@ -219,7 +218,8 @@ fn route_request(
     access: &mut AccessRecord,
 ) -> Result<Routing, ProxyError> {
     let authority = request_authority(req)?;
-    let path = normalize::normalize_path(req.uri().path()).map_err(ProxyError::BadPath)?;
+    let path =
+        wasmgate_core::path::normalize_path(req.uri().path()).map_err(ProxyError::BadPath)?;
     let (site, pick) = routing::select(rt, conn, &authority, &path)?;
     let route = site.route(pick).cloned();
     access.site = Some(site.name.clone());

@@ -9,11 +9,11 @@ use bytes::Bytes;
 use http::{header, Response, StatusCode};
 
 use super::body::{full, ProxyBody};
-use super::normalize;
 use super::ConnInfo;
 use crate::error::ProxyError;
 use crate::router::{normalise_host, Pick};
 use crate::runtime::{Runtime, Site};
+use wasmgate_core::path::{lenient_reading, normalize_path};
 
 /// Site by Host (agreeing with SNI on TLS listeners), then route by longest prefix.
 pub(super) fn select(
@@ -55,7 +55,7 @@ pub(super) fn select(
 }
 
 /// Refuse a path that a lenient backend would read as belonging to another route (see
-/// [`normalize::lenient_reading`]): `/ADMIN/users`, `/admin./users`, `/admin%20/users`,
+/// [`wasmgate_core::path::lenient_reading`]): `/ADMIN/users`, `/admin./users`, `/admin%20/users`,
 /// `/admin%2Fusers` or `/x;a/../admin` must not reach the `/` route's backend, which may read them as
 /// `/admin/users`, past the `/admin` route's plugins. Paths that stay on their route under that reading
 /// (`/api/Projects`, `/api/projects/group%2Fname`) pass unchanged. A plain lower-case path costs one
@@ -65,12 +65,12 @@ pub(super) fn ensure_unambiguous_route(
     pick: Pick,
     path: &str,
 ) -> Result<(), ProxyError> {
-    let read = normalize::lenient_reading(path);
+    let read = lenient_reading(path);
     let borrowed = matches!(read, Cow::Borrowed(_));
     let agrees = if borrowed {
         site.lenient_agrees(path, true, pick)
     } else {
-        normalize::normalize_path(&read).is_ok_and(|n| site.lenient_agrees(&n, false, pick))
+        normalize_path(&read).is_ok_and(|n| site.lenient_agrees(&n, false, pick))
     };
     if agrees {
         return Ok(());

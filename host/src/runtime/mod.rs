@@ -83,7 +83,7 @@ pub struct Site {
     pub plugins: Chain,
     /// Metric handles for requests that match no route.
     pub metrics: Arc<crate::metrics::RouteMetrics>,
-    /// Each route's prefix as lenient backends read it (see `normalize::lenient_reading`), in route
+    /// Each route's prefix as lenient backends read it (see `wasmgate_core::path::lenient_reading`), in route
     /// order, for [`Site::lenient_agrees`].
     folded: Vec<String>,
     /// Every prefix is its own lenient reading: a path that reads the same leniently (plain lower
@@ -138,10 +138,10 @@ impl Site {
     }
 }
 
-/// A route prefix read as [`crate::proxy::normalize::lenient_reading`] reads request paths.
+/// A route prefix read as [`wasmgate_core::path::lenient_reading`] reads request paths.
 fn fold_prefix(prefix: &str) -> String {
-    let read = crate::proxy::normalize::lenient_reading(prefix);
-    crate::proxy::normalize::normalize_path(&read).unwrap_or_else(|_| read.into_owned())
+    let read = wasmgate_core::path::lenient_reading(prefix);
+    wasmgate_core::path::normalize_path(&read).unwrap_or_else(|_| read.into_owned())
 }
 
 pub struct Route {

@@ -219,11 +219,11 @@ pub(super) fn build_all(
     for bad in bad_names {
         let why = format!(
             "{}: a tenant directory's name must be a name (letters, digits, `-`, `_`, `.`; at most 64)",
-            crate::log::escaped(&bad)
+            wasmgate_core::text::escaped(&bad)
         );
         tracing::error!("tenant directory ignored: {why}");
         out.errors
-            .insert(crate::log::escaped(&bad).into_owned(), why);
+            .insert(wasmgate_core::text::escaped(&bad).into_owned(), why);
     }
     // Instance slots held now, by tenants that are still there: an incumbent keeps its reservation,
     // whichever names sort first; a changed or new tenant gets what is left of the tenants' pool.

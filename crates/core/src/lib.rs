@@ -1,0 +1,5 @@
+//! The bottom layer of wasmgate (issue 16): what every other layer speaks and that itself knows
+//! nothing of configuration, plugins or serving. Everything here is plain data and pure functions.
+
+pub mod path;
+pub mod text;
