@@ -8,7 +8,6 @@ pub mod config;
 pub mod conn_limits;
 pub mod demo;
 pub mod egress;
-pub mod error;
 pub mod handover;
 pub mod log;
 pub mod log_sink;

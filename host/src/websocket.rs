@@ -18,15 +18,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ProxyError;
 use crate::log::AccessRecord;
 use crate::plugins::RequestState;
-use crate::proxy::body::{empty, ProxyBody};
 use crate::proxy::forwarded::ClientAddr;
 use crate::proxy::headers::{has_token, strip_hop_by_hop};
 use crate::proxy::{backend_uri, downstream_response, upstream_headers, ConnInfo};
 use crate::runtime::{Route, TenantHandle};
 use crate::server::Shared;
+use wasmgate_core::body::{empty, ProxyBody};
+use wasmgate_core::error::ProxyError;
 
 /// Marks a response whose exchange continues as a tunnel (the tunnel logs it when it ends).
 #[derive(Clone, Copy, Debug)]
@@ -95,7 +95,7 @@ pub async fn proxy(
     let io = route.upstream.connect(backend, &route.connector).await?;
     let protocol_err = |e: hyper::Error| ProxyError::UpstreamProtocol {
         backend: backend.authority.clone(),
-        cause: crate::error::Chain(&e).to_string(),
+        cause: wasmgate_core::error::Chain(&e).to_string(),
     };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await

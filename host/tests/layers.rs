@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules of host/src by layer (0 = core … 6 = control).
 const LAYERS: &[(&str, &[&str])] = &[
-    ("core", &["error"]),
     ("config", &["config"]),
     (
         "mid",
@@ -40,7 +39,6 @@ const ALLOWED: &[(&str, &str)] = &[
     ("config", "egress"),
     ("config", "plugins"),
     ("config", "runtime"),
-    ("error", "proxy"),
     ("plugins", "proxy"),
     ("proxy", "server"),
     ("proxy", "tls"),

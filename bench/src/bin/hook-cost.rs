@@ -96,8 +96,8 @@ fn request_headers(host: &str) -> HeaderMap {
     h
 }
 
-fn response() -> Response<wasmgate::proxy::body::ProxyBody> {
-    let mut r = Response::new(wasmgate::proxy::body::empty());
+fn response() -> Response<wasmgate_core::body::ProxyBody> {
+    let mut r = Response::new(wasmgate_core::body::empty());
     let h = r.headers_mut();
     h.insert("content-type", HeaderValue::from_static("text/plain"));
     h.insert("content-length", HeaderValue::from_static("39"));

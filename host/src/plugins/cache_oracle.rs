@@ -67,7 +67,7 @@ async fn through_chain(chain: &Chain, mut state: RequestState, mut headers: Head
     }
 }
 
-async fn respond_outcome(r: http::Response<crate::proxy::body::ProxyBody>) -> Outcome {
+async fn respond_outcome(r: http::Response<wasmgate_core::body::ProxyBody>) -> Outcome {
     use http_body_util::BodyExt;
     let (parts, body) = r.into_parts();
     let body = body

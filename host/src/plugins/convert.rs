@@ -12,7 +12,7 @@ use super::bindings::{
     TlsInfo,
 };
 use super::RequestState;
-use crate::proxy::body::{full, ProxyBody};
+use wasmgate_core::body::{full, ProxyBody};
 
 /// Headers no plugin may set, append or remove: they describe the connection or the framing, and the
 /// proxy owns them. `host` is routing: a plugin that wants another backend host uses the route config.

@@ -33,14 +33,14 @@ use std::sync::Arc;
 use http::{HeaderMap, Response};
 
 use crate::config::{ConfigError, OnError, PluginConfig, PluginSource};
-use crate::error::ProxyError;
-use crate::proxy::body::ProxyBody;
 use crate::proxy::TlsConn;
 use bindings::HookSet;
 use convert::Decision;
 pub use engine::{stack_class, STACK_CLASSES, TENANT_INSTANCES_MAX};
 pub use instance::{set_worker, LoadedPlugin};
 pub use state::ConfigProblem;
+use wasmgate_core::body::ProxyBody;
+use wasmgate_core::error::ProxyError;
 
 /// The request as plugins see and change it.
 #[derive(Debug, Clone)]

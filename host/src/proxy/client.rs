@@ -22,8 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Backend;
 use crate::egress::{Connector, EgressError};
-use crate::error::ProxyError;
-use crate::proxy::body::ProxyBody;
+use wasmgate_core::body::ProxyBody;
+use wasmgate_core::error::ProxyError;
 
 /// How to reach the backends of one route: connect timeout and TLS settings. Requests go out on
 /// keep-alive connections from the pool of the worker thread they run on (see [`Upstream::send`]).
@@ -192,18 +192,12 @@ impl Upstream {
         let authority = backend.authority.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(backend = %authority, "backend connection ended: {}", crate::error::Chain(&e));
+                tracing::debug!(backend = %authority, "backend connection ended: {}", wasmgate_core::error::Chain(&e));
             }
         });
         Ok(tx)
     }
 }
-
-/// A backend that went silent in the middle of its response body for the route's `timeouts.idle`
-/// (nginx's `proxy_read_timeout` between two reads). The client's response is cut.
-#[derive(Debug, thiserror::Error)]
-#[error("the backend sent nothing of its response body for {0:?} (timeouts.idle)")]
-pub struct BackendBodyIdle(pub Duration);
 
 /// A backend response body that returns its connection to the pool once read to the end (when it is
 /// dropped; hyper drops it after the last byte went out, or never polls it when it is empty).
@@ -229,7 +223,7 @@ impl PooledBody {
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = crate::proxy::body::BoxError;
+    type Error = wasmgate_core::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -259,7 +253,9 @@ impl Body for PooledBody {
         match timer.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
             // The connection is dropped with the body (not `ended`): it goes, not back to the pool.
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BackendBodyIdle(idle))))),
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(
+                wasmgate_core::body::BackendBodyIdle(idle),
+            )))),
         }
     }
 
@@ -372,13 +368,13 @@ impl Upstream {
 fn classify(err: &hyper::Error, backend: &Backend) -> ProxyError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = src {
-        if let Some(t) = e.downcast_ref::<crate::proxy::body::TooLarge>() {
+        if let Some(t) = e.downcast_ref::<wasmgate_core::body::TooLarge>() {
             return ProxyError::BodyTooLarge { limit: t.0 };
         }
         // The request body failed on the client's side: its fault, not the backend's.
-        if let Some(c) = e.downcast_ref::<crate::proxy::body::ClientBodyError>() {
+        if let Some(c) = e.downcast_ref::<wasmgate_core::body::ClientBodyError>() {
             return match c {
-                crate::proxy::body::ClientBodyError::Broken(_) => {
+                wasmgate_core::body::ClientBodyError::Broken(_) => {
                     ProxyError::BadRequestBody(c.to_string())
                 }
                 _ => ProxyError::ClientTimeout {
@@ -391,6 +387,6 @@ fn classify(err: &hyper::Error, backend: &Backend) -> ProxyError {
     }
     ProxyError::UpstreamProtocol {
         backend: backend.authority.clone(),
-        cause: crate::error::Chain(err).to_string(),
+        cause: wasmgate_core::error::Chain(err).to_string(),
     }
 }

@@ -24,15 +24,15 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::error::ProxyError;
 use crate::log::AccessRecord;
 use crate::plugins::{Flow, RequestState};
 use crate::router::map_path;
 use crate::runtime::{Route, Runtime, Site};
 use crate::server::Shared;
-use body::{Metered, OnDone, ProxyBody};
 use forwarded::ClientAddr;
 use headers::{add_forwarding, has_token, Forwarding};
+use wasmgate_core::body::{BoxError, Ended, Metered, OnDone, ProxyBody};
+use wasmgate_core::error::ProxyError;
 
 /// Facts about one client connection, shared by all requests on it.
 #[derive(Debug)]
@@ -134,7 +134,7 @@ pub async fn handle(
 /// The one place an error becomes a response (and a log line, and a field of the access log).
 fn error_response(err: ProxyError, access: &mut AccessRecord) -> Response<ProxyBody> {
     log_error(&err, access);
-    if err.side() == crate::error::Side::Upstream {
+    if err.side() == wasmgate_core::error::Side::Upstream {
         crate::metrics::get()
             .upstream_errors
             .get_or_create(&crate::metrics::KindLabels { kind: err.kind() })
@@ -162,7 +162,7 @@ fn finish(
     let (parts, body) = response.into_parts();
     let out = Arc::new(AtomicU64::new(0));
     let counted = Metered::new(body, out.clone(), None);
-    let logged = OnDone::new(counted, move |ended: body::Ended| {
+    let logged = OnDone::new(counted, move |ended: Ended| {
         if let Some(why) = ended.error {
             // A response cut in the middle: the line says why (a silent backend, …).
             access.error = Some(why.to_string());
@@ -176,10 +176,12 @@ fn finish(
 fn log_error(err: &ProxyError, access: &AccessRecord) {
     match err.side() {
         // A path that reads as another route's is a probe for a bypass: worth the operator's eyes.
-        crate::error::Side::Downstream if matches!(err, ProxyError::AmbiguousPath { .. }) => {
+        wasmgate_core::error::Side::Downstream
+            if matches!(err, ProxyError::AmbiguousPath { .. }) =>
+        {
             tracing::info!(id = %access.request_id, site = access.site.as_deref().unwrap_or("-"), kind = err.kind(), "refused: {err}")
         }
-        crate::error::Side::Downstream => {
+        wasmgate_core::error::Side::Downstream => {
             tracing::debug!(id = %access.request_id, kind = err.kind(), "{}", wasmgate_core::text::escaped(&err.to_string()))
         }
         _ => tracing::warn!(
@@ -505,7 +507,7 @@ pub fn downstream_response<B>(
 ) -> Response<ProxyBody>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<body::BoxError>,
+    B::Error: Into<BoxError>,
 {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);

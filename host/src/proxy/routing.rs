@@ -8,11 +8,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 
-use super::body::{full, ProxyBody};
 use super::ConnInfo;
-use crate::error::ProxyError;
 use crate::router::{normalise_host, Pick};
 use crate::runtime::{Runtime, Site};
+use wasmgate_core::body::{full, ProxyBody};
+use wasmgate_core::error::ProxyError;
 use wasmgate_core::path::{lenient_reading, normalize_path};
 
 /// Site by Host (agreeing with SNI on TLS listeners), then route by longest prefix.

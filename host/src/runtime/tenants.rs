@@ -27,7 +27,7 @@ use super::owners::{covers, overlap, Owners};
 use super::{build_sites, Builders, BuiltSite, Runtime};
 use crate::config::tenant_fs::{self, FileCaps};
 use crate::config::{Config, TenantLimits};
-use crate::error::ProxyError;
+use wasmgate_core::error::ProxyError;
 
 /// A tenant as it serves now.
 pub struct TenantRuntime {

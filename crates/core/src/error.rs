@@ -6,7 +6,7 @@ use std::fmt;
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 
-use crate::proxy::body::{full, ProxyBody};
+use crate::body::{full, ProxyBody};
 
 /// Which side of the proxy a failure belongs to; the access log and metrics report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("bad request path: {0}")]
-    BadPath(wasmgate_core::path::PathError),
+    BadPath(crate::path::PathError),
     #[error("path `{path}` is routed to `{route}`, but lenient backends read it as `{read}`, which another route serves")]
     AmbiguousPath {
         path: String,
