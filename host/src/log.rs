@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
 use wasmgate_core::text::{decimal, escaped, field, ip};
 
 use crate::config::LogFormat;

@@ -489,11 +489,14 @@ struct ListenerCtx {
 
 async fn accept_loop(socket: TcpListener, ctx: Arc<ListenerCtx>) {
     let mut backoff = crate::conn_limits::AcceptBackoff::default();
+    // One waiter for the whole loop, not a fresh registration with the token per accepted connection.
+    let draining = ctx.shared.draining.cancelled();
+    tokio::pin!(draining);
     loop {
         let (stream, peer) = tokio::select! {
             // Draining wins over a ready accept: what is still queued is the successor's to take.
             biased;
-            _ = ctx.shared.draining.cancelled() => return,
+            _ = &mut draining => return,
             r = socket.accept() => match r {
                 Ok(pair) => {
                     backoff.success();
@@ -504,7 +507,7 @@ async fn accept_loop(socket: TcpListener, ctx: Arc<ListenerCtx>) {
                     let pause = backoff.failure(&ctx.name, &e);
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
-                        _ = ctx.shared.draining.cancelled() => return,
+                        _ = &mut draining => return,
                     }
                     continue;
                 }

@@ -14,7 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Top-level modules of host/src by layer (0 = core … 6 = control).
+/// Top-level modules of host/src by layer, lowest first. The core layer is the `wasmgate-core`
+/// crate, which depends on none of these (the compiler holds that).
 const LAYERS: &[(&str, &[&str])] = &[
     ("config", &["config"]),
     (
@@ -500,7 +501,8 @@ fn expand_use(tree: &str) -> Vec<String> {
         .collect()
 }
 
-/// Every elementary cycle's witness, one per strongly connected component of more than one module.
+/// A shortest cycle through each module that is on one, skipping modules an earlier cycle already
+/// showed (one witness per tangle, not every elementary cycle).
 fn cycles(edges: &BTreeSet<(String, String)>) -> Vec<Vec<String>> {
     let nodes: BTreeSet<&String> = edges.iter().flat_map(|(a, b)| [a, b]).collect();
     let next = |n: &str| -> Vec<&String> {
