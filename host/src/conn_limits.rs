@@ -30,7 +30,7 @@ impl PerIp {
 
     /// Count a connection from `ip`, or `None` if it already has `max` open.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<PerIpSlot> {
-        let ip = crate::proxy::forwarded::canonical(ip);
+        let ip = ip.to_canonical();
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= self.max {

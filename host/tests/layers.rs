@@ -40,7 +40,6 @@ const ALLOWED: &[(&str, &str)] = &[
     ("config", "egress"),
     ("config", "plugins"),
     ("config", "runtime"),
-    ("plugins", "proxy"),
     ("proxy", "server"),
     ("proxy", "tls"),
     ("runtime", "proxy"),

@@ -14,7 +14,8 @@ use std::time::Instant;
 use clap::Parser;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use wasmgate::config::Config;
-use wasmgate::plugins::{on_response, Flow, RequestState};
+use wasmgate::plugins::{on_response, Flow};
+use wasmgate_core::request::RequestState;
 use wasmgate::runtime::{Builders, Runtime};
 
 #[derive(Parser)]

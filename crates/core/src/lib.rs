@@ -2,6 +2,9 @@
 //! nothing of configuration, plugins or serving. Everything here is plain data and pure functions.
 
 pub mod body;
+pub mod conn;
 pub mod error;
+pub mod ids;
 pub mod path;
+pub mod request;
 pub mod text;

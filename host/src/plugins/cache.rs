@@ -20,7 +20,7 @@ use http::{HeaderMap, HeaderName};
 
 use super::bindings;
 use super::convert::Decision;
-use super::RequestState;
+use wasmgate_core::request::RequestState;
 
 /// Answers kept per plugin and worker.
 const MAX_ENTRIES: usize = 4096;

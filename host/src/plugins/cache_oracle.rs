@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderValue};
 
 use super::convert::{self, Decision};
-use super::{Chain, Flow, LoadedPlugin, PluginHost, PluginOwner, RequestState};
+use super::{Chain, Flow, LoadedPlugin, PluginHost, PluginOwner};
 use crate::config::{OnError, PluginConfig, PluginLimits, PluginSource};
+use wasmgate_core::request::RequestState;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 

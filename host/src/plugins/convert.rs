@@ -11,7 +11,7 @@ use super::bindings::{
     Header, HeaderOp, HttpVersion, IpAddress, Method, Request, RequestAction, RequestInfo, Scheme,
     TlsInfo,
 };
-use super::RequestState;
+use wasmgate_core::request::RequestState;
 use wasmgate_core::body::{full, ProxyBody};
 
 /// Headers no plugin may set, append or remove: they describe the connection or the framing, and the

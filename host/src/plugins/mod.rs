@@ -26,14 +26,12 @@ mod password;
 pub mod quota;
 mod state;
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::{HeaderMap, Response};
 
 use crate::config::{ConfigError, OnError, PluginConfig, PluginSource};
-use crate::proxy::TlsConn;
 use bindings::HookSet;
 use convert::Decision;
 pub use engine::{stack_class, STACK_CLASSES, TENANT_INSTANCES_MAX};
@@ -41,25 +39,7 @@ pub use instance::{set_worker, LoadedPlugin};
 pub use state::ConfigProblem;
 use wasmgate_core::body::ProxyBody;
 use wasmgate_core::error::ProxyError;
-
-/// The request as plugins see and change it.
-#[derive(Debug, Clone)]
-pub struct RequestState {
-    pub id: String,
-    pub method: String,
-    pub scheme: &'static str,
-    pub authority: String,
-    pub path: String,
-    pub query: Option<String>,
-    pub client: IpAddr,
-    pub site: Arc<str>,
-    pub route: Arc<str>,
-    pub websocket: bool,
-    pub version: &'static str,
-    pub tls: Option<TlsConn>,
-    /// When the request arrived (decision-cache ages are measured from it: no clock read per lookup).
-    pub at: std::time::Instant,
-}
+use wasmgate_core::request::RequestState;
 
 /// What a chain decided.
 pub enum Flow {

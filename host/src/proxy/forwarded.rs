@@ -69,13 +69,13 @@ impl TrustedProxies {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+        let ip = ip.to_canonical();
         self.nets.iter().any(|n| n.contains(&ip))
     }
 
     /// The client address for a request from `peer` with `headers`.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> ClientAddr {
-        let peer = canonical(peer);
+        let peer = peer.to_canonical();
         let mut c = ClientAddr {
             ip: peer,
             peer,
@@ -127,7 +127,7 @@ impl TrustedProxies {
             }
             match hop {
                 Hop::Addr(ip) => {
-                    let ip = canonical(ip);
+                    let ip = ip.to_canonical();
                     c.ip = ip;
                     c.chain.push(ip);
                     if !self.contains(ip) {
@@ -274,14 +274,6 @@ fn split_outside_quotes(s: &str, sep: u8) -> Vec<&str> {
     }
     parts.push(&s[start..]);
     parts
-}
-
-/// `::ffff:1.2.3.4` is `1.2.3.4` for every decision.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
 }
 
 impl ClientAddr {

@@ -14,7 +14,7 @@ pub mod reverse;
 mod routing;
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -25,44 +25,16 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::log::AccessRecord;
-use crate::plugins::{Flow, RequestState};
+use crate::plugins::Flow;
 use crate::router::map_path;
 use crate::runtime::{Route, Runtime, Site};
 use crate::server::Shared;
 use forwarded::ClientAddr;
 use headers::{add_forwarding, has_token, Forwarding};
 use wasmgate_core::body::{BoxError, Ended, Metered, OnDone, ProxyBody};
+use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::error::ProxyError;
-
-/// Facts about one client connection, shared by all requests on it.
-#[derive(Debug)]
-pub struct ConnInfo {
-    /// The client: the TCP peer, or the address a trusted PROXY protocol header gave. Everything —
-    /// `trusted_proxies`, X-Forwarded-For, ip-allow, limits, logs — judges this one.
-    pub peer: SocketAddr,
-    /// The TCP peer (the balancer, when PROXY protocol named another client), for logs.
-    pub tcp_peer: SocketAddr,
-    pub listener: usize,
-    pub listener_name: Arc<str>,
-    pub tls: Option<TlsConn>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsConn {
-    pub sni: Option<String>,
-    pub alpn: Option<String>,
-    pub version: &'static str,
-}
-
-impl ConnInfo {
-    pub fn scheme(&self) -> &'static str {
-        if self.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        }
-    }
-}
+use wasmgate_core::request::RequestState;
 
 /// What the rest of the pipeline knows about the request once site and route are chosen.
 pub struct Routed {

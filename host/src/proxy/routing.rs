@@ -8,10 +8,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 
-use super::ConnInfo;
 use crate::router::{normalise_host, Pick};
 use crate::runtime::{Runtime, Site};
 use wasmgate_core::body::{full, ProxyBody};
+use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::error::ProxyError;
 use wasmgate_core::path::{lenient_reading, normalize_path};
 

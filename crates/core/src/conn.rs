@@ -1,0 +1,34 @@
+//! Facts about one client connection, shared by every request on it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client: the TCP peer, or the address a trusted PROXY protocol header gave. Everything —
+    /// `trusted_proxies`, X-Forwarded-For, ip-allow, limits, logs — judges this one.
+    pub peer: SocketAddr,
+    /// The TCP peer (the balancer, when PROXY protocol named another client), for logs.
+    pub tcp_peer: SocketAddr,
+    pub listener: usize,
+    pub listener_name: Arc<str>,
+    pub tls: Option<TlsConn>,
+}
+
+/// What the handshake settled, as plugins and logs see it.
+#[derive(Debug, Clone)]
+pub struct TlsConn {
+    pub sni: Option<String>,
+    pub alpn: Option<String>,
+    pub version: &'static str,
+}
+
+impl ConnInfo {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
