@@ -15,8 +15,8 @@ use clap::Parser;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use wasmgate::config::Config;
 use wasmgate::plugins::{on_response, Flow};
-use wasmgate_core::request::RequestState;
 use wasmgate::runtime::{Builders, Runtime};
+use wasmgate_core::request::RequestState;
 
 #[derive(Parser)]
 struct Args {

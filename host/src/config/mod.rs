@@ -1,8 +1,12 @@
 //! Configuration: file → raw serde types (`raw`) → validated [`Config`] (`validate`), with every error
 //! reported at once as `file:line:col: field: reason`.
 
+pub mod builtins;
+pub mod egress;
 mod error;
 mod files;
+pub mod hosts;
+pub mod limits;
 mod model;
 mod raw;
 pub mod tenant_fs;
@@ -12,7 +16,7 @@ mod validate;
 pub use error::{ConfigError, ConfigErrors};
 pub use files::{FileRefused, FileScope};
 pub use model::*;
-pub use validate::{check_name, normalise_host_pattern};
+pub use validate::check_name;
 
 use std::path::Path;
 
@@ -49,7 +53,7 @@ impl Config {
 impl Config {
     /// Read and validate tenant `name`'s `tenant.toml` in `dir` against the operator's config.
     pub fn load_tenant(&self, dir: &Path, name: &str) -> Result<Vec<SiteConfig>, ConfigErrors> {
-        self.load_tenant_with(dir, name, &crate::egress::OwnAddrs::default())
+        self.load_tenant_with(dir, name, &egress::OwnAddrs::default())
     }
 
     /// [`Config::load_tenant`] for a running server, whose bound sockets (`own`) no tenant backend
@@ -58,7 +62,7 @@ impl Config {
         &self,
         dir: &Path,
         name: &str,
-        own: &crate::egress::OwnAddrs,
+        own: &egress::OwnAddrs,
     ) -> Result<Vec<SiteConfig>, ConfigErrors> {
         let path = dir.join("tenant.toml");
         let caps = self

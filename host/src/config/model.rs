@@ -87,8 +87,8 @@ pub struct TenantLimits {
     pub max_tunnels: usize,
     pub max_body_bytes: u64,
     // Egress and resources, counted before a tenant's config is accepted (issue 14, items 2, 3).
-    /// What the tenant's backends may reach beyond public addresses (see `crate::egress`).
-    pub backends: Vec<crate::egress::Allow>,
+    /// What the tenant's backends may reach beyond public addresses (see `egress`).
+    pub backends: Vec<super::egress::Allow>,
     pub max_sites: usize,
     /// Routes over all of the tenant's sites.
     pub max_routes: usize,

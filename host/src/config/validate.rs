@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::error::{ConfigError, Locator};
+use super::hosts;
 use super::model::*;
 use super::raw::*;
 use super::tenant_fs::{Confined, FileCaps};
@@ -32,8 +33,8 @@ pub(super) struct Validator<'a> {
 
 /// The egress allowances of the tenant being validated and the proxy's own sockets.
 struct Egress<'a> {
-    allow: Vec<crate::egress::Allow>,
-    own: &'a crate::egress::OwnAddrs,
+    allow: Vec<super::egress::Allow>,
+    own: &'a super::egress::OwnAddrs,
     binds: Vec<(std::sync::Arc<str>, SocketAddr)>,
 }
 
@@ -73,7 +74,7 @@ impl<'a> Validator<'a> {
         raw: RawTenant,
         operator: &Config,
         caps: &TenantLimits,
-        own: &'a crate::egress::OwnAddrs,
+        own: &'a super::egress::OwnAddrs,
     ) -> Vec<SiteConfig> {
         let mut binds: Vec<(std::sync::Arc<str>, SocketAddr)> = operator
             .listeners
@@ -81,8 +82,8 @@ impl<'a> Validator<'a> {
             .map(|l| (l.name.as_str().into(), l.bind))
             .collect();
         binds.extend(operator.admin.as_ref().and_then(|a| match a.listen {
-            crate::config::AdminListen::Tcp(addr) => Some(("admin".into(), addr)),
-            crate::config::AdminListen::Unix(_) => None,
+            AdminListen::Tcp(addr) => Some(("admin".into(), addr)),
+            AdminListen::Unix(_) => None,
         }));
         binds.retain(|(_, a)| a.port() != 0);
         self.egress = Some(Egress {
@@ -157,7 +158,7 @@ impl<'a> Validator<'a> {
                 );
             }
             for (i, h) in s.hosts.iter().enumerate() {
-                let Ok(pattern) = normalise_host_pattern(h.get_ref()) else {
+                let Ok(pattern) = hosts::normalise(h.get_ref()) else {
                     continue; // already reported
                 };
                 let field = format!("site[{si}].hosts[{i}]");
@@ -168,7 +169,7 @@ impl<'a> Validator<'a> {
                     Some("a tenant may not claim localhost".to_string())
                 } else {
                     grants
-                        .filter(|g| !g.iter().any(|p| crate::runtime::covers(p, &pattern)))
+                        .filter(|g| !g.iter().any(|p| hosts::covers(p, &pattern)))
                         .map(|g| {
                             format!(
                                 "`{pattern}` is outside the hosts the operator granted this tenant ({})",
@@ -539,7 +540,7 @@ impl<'a> Validator<'a> {
             }
             let mut list = Vec::new();
             for (i, h) in hosts.iter().enumerate() {
-                match normalise_host_pattern(h.get_ref()) {
+                match hosts::normalise(h.get_ref()) {
                     Ok(p) => list.push(p),
                     Err(m) => {
                         self.err::<()>(h.span(), &format!("tenant_limits.{name}.hosts[{i}]"), m);
@@ -581,7 +582,7 @@ impl<'a> Validator<'a> {
                 Some(list) => list
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, e)| match crate::egress::Allow::parse(e.get_ref()) {
+                    .filter_map(|(i, e)| match super::egress::Allow::parse(e.get_ref()) {
                         Ok(a) => Some(a),
                         Err(m) => self.err(e.span(), &format!("{field}.backends[{i}]"), m),
                     })
@@ -594,7 +595,7 @@ impl<'a> Validator<'a> {
                 &r.max_instances,
                 field,
                 "max_instances",
-                crate::plugins::TENANT_INSTANCES_MAX,
+                super::limits::TENANT_INSTANCES_MAX,
                 base.max_instances,
             ),
             max_plugin_memory: self
@@ -782,7 +783,7 @@ impl<'a> Validator<'a> {
         let mut hosts = Vec::new();
         let mut host_locations = Vec::new();
         for (i, h) in s.hosts.iter().enumerate() {
-            match normalise_host_pattern(h.get_ref()) {
+            match hosts::normalise(h.get_ref()) {
                 Ok(n) => {
                     let (line, col) = self.loc.position(h.span().start);
                     host_locations.push(format!("{}:{line}:{col}", self.loc.file.display()));
@@ -988,7 +989,7 @@ impl<'a> Validator<'a> {
         let host = auth.host().to_string();
         let port = auth.port_u16().unwrap_or(default_port);
         if let Some(e) = &self.egress {
-            if let Err(why) = crate::egress::check_literal(&e.allow, e.own, &e.binds, &host, port) {
+            if let Err(why) = super::egress::check_literal(&e.allow, e.own, &e.binds, &host, port) {
                 return self.err(
                     raw.span(),
                     field,
@@ -1028,14 +1029,14 @@ impl<'a> Validator<'a> {
         let p = raw.get_ref();
         let source = match (&p.builtin, &p.wasm) {
             (Some(b), None) => {
-                if !crate::plugins::builtin::exists(b.get_ref()) {
+                if !super::builtins::exists(b.get_ref()) {
                     return self.err(
                         b.span(),
                         &format!("{field}.builtin"),
                         format!(
                             "no built-in plugin is named `{}` (there are: {})",
                             b.get_ref(),
-                            crate::plugins::builtin::NAMES.join(", ")
+                            super::builtins::NAMES.join(", ")
                         ),
                     );
                 }
@@ -1121,7 +1122,7 @@ impl<'a> Validator<'a> {
         // Each distinct stack size needs a wasmtime engine of its own: sizes round up to a few fixed
         // classes, so no config (a tenant's least of all) can make the process create many.
         let limits = PluginLimits {
-            stack: crate::plugins::stack_class(limits.stack),
+            stack: super::limits::stack_class(limits.stack),
             ..limits
         };
         if limits.instances == 0 || limits.instances > 64 {
@@ -1153,9 +1154,7 @@ impl<'a> Validator<'a> {
     fn fail_open(&mut self, p: &RawPlugin, source: &PluginSource, on_error: OnError, field: &str) {
         let opt_in = p.i_understand_this_disables_auth.as_ref();
         let guard = match source {
-            PluginSource::Builtin(n)
-                if crate::plugins::builtin::ACCESS_CONTROL.contains(&n.as_str()) =>
-            {
+            PluginSource::Builtin(n) if super::builtins::ACCESS_CONTROL.contains(&n.as_str()) => {
                 Some(n)
             }
             _ => None,
@@ -1405,34 +1404,6 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Err(format!(
             "`{}` is not a name: use letters, digits, `-`, `_` and `.` (starting with a letter or digit, at most 64)",
             wasmgate_core::text::escaped(name)
-        ))
-    }
-}
-
-/// Lower-case, no port, no trailing dot; `*.` allowed only as the first label.
-pub fn normalise_host_pattern(h: &str) -> Result<String, String> {
-    let mut h = h.trim().trim_end_matches('.').to_ascii_lowercase();
-    if !h.is_ascii() {
-        // IDN: one spelling for comparison and routing, the punycode one clients send.
-        let (star, rest) = match h.strip_prefix("*.") {
-            Some(rest) => ("*.", rest),
-            None => ("", h.as_str()),
-        };
-        match idna::domain_to_ascii(rest) {
-            Ok(a) => h = format!("{star}{a}"),
-            Err(_) => return Err(format!("`{h}` is not a valid internationalised host name")),
-        }
-    }
-    let bare = h.strip_prefix("*.").unwrap_or(&h);
-    let valid = !bare.is_empty()
-        && bare
-            .split('.')
-            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-    if valid || bare.parse::<std::net::IpAddr>().is_ok() {
-        Ok(h)
-    } else {
-        Err(format!(
-            "`{h}` is not a host name (write names without scheme or port; `*.` only in front)"
         ))
     }
 }

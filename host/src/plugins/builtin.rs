@@ -1,10 +1,9 @@
 //! The built-in plugins: the crates in `plugins/`, compiled to wasm32-wasip2 by `build.rs` and embedded
-//! in the binary. They are ordinary components, loaded exactly like a user's `wasm = "…"` plugin.
+//! in the binary. They are ordinary components, loaded exactly like a user's `wasm = "…"` plugin. Which
+//! names exist is the config's business (`config::builtins`).
 
-macro_rules! builtins {
+macro_rules! embedded {
     ($($name:literal => $file:literal),* $(,)?) => {
-        pub const NAMES: &[&str] = &[$($name),*];
-
         /// The component bytes of a built-in plugin.
         pub fn bytes(name: &str) -> Option<&'static [u8]> {
             match name {
@@ -15,7 +14,7 @@ macro_rules! builtins {
     };
 }
 
-builtins! {
+embedded! {
     "redirect" => "redirect.wasm",
     "headers" => "headers.wasm",
     "token-auth" => "token_auth.wasm",
@@ -24,10 +23,15 @@ builtins! {
     "require-header" => "require_header.wasm",
 }
 
-/// The built-ins that decide who gets in. Skipping one (`on_error = "allow"`) admits every request it
-/// would have refused, so that needs an explicit opt-in (`i_understand_this_disables_auth`).
-pub const ACCESS_CONTROL: &[&str] = &["token-auth", "basic-auth", "ip-allow", "require-header"];
-
-pub fn exists(name: &str) -> bool {
-    NAMES.contains(&name)
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_name_a_config_accepts_has_bytes() {
+        for name in crate::config::builtins::NAMES {
+            let bytes =
+                super::bytes(name).unwrap_or_else(|| panic!("built-in `{name}` has no bytes"));
+            assert!(bytes.starts_with(b"\0asm"), "built-in `{name}` is not wasm");
+        }
+        assert!(super::bytes("no-such-plugin").is_none());
+    }
 }

@@ -11,8 +11,8 @@ use super::bindings::{
     Header, HeaderOp, HttpVersion, IpAddress, Method, Request, RequestAction, RequestInfo, Scheme,
     TlsInfo,
 };
-use wasmgate_core::request::RequestState;
 use wasmgate_core::body::{full, ProxyBody};
+use wasmgate_core::request::RequestState;
 
 /// Headers no plugin may set, append or remove: they describe the connection or the framing, and the
 /// proxy owns them. `host` is routing: a plugin that wants another backend host uses the route config.

@@ -18,34 +18,14 @@ use std::time::Duration;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::config::limits::{stack_class, MAX_MEMORY, POOL_INSTANCES};
+
 /// One epoch tick. Deadlines are whole ticks, so a 5 ms limit traps between 5 and 6 ms.
 pub const TICK: Duration = Duration::from_millis(1);
 
 /// Ticks without a call in flight after which the ticker goes to sleep until the next call: an idle
 /// proxy (or one whose plugins answer from their decision caches) should not wake 1,000 times a second.
 const IDLE_TICKS: u32 = 100;
-
-/// The largest linear memory any plugin may have; `limits.memory` is checked against it.
-pub const MAX_MEMORY: u64 = 256 << 20;
-
-/// The wasm stack sizes there are engines for: a plugin's `limits.stack` rounds up to one of them, so
-/// whatever the configs say, the process has at most this many engines.
-pub const STACK_CLASSES: [u64; 5] = [512 << 10, 1 << 20, 2 << 20, 4 << 20, 8 << 20];
-
-/// The smallest class that holds `stack` (the largest for anything beyond).
-pub fn stack_class(stack: u64) -> u64 {
-    STACK_CLASSES
-        .into_iter()
-        .find(|&c| c >= stack)
-        .unwrap_or(STACK_CLASSES[STACK_CLASSES.len() - 1])
-}
-
-/// Instances each engine's pooling allocator has room for.
-pub const POOL_INSTANCES: u32 = 1000;
-
-/// The most warm instances one tenant may be allowed (`tenant_limits.max_instances`): a fifth of the
-/// pool, so no single tenant's grant can take the room the operator and the others reload in.
-pub const TENANT_INSTANCES_MAX: usize = POOL_INSTANCES as usize / 5;
 
 /// Engines by stack class, held weakly: an engine lives as long as some plugin (or cached component)
 /// of its class does, and its ticker thread ends with it.
@@ -352,13 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn stack_sizes_round_up_to_a_few_classes_and_unused_engines_go() {
-        assert_eq!(stack_class(64 << 10), 512 << 10);
-        assert_eq!(stack_class(513 << 10), 1 << 20);
-        assert_eq!(stack_class(8 << 20), 8 << 20);
-        let distinct: std::collections::HashSet<u64> =
-            (1..=128u64).map(|k| stack_class(k << 16)).collect();
-        assert_eq!(distinct.len(), STACK_CLASSES.len());
+    fn one_engine_per_stack_class_and_unused_engines_go() {
         let (e, _) = engine(3 << 20).unwrap();
         let again = engine(4 << 20).unwrap().0;
         assert!(Engine::same(&e, &again), "one engine per class");

@@ -34,7 +34,6 @@ use http::{HeaderMap, Response};
 use crate::config::{ConfigError, OnError, PluginConfig, PluginSource};
 use bindings::HookSet;
 use convert::Decision;
-pub use engine::{stack_class, STACK_CLASSES, TENANT_INSTANCES_MAX};
 pub use instance::{set_worker, LoadedPlugin};
 pub use state::ConfigProblem;
 use wasmgate_core::body::ProxyBody;

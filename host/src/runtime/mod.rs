@@ -11,7 +11,6 @@ use rustls::sign::CertifiedKey;
 mod owners;
 mod tenants;
 
-pub use owners::{covers, overlap};
 pub use tenants::{TenantHandle, TenantRuntime, TenantShared, TenantSlot};
 
 use crate::config::{Config, ConfigError, ConfigErrors, RouteConfig, SiteConfig};
@@ -185,7 +184,7 @@ pub struct Builders {
     pub plugins: PluginHost,
     pub tenants: tenants::TenantCounters,
     /// The server's bound sockets, which no tenant backend may reach (filled in once bound).
-    pub own: Arc<crate::egress::OwnAddrs>,
+    pub own: Arc<crate::config::egress::OwnAddrs>,
     /// Who owns each tenant host: read from the state directory on first use, then kept here (so a
     /// state directory that cannot be written still gives the right answer within the process).
     owners: std::sync::Mutex<Option<owners::Owners>>,

@@ -1,8 +1,8 @@
-//! Who owns a host: the rules tenants' claims are judged by, and the record of owners that outlives
-//! the process.
+//! Who owns a host: the record of owners that outlives the process. The rules claims are judged by
+//! (`overlap`, `covers`) are in `config::hosts`.
 //!
 //! Hosts are compared as normalised patterns (lower case, no trailing dot, IDN as punycode; see
-//! `normalise_host_pattern`) on every listener at once: a host is one name on the Internet, whichever
+//! `config::hosts::normalise`) on every listener at once: a host is one name on the Internet, whichever
 //! port serves it. `*.example.org` matches exactly one more label, as routing does, so it overlaps
 //! `a.example.org` but not `example.org`, `a.b.example.org` nor `*.b.example.org`.
 //!
@@ -14,36 +14,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-
-/// Can one request host match both patterns?
-pub fn overlap(a: &str, b: &str) -> bool {
-    fn wildcard_matches(pattern: &str, host: &str) -> bool {
-        match pattern.strip_prefix("*.") {
-            Some(suffix) => host
-                .strip_suffix(suffix)
-                .and_then(|front| front.strip_suffix('.'))
-                .is_some_and(|label| !label.is_empty() && !label.contains('.') && label != "*"),
-            None => false,
-        }
-    }
-    a == b || wildcard_matches(a, b) || wildcard_matches(b, a)
-}
-
-/// Does the operator's grant `grant` cover the claim `claim`? An exact grant covers that host; a
-/// grant `*.acme.example` covers every name under `acme.example`, wildcards included, at any depth
-/// (the tenant owns the subtree).
-pub fn covers(grant: &str, claim: &str) -> bool {
-    if grant == claim {
-        return true;
-    }
-    let Some(suffix) = grant.strip_prefix("*.") else {
-        return false;
-    };
-    let bare = claim.strip_prefix("*.").unwrap_or(claim);
-    bare.len() > suffix.len()
-        && bare.ends_with(suffix)
-        && bare[..bare.len() - suffix.len()].ends_with('.')
-}
 
 pub type Owners = BTreeMap<String, String>;
 
@@ -117,29 +87,6 @@ pub fn save(state_dir: &Path, tenants_dir: &Path, owners: &Owners) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn overlaps_follow_routing() {
-        assert!(overlap("a.test", "a.test"));
-        assert!(overlap("*.platform.example", "login.platform.example"));
-        assert!(overlap("login.platform.example", "*.platform.example"));
-        assert!(!overlap("*.platform.example", "platform.example"));
-        assert!(!overlap("*.platform.example", "a.b.platform.example"));
-        assert!(!overlap("*.platform.example", "*.b.platform.example"));
-        assert!(!overlap("a.test", "b.test"));
-    }
-
-    #[test]
-    fn grants_cover_their_subtree() {
-        assert!(covers("acme.example", "acme.example"));
-        assert!(!covers("acme.example", "www.acme.example"));
-        assert!(covers("*.acme.example", "www.acme.example"));
-        assert!(covers("*.acme.example", "a.b.acme.example"));
-        assert!(covers("*.acme.example", "*.acme.example"));
-        assert!(covers("*.acme.example", "*.eu.acme.example"));
-        assert!(!covers("*.acme.example", "acme.example"));
-        assert!(!covers("*.acme.example", "evilacme.example"));
-    }
 
     #[test]
     fn the_record_survives_and_is_replaced_whole() {

@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use super::owners::{covers, overlap, Owners};
+use super::owners::Owners;
 use super::{build_sites, Builders, BuiltSite, Runtime};
+use crate::config::hosts::{covers, overlap};
 use crate::config::tenant_fs::{self, FileCaps};
 use crate::config::{Config, TenantLimits};
 use wasmgate_core::error::ProxyError;
