@@ -6,8 +6,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
     let path = std::path::Path::new("/nonexistent-wasmgate-fuzz/wasmgate.toml");
-    if let Ok(cfg) = wasmgate::Config::parse(text, path) {
-        let again = wasmgate::Config::parse(text, path).expect("a config that parsed once parses again");
+    if let Ok(cfg) = wasmgate_config::Config::parse(text, path) {
+        let again = wasmgate_config::Config::parse(text, path).expect("a config that parsed once parses again");
         assert_eq!(cfg.listeners, again.listeners);
         assert_eq!(cfg.sites.len(), again.sites.len());
     }

@@ -5,7 +5,7 @@
 use arbitrary::Arbitrary;
 use http::header::{HeaderMap, HeaderValue, CONTENT_LOCATION, LOCATION, SET_COOKIE};
 use libfuzzer_sys::fuzz_target;
-use wasmgate::config::Backend;
+use wasmgate_config::Backend;
 use wasmgate::proxy::reverse::ReverseMap;
 
 #[derive(Arbitrary, Debug)]

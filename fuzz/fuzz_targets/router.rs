@@ -24,7 +24,7 @@ fuzz_target!(|i: Input<'_>| {
     let mut table = HostTable::default();
     for (n, p) in i.patterns.iter().enumerate() {
         // Config validation only lets normalised patterns through.
-        if let Ok(p) = wasmgate::config::hosts::normalise(p) {
+        if let Ok(p) = wasmgate_config::hosts::normalise(p) {
             table.insert(&p, n);
         }
     }

@@ -22,9 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 
-use crate::config::{AdminConfig, AdminListen};
 use crate::conn_limits::AcceptBackoff;
 use crate::server::Shared;
+use wasmgate_config::{AdminConfig, AdminListen};
 
 /// The bound admin socket.
 pub enum AdminListener {

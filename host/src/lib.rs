@@ -1,10 +1,9 @@
 //! wasmgate: a reverse proxy whose policy lives in hot-reloadable WebAssembly components.
 //!
 //! The library is what the `wasmgate` binary runs and what the end-to-end tests start:
-//! [`config::Config::load`] → [`Server::start`] → [`Server::reload`] / [`Server::shutdown`].
+//! `wasmgate_config::Config::load` → [`Server::start`] → [`Server::reload`] / [`Server::shutdown`].
 
 pub mod admin;
-pub mod config;
 pub mod conn_limits;
 pub mod demo;
 pub mod egress;
@@ -23,5 +22,4 @@ pub mod tls;
 pub mod watchdog;
 pub mod websocket;
 
-pub use config::Config;
 pub use server::{Server, StartError};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use wasmgate_core::text::{decimal, escaped, field, ip};
 
-use crate::config::LogFormat;
+use wasmgate_config::LogFormat;
 
 /// Collected along the request path; [`AccessRecord::emit`] writes it. Fields that do not apply
 /// (no tenant, no plugin answered, no error) are left out of the line.

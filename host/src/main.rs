@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
 
-use wasmgate::config::LogFormat;
-use wasmgate::{Config, Server};
+use wasmgate::Server;
+use wasmgate_config::{Config, LogFormat};
 
 // The request path allocates small, short-lived objects on two or more threads: mimalloc's per-thread
 // free lists cost less than glibc's arenas there (bench/README.md has the figures).
@@ -242,7 +242,7 @@ async fn check_tenant(
         }
     };
     let name = match name.or_else(|| Some(dir.file_name()?.to_string_lossy().into_owned())) {
-        Some(n) if wasmgate::config::check_name(&n).is_ok() => n,
+        Some(n) if wasmgate_config::check_name(&n).is_ok() => n,
         other => {
             eprintln!(
                 "{}: not a tenant name; pass --name",

@@ -17,10 +17,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConfigErrors};
 use crate::proxy_protocol::Rewind;
 use crate::runtime::{Builders, Runtime, SharedRuntime};
 use crate::watchdog::{Activity, InFlight, Paced, Watched};
+use wasmgate_config::{Config, ConfigErrors};
 use wasmgate_core::conn::{ConnInfo, TlsConn};
 use wasmgate_core::ids::RequestIds;
 
@@ -323,12 +323,12 @@ impl Server {
                 crate::admin::bind(&admin.listen)
                     .await
                     .map_err(|source| match &admin.listen {
-                        crate::config::AdminListen::Tcp(addr) => StartError::Bind {
+                        wasmgate_config::AdminListen::Tcp(addr) => StartError::Bind {
                             name: "admin".into(),
                             addr: *addr,
                             source,
                         },
-                        crate::config::AdminListen::Unix(path) => StartError::AdminSocket {
+                        wasmgate_config::AdminListen::Unix(path) => StartError::AdminSocket {
                             path: path.clone(),
                             source,
                         },

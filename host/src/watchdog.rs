@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::config::MinRate;
+use wasmgate_config::MinRate;
 
 /// What one connection's watchdog knows. Times are milliseconds since `start`.
 pub struct Activity {

@@ -2,7 +2,8 @@
 //! plugins, upstream} ← runtime ← pipeline ← server ← control. A module may use modules of its own
 //! layer or of layers below it, never above, and the modules of one layer must not form a cycle.
 //!
-//! The compiler enforces this between crates; inside the `wasmgate` crate it is this test. It
+//! Between crates the compiler forbids cycles and [`CRATES`] fixes the order (each crate's
+//! `[dependencies]` may name only crates below it); inside the `wasmgate` crate it is this test. It
 //! reads every `use crate::…` (groups expanded), every inline `crate::X::` path, `super::` chains
 //! that climb to the crate root (inline `mod x {}` blocks are tracked) and, in main.rs,
 //! `wasmgate::X`; comments and string literals are stripped first. `crate::Name` paths through the
@@ -14,10 +15,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Top-level modules of host/src by layer, lowest first. The core layer is the `wasmgate-core`
-/// crate, which depends on none of these (the compiler holds that).
+/// The workspace's layer crates, lowest first, with their directories. `wasmgate` (host) is the
+/// top until the layering is done.
+const CRATES: &[(&str, &str)] = &[
+    ("wasmgate-core", "crates/core"),
+    ("wasmgate-config", "crates/config"),
+    ("wasmgate", "host"),
+];
+
+/// Top-level modules of host/src by layer, lowest first. core and config are the crates of those
+/// names (see [`CRATES`]), which depend on none of these (the compiler holds that).
 const LAYERS: &[(&str, &[&str])] = &[
-    ("config", &["config"]),
     (
         "mid",
         &["router", "log", "log_sink", "metrics", "plugins", "egress"],
@@ -124,6 +132,54 @@ fn no_module_uses_a_layer_above_its_own_and_no_layer_has_a_cycle() {
         "layering broken:\n  {}",
         problems.join("\n  ")
     );
+}
+
+#[test]
+fn every_layer_crate_depends_only_on_crates_below_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut problems = Vec::new();
+    for (i, (name, dir)) in CRATES.iter().enumerate() {
+        let manifest = root.join(dir).join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+        let deps = wasmgate_dependencies(&text);
+        if i > 0 && deps.is_empty() {
+            problems.push(format!(
+                "{name}: names no layer crate at all: is the scan broken?"
+            ));
+        }
+        for dep in deps {
+            match CRATES.iter().position(|(n, _)| *n == dep) {
+                Some(j) if j < i => {}
+                Some(_) => problems.push(format!("{name} depends on {dep}, which is not below it")),
+                None => problems.push(format!(
+                    "{name} depends on {dep}, which CRATES does not place; add it"
+                )),
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "crate layering broken:\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+/// The `wasmgate-*` crates a manifest's `[dependencies]` table names (not dev- or build-).
+fn wasmgate_dependencies(manifest: &str) -> Vec<String> {
+    let mut in_deps = false;
+    let mut out = Vec::new();
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]";
+            continue;
+        }
+        let key = line.split(['=', '.', ' ']).next().unwrap_or_default();
+        if in_deps && (key == "wasmgate" || key.starts_with("wasmgate-")) {
+            out.push(key.to_string());
+        }
+    }
+    out
 }
 
 #[test]

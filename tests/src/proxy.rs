@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use wasmgate::{Config, Server};
+use wasmgate::Server;
+use wasmgate_config::Config;
 
 /// A running wasmgate and the directory its config lives in.
 pub struct Proxy {
@@ -63,7 +64,7 @@ impl Proxy {
     }
 
     /// Rewrite the config file and reload it, as SIGHUP would.
-    pub fn reload(&self, config: &str) -> Result<(), wasmgate::config::ConfigErrors> {
+    pub fn reload(&self, config: &str) -> Result<(), wasmgate_config::ConfigErrors> {
         let path = self.path("wasmgate.toml");
         std::fs::write(&path, config).unwrap();
         let cfg = Config::load(&path)?;

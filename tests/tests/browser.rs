@@ -6,7 +6,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use wasmgate::demo::{prepare, ChatBackend, DemoOptions, DEMO_TOKEN};
-use wasmgate::{Config, Server};
+use wasmgate::Server;
+use wasmgate_config::Config;
 use wasmgate_tests::proxy::on_free_ports;
 
 fn chromium() -> Option<&'static str> {

@@ -395,7 +395,9 @@ max_plugin_memory = "32MiB"
     let bad = limits.replace("max_instances = 4", "max_instances = 100000");
     let path = p.path("wasmgate.toml");
     std::fs::write(&path, operator(&b, &bad)).unwrap();
-    let e = wasmgate::Config::load(&path).unwrap_err().to_string();
+    let e = wasmgate_config::Config::load(&path)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("tenant_limits.greedy.max_instances") && e.contains("between 1 and"),
         "{e}"

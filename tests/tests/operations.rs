@@ -198,7 +198,7 @@ async fn a_configmap_symlink_swap_reloads_the_config() {
     std::os::unix::fs::symlink(first.file_name().unwrap(), m.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/wasmgate.toml", m.join("wasmgate.toml")).unwrap();
     let path = m.join("wasmgate.toml");
-    let server = wasmgate::Server::start(wasmgate::Config::load(&path).unwrap())
+    let server = wasmgate::Server::start(wasmgate_config::Config::load(&path).unwrap())
         .await
         .unwrap();
     server.reloader(&path).watch().unwrap();
@@ -412,7 +412,7 @@ async fn a_public_admin_endpoint_needs_a_token() {
         "[admin]\nbind = \"0.0.0.0:0\"",
     );
     write(dir.path(), "wasmgate.toml", public.as_bytes());
-    let err = wasmgate::Config::load(&dir.path().join("wasmgate.toml"))
+    let err = wasmgate_config::Config::load(&dir.path().join("wasmgate.toml"))
         .unwrap_err()
         .to_string();
     assert!(
@@ -426,16 +426,16 @@ async fn a_public_admin_endpoint_needs_a_token() {
         "bind = \"0.0.0.0:0\"\ntoken_file = \"admin.token\"",
     );
     write(dir.path(), "wasmgate.toml", with_token.as_bytes());
-    let err = wasmgate::Config::load(&dir.path().join("wasmgate.toml"))
+    let err = wasmgate_config::Config::load(&dir.path().join("wasmgate.toml"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("holds no token"), "{err}");
     write(dir.path(), "admin.token", b"t0ken\n");
-    assert!(wasmgate::Config::load(&dir.path().join("wasmgate.toml")).is_ok());
+    assert!(wasmgate_config::Config::load(&dir.path().join("wasmgate.toml")).is_ok());
     // Zero connections would be no endpoint at all.
     let zero = with_token.replace("token_file", "max_connections = 0\ntoken_file");
     write(dir.path(), "wasmgate.toml", zero.as_bytes());
-    let err = wasmgate::Config::load(&dir.path().join("wasmgate.toml"))
+    let err = wasmgate_config::Config::load(&dir.path().join("wasmgate.toml"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("admin.max_connections"), "{err}");

@@ -414,7 +414,9 @@ case_insensitive = true
         ),
     )
     .unwrap();
-    let err = wasmgate::Config::load(&path).unwrap_err().to_string();
+    let err = wasmgate_config::Config::load(&path)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("differ only in case"), "{err}");
     assert!(err.contains("wasmgate.toml:"), "{err}");
 }

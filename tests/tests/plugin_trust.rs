@@ -169,7 +169,7 @@ fn load_err(config: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wasmgate.toml");
     std::fs::write(&path, config).unwrap();
-    match wasmgate::Config::load(&path) {
+    match wasmgate_config::Config::load(&path) {
         Err(e) => e.to_string(),
         Ok(_) => String::new(),
     }

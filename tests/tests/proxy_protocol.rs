@@ -366,7 +366,9 @@ async fn proxy_protocol_needs_its_sources() {
     for (lines, want) in cases {
         let text = format!("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n{lines}\n");
         std::fs::write(&path, text).unwrap();
-        let err = wasmgate::Config::load(&path).unwrap_err().to_string();
+        let err = wasmgate_config::Config::load(&path)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("listener[0].proxy_protocol") && err.contains(want),
             "{lines}: {err}"

@@ -361,7 +361,9 @@ fn tls_reject_unknown_sni_needs_a_tls_listener() {
         "bind = \"127.0.0.1:0\"\ntls_reject_unknown_sni = true",
     );
     std::fs::write(&path, text).unwrap();
-    let err = wasmgate::Config::load(&path).unwrap_err().to_string();
+    let err = wasmgate_config::Config::load(&path)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("tls_reject_unknown_sni"), "{err}");
     assert!(err.contains("tls = true"), "{err}");
     assert!(err.contains("wasmgate.toml:"), "{err}");

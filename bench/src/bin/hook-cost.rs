@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
-use wasmgate::config::Config;
 use wasmgate::plugins::{on_response, Flow};
 use wasmgate::runtime::{Builders, Runtime};
+use wasmgate_config::Config;
 use wasmgate_core::request::RequestState;
 
 #[derive(Parser)]

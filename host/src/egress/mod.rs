@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 
-use crate::config::egress::{check_resolved, Allow, OwnAddrs};
+use wasmgate_config::egress::{check_resolved, Allow, OwnAddrs};
 
 /// What one tenant may connect to, and whom to blame.
 #[derive(Debug)]

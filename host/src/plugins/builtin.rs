@@ -27,7 +27,7 @@ embedded! {
 mod tests {
     #[test]
     fn every_name_a_config_accepts_has_bytes() {
-        for name in crate::config::builtins::NAMES {
+        for name in wasmgate_config::builtins::NAMES {
             let bytes =
                 super::bytes(name).unwrap_or_else(|| panic!("built-in `{name}` has no bytes"));
             assert!(bytes.starts_with(b"\0asm"), "built-in `{name}` is not wasm");

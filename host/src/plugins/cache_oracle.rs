@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue};
 
 use super::convert::{self, Decision};
 use super::{Chain, Flow, LoadedPlugin, PluginHost, PluginOwner};
-use crate::config::{OnError, PluginConfig, PluginLimits, PluginSource};
+use wasmgate_config::{OnError, PluginConfig, PluginLimits, PluginSource};
 use wasmgate_core::request::RequestState;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -112,7 +112,7 @@ fn chain_of(name: &str, config: serde_json::Value, site: &str) -> Chain {
         config,
         on_error: OnError::Deny,
         limits: PluginLimits::default(),
-        files: crate::config::FileScope::operator(&std::env::temp_dir()),
+        files: wasmgate_config::FileScope::operator(&std::env::temp_dir()),
         confined: None,
         location: format!("oracle:{name}"),
     };
@@ -322,7 +322,7 @@ fn basic_auth_declares_no_cache() {
         config: serde_json::json!({"htpasswd": "u"}),
         on_error: OnError::Deny,
         limits: PluginLimits::default(),
-        files: crate::config::FileScope::operator(dir.path()),
+        files: wasmgate_config::FileScope::operator(dir.path()),
         confined: None,
         location: "oracle:basic-auth".into(),
     };

@@ -18,7 +18,7 @@ use std::time::Duration;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::config::limits::{stack_class, MAX_MEMORY, POOL_INSTANCES};
+use wasmgate_config::limits::{stack_class, MAX_MEMORY, POOL_INSTANCES};
 
 /// One epoch tick. Deadlines are whole ticks, so a 5 ms limit traps between 5 and 6 ms.
 pub const TICK: Duration = Duration::from_millis(1);

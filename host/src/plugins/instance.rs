@@ -24,7 +24,7 @@ use super::convert::{self, FixedEdits};
 use super::engine;
 use super::password::Passwords;
 use super::state::{ConfigFiles, ConfigProblem, Declared, Identity, State};
-use crate::config::{OnError, PluginConfig, PluginLimits, PluginSource};
+use wasmgate_config::{OnError, PluginConfig, PluginLimits, PluginSource};
 
 /// Calls after which a warm instance is replaced by a fresh one.
 const MAX_USES: u32 = 10_000;

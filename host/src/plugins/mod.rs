@@ -31,11 +31,11 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Response};
 
-use crate::config::{ConfigError, OnError, PluginConfig, PluginSource};
 use bindings::HookSet;
 use convert::Decision;
 pub use instance::{set_worker, LoadedPlugin};
 pub use state::ConfigProblem;
+use wasmgate_config::{ConfigError, OnError, PluginConfig, PluginSource};
 use wasmgate_core::body::ProxyBody;
 use wasmgate_core::error::ProxyError;
 use wasmgate_core::request::RequestState;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 /// Slots of the pool (see `config::limits::POOL_INSTANCES`) that tenants' quotas may add up to; the rest is
 /// the operator's and the headroom reloads are made in.
-pub const TENANT_POOL: usize = crate::config::limits::POOL_INSTANCES as usize * 3 / 4;
+pub const TENANT_POOL: usize = wasmgate_config::limits::POOL_INSTANCES as usize * 3 / 4;
 
 /// A tenant's quota: its live count (shared by every version of the tenant, across reloads) and the
 /// most it may hold.

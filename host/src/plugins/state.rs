@@ -17,7 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, Level, PasswordVerdict};
 use super::password::Passwords;
-use crate::config::FileScope;
+use wasmgate_config::FileScope;
 
 /// Config problems kept per plugin, and the length of each message: a plugin reporting every line
 /// of a huge file cannot grow host memory without bound.
@@ -99,13 +99,13 @@ pub struct Identity {
 pub struct ConfigFiles {
     pub scope: FileScope,
     /// A tenant's plugin: files are opened beneath the tenant's directory, no symlink followed.
-    pub confined: Option<crate::config::tenant_fs::Confined>,
+    pub confined: Option<wasmgate_config::tenant_fs::Confined>,
     pub read: Mutex<BTreeMap<PathBuf, Result<Vec<u8>, String>>>,
 }
 
 impl ConfigFiles {
     fn read(&self, name: &str) -> Result<Vec<u8>, String> {
-        use crate::config::FileRefused;
+        use wasmgate_config::FileRefused;
         // A tenant's name is judged by its shape here (absolute, `..`) and opened beneath its
         // directory by `tenant_fs`, which refuses every symlink; the operator's resolves anywhere.
         let path = match (self.scope.resolve(name), &self.confined) {

@@ -18,7 +18,7 @@ use wasmgate_core::body::{BoxError, ClientBodyError};
 pub struct ClientBody {
     inner: Incoming,
     io: Duration,
-    min_rate: Option<crate::config::MinRate>,
+    min_rate: Option<wasmgate_config::MinRate>,
     /// Armed while the client owes us bytes.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     pending_since: Option<tokio::time::Instant>,
@@ -28,7 +28,7 @@ pub struct ClientBody {
 }
 
 impl ClientBody {
-    pub fn new(inner: Incoming, io: Duration, min_rate: Option<crate::config::MinRate>) -> Self {
+    pub fn new(inner: Incoming, io: Duration, min_rate: Option<wasmgate_config::MinRate>) -> Self {
         ClientBody {
             inner,
             io,

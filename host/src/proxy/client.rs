@@ -20,8 +20,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::config::Backend;
 use crate::egress::{Connector, EgressError};
+use wasmgate_config::Backend;
 use wasmgate_core::body::ProxyBody;
 use wasmgate_core::error::ProxyError;
 

@@ -22,7 +22,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use http::header::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
-use crate::config::ClientAddressHeader;
+use wasmgate_config::ClientAddressHeader;
 
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) static FORWARDED: HeaderName = HeaderName::from_static("forwarded");

@@ -4,7 +4,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::forwarded::{ClientAddr, FORWARDED, X_FORWARDED_FOR};
-use crate::config::ClientAddressHeader;
+use wasmgate_config::ClientAddressHeader;
 
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -424,7 +424,7 @@ async fn forward(
     req: Request<Incoming>,
     client: &ClientAddr,
     access: &AccessRecord,
-    (io, min_rate): (std::time::Duration, Option<crate::config::MinRate>),
+    (io, min_rate): (std::time::Duration, Option<wasmgate_config::MinRate>),
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let limit = route.cfg.max_body_bytes;
     let declared = req

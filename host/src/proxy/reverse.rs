@@ -3,8 +3,8 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LOCATION, LOCATION, SET_COOKIE};
 
-use crate::config::Backend;
 use crate::router::{map_path, prefix_matches};
+use wasmgate_config::Backend;
 
 static URI_HEADER: HeaderName = HeaderName::from_static("uri");
 

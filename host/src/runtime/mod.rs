@@ -13,11 +13,11 @@ mod tenants;
 
 pub use tenants::{TenantHandle, TenantRuntime, TenantShared, TenantSlot};
 
-use crate::config::{Config, ConfigError, ConfigErrors, RouteConfig, SiteConfig};
 use crate::plugins::{Chain, PluginHost, PluginOwner};
 use crate::proxy::client::{Upstream, UpstreamCache};
 use crate::proxy::forwarded::TrustedProxies;
 use crate::router::{lenient_agrees, pick_route, HostTable, Pick};
+use wasmgate_config::{Config, ConfigError, ConfigErrors, RouteConfig, SiteConfig};
 
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 
@@ -184,7 +184,7 @@ pub struct Builders {
     pub plugins: PluginHost,
     pub tenants: tenants::TenantCounters,
     /// The server's bound sockets, which no tenant backend may reach (filled in once bound).
-    pub own: Arc<crate::config::egress::OwnAddrs>,
+    pub own: Arc<wasmgate_config::egress::OwnAddrs>,
     /// Who owns each tenant host: read from the state directory on first use, then kept here (so a
     /// state directory that cannot be written still gives the right answer within the process).
     owners: std::sync::Mutex<Option<owners::Owners>>,
@@ -251,12 +251,12 @@ pub fn build_sites(
     for (si, sc) in configs.iter().enumerate() {
         // A tenant's certificate and key are opened beneath its directory, like all its files.
         let confined = tenant.and_then(|t| {
-            Some(crate::config::tenant_fs::Confined {
+            Some(wasmgate_config::tenant_fs::Confined {
                 root: file.parent()?.to_path_buf(),
                 max_file_bytes: t.limits.files.max_file_bytes,
             })
         });
-        let load_key = |t: &crate::config::TlsFiles| match &confined {
+        let load_key = |t: &wasmgate_config::TlsFiles| match &confined {
             None => crate::tls::load_certified_key(&t.cert, &t.key),
             Some(c) => crate::tls::certified_key_from_pem(
                 &c.read(&t.cert)?,

@@ -25,9 +25,9 @@ use sha2::{Digest, Sha256};
 
 use super::owners::Owners;
 use super::{build_sites, Builders, BuiltSite, Runtime};
-use crate::config::hosts::{covers, overlap};
-use crate::config::tenant_fs::{self, FileCaps};
-use crate::config::{Config, TenantLimits};
+use wasmgate_config::hosts::{covers, overlap};
+use wasmgate_config::tenant_fs::{self, FileCaps};
+use wasmgate_config::{Config, TenantLimits};
 use wasmgate_core::error::ProxyError;
 
 /// A tenant as it serves now.
@@ -329,7 +329,7 @@ pub(super) fn build_all(
 fn settle(
     contenders: &mut [Contender],
     operator: &[BuiltSite],
-    tc: &crate::config::TenantsConfig,
+    tc: &wasmgate_config::TenantsConfig,
     records: &Owners,
 ) {
     let granted = |tenant: &str, claim: &str| {
@@ -512,7 +512,7 @@ fn load(
         shared: shared.clone(),
     };
     let sites = build_sites(&configs, b, &dir.join("tenant.toml"), Some(&handle))
-        .map_err(|e| crate::config::ConfigErrors(e).to_string())?;
+        .map_err(|e| wasmgate_config::ConfigErrors(e).to_string())?;
     Ok(Arc::new(TenantRuntime {
         name: name.into(),
         fingerprint,
@@ -538,7 +538,7 @@ fn tenant_dirs(root: &Path) -> (Vec<(String, PathBuf)>, Vec<String>) {
         if std::fs::symlink_metadata(e.path().join("tenant.toml")).is_err() {
             continue;
         }
-        match crate::config::check_name(&name) {
+        match wasmgate_config::check_name(&name) {
             Ok(()) => dirs.push((name, e.path())),
             Err(_) => bad.push(name),
         }
@@ -549,7 +549,7 @@ fn tenant_dirs(root: &Path) -> (Vec<(String, PathBuf)>, Vec<String>) {
 }
 
 /// Every tenant directory under `root` (with or without a `tenant.toml` yet) with its file caps.
-fn all_dirs(tc: &crate::config::TenantsConfig) -> Vec<(PathBuf, FileCaps)> {
+fn all_dirs(tc: &wasmgate_config::TenantsConfig) -> Vec<(PathBuf, FileCaps)> {
     let mut out: Vec<(PathBuf, FileCaps)> = std::fs::read_dir(&tc.dir)
         .into_iter()
         .flatten()
@@ -566,7 +566,7 @@ fn all_dirs(tc: &crate::config::TenantsConfig) -> Vec<(PathBuf, FileCaps)> {
 
 /// A digest of every tenant directory as it is on disk now, walked within each tenant's caps (a
 /// directory over its caps digests as its error, which changes when it does).
-pub fn disk_digest(tc: &crate::config::TenantsConfig) -> String {
+pub fn disk_digest(tc: &wasmgate_config::TenantsConfig) -> String {
     let mut h = Sha256::new();
     for (dir, caps) in all_dirs(tc) {
         h.update(dir.as_os_str().as_encoded_bytes());
@@ -580,7 +580,7 @@ pub fn disk_digest(tc: &crate::config::TenantsConfig) -> String {
 
 /// The directories to watch under the tenants directory: the root, and each tenant's directories up
 /// to its `max_dirs` (one inotify watch each; symlinks are never followed into).
-pub fn watch_dirs(tc: &crate::config::TenantsConfig) -> Vec<PathBuf> {
+pub fn watch_dirs(tc: &wasmgate_config::TenantsConfig) -> Vec<PathBuf> {
     let mut out = vec![tc.dir.clone()];
     for (dir, caps) in all_dirs(tc) {
         match tenant_fs::walk(&dir, &caps) {
