@@ -194,7 +194,7 @@ async fn answer(
         "/metrics" => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            crate::metrics::get().encode(),
+            wasmgate_observe::metrics::get().encode(),
         ),
         "/status" => reply(
             StatusCode::OK,

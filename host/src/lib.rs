@@ -4,13 +4,11 @@
 //! `wasmgate_config::Config::load` → [`Server::start`] → [`Server::reload`] / [`Server::shutdown`].
 
 pub mod admin;
+pub mod certs;
 pub mod conn_limits;
 pub mod demo;
 pub mod egress;
 pub mod handover;
-pub mod log;
-pub mod log_sink;
-pub mod metrics;
 pub mod plugins;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -121,7 +121,7 @@ fn main() -> ExitCode {
             })
             .map_err(|e| anyhow::anyhow!(e)),
     };
-    wasmgate::log_sink::flush();
+    wasmgate_observe::log_sink::flush();
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -131,13 +131,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr (batched, see [`wasmgate::log_sink`]), as text or as one JSON object per line;
+/// Logs go to stderr (batched, see [`wasmgate_observe::log_sink`]), as text or as one JSON object per line;
 /// `RUST_LOG` filters (default `info`).
 fn init_logging(format: LogFormat, batched: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let writer = if batched {
-        wasmgate::log::write_directly(format);
-        BoxMakeWriter::new(wasmgate::log_sink::BufferedStderr)
+        wasmgate_observe::log::write_directly(format);
+        BoxMakeWriter::new(wasmgate_observe::log_sink::BufferedStderr)
     } else {
         BoxMakeWriter::new(std::io::stderr)
     };
@@ -147,7 +147,7 @@ fn init_logging(format: LogFormat, batched: bool) {
     // A panic message goes straight to stderr: let the lines before it go first.
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        wasmgate::log_sink::flush();
+        wasmgate_observe::log_sink::flush();
         report(info)
     }));
     match format {

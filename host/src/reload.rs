@@ -66,9 +66,9 @@ impl Reloader {
             }
         }
         let outcome = if result.is_ok() { "ok" } else { "failed" };
-        crate::metrics::get()
+        wasmgate_observe::metrics::get()
             .reloads
-            .get_or_create(&crate::metrics::ResultLabels { result: outcome })
+            .get_or_create(&wasmgate_observe::metrics::ResultLabels { result: outcome })
             .inc();
         match result {
             Ok(digest) => {

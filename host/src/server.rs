@@ -55,11 +55,11 @@ impl Shared {
     /// `/status` and `/metrics`.
     pub(crate) fn publish(&self, digest: Option<String>) {
         let rt = self.runtime.load();
-        let m = crate::metrics::get();
+        let m = wasmgate_observe::metrics::get();
         if let Some(digest) = digest {
             m.config_info.clear();
             m.config_info
-                .get_or_create(&crate::metrics::DigestLabels {
+                .get_or_create(&wasmgate_observe::metrics::DigestLabels {
                     digest: digest.clone(),
                 })
                 .set(1);
@@ -72,7 +72,7 @@ impl Shared {
                 std::iter::once(&site.plugins).chain(site.routes.iter().map(|r| &r.plugins))
             {
                 for p in chain.plugins() {
-                    let labels = crate::metrics::PluginInfoLabels {
+                    let labels = wasmgate_observe::metrics::PluginInfoLabels {
                         plugin: p.name.clone(),
                         site: site.name.to_string(),
                         tenant: site
@@ -84,7 +84,7 @@ impl Shared {
                     m.plugin_info.get_or_create(&labels).set(1);
                     let refused = p.problems.len() + p.more_problems;
                     if refused > 0 {
-                        let labels = crate::metrics::PluginLabels {
+                        let labels = wasmgate_observe::metrics::PluginLabels {
                             plugin: labels.plugin,
                             site: labels.site,
                             tenant: labels.tenant,
@@ -499,7 +499,7 @@ struct OpenConnection;
 
 impl OpenConnection {
     fn new() -> Self {
-        let m = crate::metrics::get();
+        let m = wasmgate_observe::metrics::get();
         m.connections_open.inc();
         m.connections_total.inc();
         OpenConnection
@@ -508,7 +508,7 @@ impl OpenConnection {
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        crate::metrics::get().connections_open.dec();
+        wasmgate_observe::metrics::get().connections_open.dec();
     }
 }
 

@@ -107,7 +107,7 @@ fn write(path: &Path, text: &str) {
 
 /// The host's calendar arithmetic (for its log timestamps), in the types `rcgen` wants.
 fn civil_from_days(z: i64) -> (i32, u8, u8) {
-    let (y, m, d) = wasmgate::log_sink::civil_from_days(z);
+    let (y, m, d) = wasmgate_observe::log_sink::civil_from_days(z);
     (y as i32, m as u8, d as u8)
 }
 

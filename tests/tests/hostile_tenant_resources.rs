@@ -85,7 +85,7 @@ fn set_tenant(p: &Proxy, name: &str, text: &str) {
 }
 
 fn metric(name: &str, labels: &[&str]) -> f64 {
-    wasmgate::metrics::get()
+    wasmgate_observe::metrics::get()
         .encode()
         .lines()
         .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))

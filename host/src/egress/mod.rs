@@ -34,9 +34,9 @@ impl EgressPolicy {
             tenant: tenant.into(),
             allow: allow.into(),
             own,
-            refused: crate::metrics::get()
+            refused: wasmgate_observe::metrics::get()
                 .tenant_egress_refused
-                .get_or_create(&crate::metrics::TenantOnlyLabels {
+                .get_or_create(&wasmgate_observe::metrics::TenantOnlyLabels {
                     tenant: tenant.to_string(),
                 })
                 .clone(),

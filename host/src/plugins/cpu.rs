@@ -62,10 +62,10 @@ pub struct OverBudget {
 
 impl CpuBudget {
     pub fn new(tenant: &str, share: f64, burst: Duration, clock: Arc<CpuClock>) -> CpuBudget {
-        let m = crate::metrics::get();
+        let m = wasmgate_observe::metrics::get();
         let throttled = |what| {
             m.tenant_plugin_throttled
-                .get_or_create(&crate::metrics::TenantLabels {
+                .get_or_create(&wasmgate_observe::metrics::TenantLabels {
                     tenant: tenant.to_string(),
                     what,
                 })
@@ -77,7 +77,7 @@ impl CpuBudget {
             credit_ns: (burst.as_nanos() as f64 / share) as u64,
             cpu: m
                 .tenant_plugin_cpu
-                .get_or_create(&crate::metrics::TenantOnlyLabels {
+                .get_or_create(&wasmgate_observe::metrics::TenantOnlyLabels {
                     tenant: tenant.to_string(),
                 })
                 .clone(),

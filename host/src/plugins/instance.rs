@@ -125,7 +125,7 @@ impl LoadedPlugin {
             .map_err(|e| format!("does not link against wasmgate:plugin@0.2: {e:#}"))?;
         let pre = PluginPre::new(pre)
             .map_err(|e| format!("is not a wasmgate plugin (world `plugin`): {e:#}"))?;
-        let labels = crate::metrics::PluginLabels {
+        let labels = wasmgate_observe::metrics::PluginLabels {
             plugin: cfg.name.clone(),
             site: owner.site.to_string(),
             tenant: owner.tenant.unwrap_or("-").to_string(),
@@ -164,15 +164,15 @@ impl LoadedPlugin {
             pre,
             config_json: cfg.config.to_string(),
             pool: (0..shards()).map(|_| Mutex::default()).collect(),
-            calls: crate::metrics::get()
+            calls: wasmgate_observe::metrics::get()
                 .plugin_calls
                 .get_or_create(&labels)
                 .clone(),
-            cache_hits: crate::metrics::get()
+            cache_hits: wasmgate_observe::metrics::get()
                 .plugin_cache_hits
                 .get_or_create(&labels)
                 .clone(),
-            latency: crate::metrics::get()
+            latency: wasmgate_observe::metrics::get()
                 .plugin_latency
                 .get_or_create(&labels)
                 .clone(),
@@ -438,13 +438,13 @@ impl LoadedPlugin {
             }),
         };
         if let Err(f) = &result {
-            let labels = crate::metrics::PluginErrorLabels {
+            let labels = wasmgate_observe::metrics::PluginErrorLabels {
                 plugin: self.name.clone(),
                 site: self.who.site.to_string(),
                 tenant: self.who.tenant.as_deref().unwrap_or("-").to_string(),
                 kind: f.kind,
             };
-            crate::metrics::get()
+            wasmgate_observe::metrics::get()
                 .plugin_errors
                 .get_or_create(&labels)
                 .inc();

@@ -296,7 +296,7 @@ impl UpstreamCache {
         if let Some(u) = map.get(&key) {
             return Ok(u.clone());
         }
-        let tls = crate::tls::client_config(ca.map(PathBuf::as_path), true)?;
+        let tls = crate::certs::client_config(ca.map(PathBuf::as_path), true)?;
         let up = Arc::new(Upstream {
             connect_timeout,
             tls,

@@ -24,7 +24,6 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::log::AccessRecord;
 use crate::plugins::Flow;
 use crate::router::map_path;
 use crate::runtime::{Route, Runtime, Site};
@@ -35,6 +34,7 @@ use wasmgate_core::body::{BoxError, Ended, Metered, OnDone, ProxyBody};
 use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::error::ProxyError;
 use wasmgate_core::request::RequestState;
+use wasmgate_observe::log::AccessRecord;
 
 /// What the rest of the pipeline knows about the request once site and route are chosen.
 pub struct Routed {
@@ -107,9 +107,9 @@ pub async fn handle(
 fn error_response(err: ProxyError, access: &mut AccessRecord) -> Response<ProxyBody> {
     log_error(&err, access);
     if err.side() == wasmgate_core::error::Side::Upstream {
-        crate::metrics::get()
+        wasmgate_observe::metrics::get()
             .upstream_errors
-            .get_or_create(&crate::metrics::KindLabels { kind: err.kind() })
+            .get_or_create(&wasmgate_observe::metrics::KindLabels { kind: err.kind() })
             .inc();
     }
     access.error = Some(err.kind().to_string());

@@ -81,7 +81,7 @@ pub struct Site {
     pub routes: Vec<Arc<Route>>,
     pub plugins: Chain,
     /// Metric handles for requests that match no route.
-    pub metrics: Arc<crate::metrics::RouteMetrics>,
+    pub metrics: Arc<wasmgate_observe::metrics::RouteMetrics>,
     /// Each route's prefix as lenient backends read it (see `wasmgate_core::path::lenient_reading`), in route
     /// order, for [`Site::lenient_agrees`].
     folded: Vec<String>,
@@ -96,7 +96,7 @@ impl Site {
         tenant: Option<TenantHandle>,
         routes: Vec<Arc<Route>>,
         plugins: Chain,
-        metrics: Arc<crate::metrics::RouteMetrics>,
+        metrics: Arc<wasmgate_observe::metrics::RouteMetrics>,
     ) -> Site {
         let folded: Vec<String> = routes.iter().map(|r| fold_prefix(&r.cfg.path)).collect();
         let plain_prefixes = folded.iter().zip(&routes).all(|(f, r)| *f == r.cfg.path);
@@ -152,7 +152,7 @@ pub struct Route {
     pub plugins: Chain,
     /// Open WebSocket tunnels, for `max_tunnels`.
     pub tunnels: Arc<AtomicUsize>,
-    pub metrics: Arc<crate::metrics::RouteMetrics>,
+    pub metrics: Arc<wasmgate_observe::metrics::RouteMetrics>,
 }
 
 impl Route {
@@ -257,8 +257,8 @@ pub fn build_sites(
             })
         });
         let load_key = |t: &wasmgate_config::TlsFiles| match &confined {
-            None => crate::tls::load_certified_key(&t.cert, &t.key),
-            Some(c) => crate::tls::certified_key_from_pem(
+            None => crate::certs::load_certified_key(&t.cert, &t.key),
+            Some(c) => crate::certs::certified_key_from_pem(
                 &c.read(&t.cert)?,
                 &t.cert,
                 &c.read(&t.key)?,
@@ -309,14 +309,14 @@ pub fn build_sites(
                 connector: connector.clone(),
                 plugins,
                 tunnels: Arc::new(AtomicUsize::new(0)),
-                metrics: Arc::new(crate::metrics::RouteMetrics::new(
+                metrics: Arc::new(wasmgate_observe::metrics::RouteMetrics::new(
                     &sc.name,
                     &rc.path,
                     sc.tenant.as_deref(),
                 )),
             }));
         }
-        let metrics = Arc::new(crate::metrics::RouteMetrics::new(
+        let metrics = Arc::new(wasmgate_observe::metrics::RouteMetrics::new(
             &sc.name,
             "-",
             sc.tenant.as_deref(),

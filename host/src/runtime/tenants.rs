@@ -108,9 +108,9 @@ impl TenantHandle {
             c.fetch_sub(1, Ordering::AcqRel);
             refused.fetch_add(1, Ordering::Relaxed);
             let what = if tunnel { "tunnels" } else { "requests" };
-            crate::metrics::get()
+            wasmgate_observe::metrics::get()
                 .tenant_refused
-                .get_or_create(&crate::metrics::TenantLabels {
+                .get_or_create(&wasmgate_observe::metrics::TenantLabels {
                     tenant: self.name.to_string(),
                     what,
                 })
