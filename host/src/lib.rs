@@ -7,7 +7,7 @@ pub mod admin;
 pub mod certs;
 pub mod conn_limits;
 pub mod demo;
-pub mod egress;
+pub mod forwarded;
 pub mod handover;
 pub mod plugins;
 pub mod proxy;
@@ -17,6 +17,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod upstream;
 pub mod watchdog;
 pub mod websocket;
 

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::forwarded::ClientAddr;
+use crate::forwarded::ClientAddr;
 use crate::proxy::headers::{has_token, strip_hop_by_hop};
 use crate::proxy::{backend_uri, downstream_response, upstream_headers};
 use crate::runtime::{Route, TenantHandle};

@@ -3,7 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::forwarded::{ClientAddr, FORWARDED, X_FORWARDED_FOR};
+use crate::forwarded::{ClientAddr, FORWARDED, X_FORWARDED_FOR};
 use wasmgate_config::ClientAddressHeader;
 
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -188,7 +188,7 @@ fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::forwarded::TrustedProxies;
+    use crate::forwarded::TrustedProxies;
     use std::net::IpAddr;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {

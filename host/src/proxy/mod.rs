@@ -7,8 +7,6 @@
 //! Every failure is a [`ProxyError`], turned into a response in one place ([`ProxyError::to_response`]).
 
 pub mod body;
-pub mod client;
-pub mod forwarded;
 pub mod headers;
 pub mod reverse;
 mod routing;
@@ -24,11 +22,11 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::forwarded::ClientAddr;
 use crate::plugins::Flow;
 use crate::router::map_path;
 use crate::runtime::{Route, Runtime, Site};
 use crate::server::Shared;
-use forwarded::ClientAddr;
 use headers::{add_forwarding, has_token, Forwarding};
 use wasmgate_core::body::{BoxError, Ended, Metered, OnDone, ProxyBody};
 use wasmgate_core::conn::ConnInfo;

@@ -13,10 +13,10 @@ mod tenants;
 
 pub use tenants::{TenantHandle, TenantRuntime, TenantShared, TenantSlot};
 
+use crate::forwarded::TrustedProxies;
 use crate::plugins::{Chain, PluginHost, PluginOwner};
-use crate::proxy::client::{Upstream, UpstreamCache};
-use crate::proxy::forwarded::TrustedProxies;
 use crate::router::{lenient_agrees, pick_route, HostTable, Pick};
+use crate::upstream::client::{Upstream, UpstreamCache};
 use wasmgate_config::{Config, ConfigError, ConfigErrors, RouteConfig, SiteConfig};
 
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
@@ -148,7 +148,7 @@ pub struct Route {
     pub cfg: RouteConfig,
     pub upstream: Arc<Upstream>,
     /// How the backend is reached: directly for the operator, through the tenant's egress policy.
-    pub connector: crate::egress::Connector,
+    pub connector: crate::upstream::egress::Connector,
     pub plugins: Chain,
     /// Open WebSocket tunnels, for `max_tunnels`.
     pub tunnels: Arc<AtomicUsize>,
@@ -282,8 +282,8 @@ pub fn build_sites(
             quota: tenant.map(|t| &t.quota),
         };
         let connector = match tenant {
-            Some(t) => crate::egress::Connector::Tenant(t.egress.clone()),
-            None => crate::egress::Connector::Operator,
+            Some(t) => crate::upstream::egress::Connector::Tenant(t.egress.clone()),
+            None => crate::upstream::egress::Connector::Operator,
         };
         let site_plugins = b.plugins.chain(&sc.plugins, owner).unwrap_or_else(|e| {
             errors.extend(e);

@@ -64,7 +64,7 @@ pub struct TenantHandle {
     pub limits: TenantLimits,
     pub shared: Arc<TenantShared>,
     /// What the tenant's backends may reach; every connection of theirs goes through it.
-    pub egress: Arc<crate::egress::EgressPolicy>,
+    pub egress: Arc<crate::upstream::egress::EgressPolicy>,
     /// The tenant's plugin CPU budget (`None`: unlimited).
     pub cpu: Option<Arc<crate::plugins::cpu::CpuBudget>>,
     pub quota: Arc<crate::plugins::quota::InstanceQuota>,
@@ -491,7 +491,7 @@ fn load(
     let shared = b.tenants.get(name);
     let handle = TenantHandle {
         name: name.into(),
-        egress: Arc::new(crate::egress::EgressPolicy::new(
+        egress: Arc::new(crate::upstream::egress::EgressPolicy::new(
             name,
             &limits.backends,
             b.own.clone(),

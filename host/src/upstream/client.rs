@@ -20,7 +20,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::egress::{Connector, EgressError};
+use crate::upstream::egress::{Connector, EgressError};
 use wasmgate_config::Backend;
 use wasmgate_core::body::ProxyBody;
 use wasmgate_core::error::ProxyError;
