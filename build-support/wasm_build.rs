@@ -1,4 +1,4 @@
-// Shared by `host/build.rs` (built-in plugins) and `tests/build.rs` (test fixtures), via `include!`:
+// Shared by `crates/plugins/build.rs` (built-in plugins) and `tests/build.rs` (test fixtures), via `include!`:
 // build guest crates of this workspace for `wasm32-wasip2` with a nested cargo, into `target/wasm`.
 //
 // A separate target dir keeps the nested cargo off the outer build's lock; the outer jobserver
@@ -12,7 +12,12 @@ fn build_wasm_plugins(packages: &[&str], out_dir: &std::path::Path) -> Vec<std::
     use std::process::Command;
 
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest_dir.parent().unwrap().to_path_buf();
+    // The workspace root: the nearest directory up with the lock file (crates/plugins, tests).
+    let root = manifest_dir
+        .ancestors()
+        .find(|d| d.join("Cargo.lock").is_file() && d.join("wit").is_dir())
+        .expect("the workspace root, with Cargo.lock and wit/")
+        .to_path_buf();
     for dir in ["plugin-sdk", "wit", "plugins", "tests/plugins"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }

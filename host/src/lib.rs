@@ -9,7 +9,6 @@ pub mod conn_limits;
 pub mod demo;
 pub mod forwarded;
 pub mod handover;
-pub mod plugins;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;

@@ -184,7 +184,7 @@ fn spawn_worker(
     std::thread::Builder::new()
         .name(format!("wasmgate-worker-{i}"))
         .spawn(move || {
-            crate::plugins::set_worker(i);
+            wasmgate_plugins::set_worker(i);
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -23,7 +23,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::forwarded::ClientAddr;
-use crate::plugins::Flow;
 use crate::router::map_path;
 use crate::runtime::{Route, Runtime, Site};
 use crate::server::Shared;
@@ -33,6 +32,7 @@ use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::error::ProxyError;
 use wasmgate_core::request::RequestState;
 use wasmgate_observe::log::AccessRecord;
+use wasmgate_plugins::Flow;
 
 /// What the rest of the pipeline knows about the request once site and route are chosen.
 pub struct Routed {
@@ -97,7 +97,7 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(err) => error_response(err, &mut access),
     };
-    let response = crate::plugins::on_response(&ran, &routed.state, response).await;
+    let response = wasmgate_plugins::on_response(&ran, &routed.state, response).await;
     Ok(finish(response, access, slot))
 }
 
@@ -240,7 +240,7 @@ async fn serve(
     routed: &mut Routed,
     mut req: Request<Incoming>,
     client: &ClientAddr,
-    ran: &mut Vec<Arc<crate::plugins::LoadedPlugin>>,
+    ran: &mut Vec<Arc<wasmgate_plugins::LoadedPlugin>>,
     access: &mut AccessRecord,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let site = routed.site.clone();

@@ -14,10 +14,10 @@ mod tenants;
 pub use tenants::{TenantHandle, TenantRuntime, TenantShared, TenantSlot};
 
 use crate::forwarded::TrustedProxies;
-use crate::plugins::{Chain, PluginHost, PluginOwner};
 use crate::router::{lenient_agrees, pick_route, HostTable, Pick};
 use crate::upstream::client::{Upstream, UpstreamCache};
 use wasmgate_config::{Config, ConfigError, ConfigErrors, RouteConfig, SiteConfig};
+use wasmgate_plugins::{Chain, PluginHost, PluginOwner};
 
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 

@@ -52,7 +52,7 @@ pub struct TenantShared {
     pub refused_requests: AtomicU64,
     pub refused_tunnels: AtomicU64,
     /// The tenant's plugin CPU clock (see `plugins::cpu`): debt outlives a reload.
-    pub cpu: Arc<crate::plugins::cpu::CpuClock>,
+    pub cpu: Arc<wasmgate_plugins::cpu::CpuClock>,
     /// Live plugin instances of every version of the tenant.
     pub instances: Arc<AtomicUsize>,
 }
@@ -66,8 +66,8 @@ pub struct TenantHandle {
     /// What the tenant's backends may reach; every connection of theirs goes through it.
     pub egress: Arc<crate::upstream::egress::EgressPolicy>,
     /// The tenant's plugin CPU budget (`None`: unlimited).
-    pub cpu: Option<Arc<crate::plugins::cpu::CpuBudget>>,
-    pub quota: Arc<crate::plugins::quota::InstanceQuota>,
+    pub cpu: Option<Arc<wasmgate_plugins::cpu::CpuBudget>>,
+    pub quota: Arc<wasmgate_plugins::quota::InstanceQuota>,
 }
 
 /// Holds one in-flight request (or tunnel) of a tenant; released on drop.
@@ -241,7 +241,7 @@ pub(super) fn build_all(
             .filter(|(n, _)| *n != name)
             .map(|(_, k)| k)
             .sum();
-        let room = crate::plugins::quota::TENANT_POOL.saturating_sub(others);
+        let room = wasmgate_plugins::quota::TENANT_POOL.saturating_sub(others);
         let limits = tc.limits_for(name);
         let inputs = operator_inputs(config, name, &limits);
         let prev = previous.and_then(|p| p.tenant(name)).cloned();
@@ -481,7 +481,7 @@ fn load(
         })
         .map(|p| p.limits.instances);
     let warm: usize = entries.clone().sum();
-    let instances = crate::plugins::quota::InstanceQuota::needed(entries);
+    let instances = wasmgate_plugins::quota::InstanceQuota::needed(entries);
     if instances > room {
         return Err(format!(
             "{}: the tenants' share of the plugin instance pool has room for {room} more instances; this tenant's {warm} warm instances need {instances} (what its pools can keep, twice: one set serving, one loading)",
@@ -497,14 +497,14 @@ fn load(
             b.own.clone(),
         )),
         cpu: limits.plugin_cpu.map(|share| {
-            Arc::new(crate::plugins::cpu::CpuBudget::new(
+            Arc::new(wasmgate_plugins::cpu::CpuBudget::new(
                 name,
                 share,
                 limits.plugin_time,
                 shared.cpu.clone(),
             ))
         }),
-        quota: Arc::new(crate::plugins::quota::InstanceQuota {
+        quota: Arc::new(wasmgate_plugins::quota::InstanceQuota {
             live: shared.instances.clone(),
             cap: instances,
         }),

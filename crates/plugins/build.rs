@@ -1,6 +1,6 @@
 //! Builds the built-in plugins (`plugins/*`) for wasm32-wasip2 so they can be embedded in the binary.
 
-include!("../build-support/wasm_build.rs");
+include!("../../build-support/wasm_build.rs");
 
 const BUILTINS: &[&str] = &[
     "redirect",

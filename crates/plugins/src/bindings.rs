@@ -1,7 +1,7 @@
 //! The one place `bindgen!` runs; everything else uses these types. The WIT lives in `/wit`.
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../../wit",
     world: "plugin",
     // Calls run on a fiber so that WASI's stream functions (a `println!` in a plugin) are async host
     // calls instead of a nested `block_on` inside the proxy's tokio runtime.
