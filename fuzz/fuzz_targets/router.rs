@@ -4,7 +4,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use wasmgate::router::{
+use wasmgate_runtime::router::{
     lenient_agrees, longest_prefix, map_path, normalise_host, pick_route, prefix_matches, prefix_matches_as, HostTable, Pick,
 };
 

@@ -4,19 +4,14 @@
 //! `wasmgate_config::Config::load` → [`Server::start`] → [`Server::reload`] / [`Server::shutdown`].
 
 pub mod admin;
-pub mod certs;
 pub mod conn_limits;
 pub mod demo;
-pub mod forwarded;
 pub mod handover;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
-pub mod router;
-pub mod runtime;
 pub mod server;
 pub mod tls;
-pub mod upstream;
 pub mod watchdog;
 pub mod websocket;
 

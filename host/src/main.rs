@@ -174,9 +174,9 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let builders = wasmgate::runtime::Builders::new(config.cache_dir.clone());
+    let builders = wasmgate_runtime::Builders::new(config.cache_dir.clone());
     let build = tokio::task::spawn_blocking(move || {
-        wasmgate::runtime::Runtime::build(config, &builders, None)
+        wasmgate_runtime::Runtime::build(config, &builders, None)
     })
     .await?;
     match build {
@@ -251,10 +251,10 @@ async fn check_tenant(
             return Ok(ExitCode::FAILURE);
         }
     };
-    let builders = wasmgate::runtime::Builders::new(config.cache_dir.clone());
+    let builders = wasmgate_runtime::Builders::new(config.cache_dir.clone());
     let (n, d) = (name.clone(), dir.clone());
     let build = tokio::task::spawn_blocking(move || {
-        wasmgate::runtime::Runtime::check_tenant(config, &builders, &n, &d)
+        wasmgate_runtime::Runtime::check_tenant(config, &builders, &n, &d)
     })
     .await?;
     match build {

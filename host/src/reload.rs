@@ -14,9 +14,9 @@ use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::runtime::Runtime;
 use crate::server::Shared;
 use wasmgate_config::{Config, ConfigErrors};
+use wasmgate_runtime::Runtime;
 
 /// Quiet time after the last file event before a reload is attempted.
 const DEBOUNCE: Duration = Duration::from_millis(100);

@@ -18,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::proxy_protocol::Rewind;
-use crate::runtime::{Builders, Runtime, SharedRuntime};
 use crate::watchdog::{Activity, InFlight, Paced, Watched};
 use wasmgate_config::{Config, ConfigErrors};
 use wasmgate_core::conn::{ConnInfo, TlsConn};
 use wasmgate_core::ids::RequestIds;
+use wasmgate_runtime::{Builders, Runtime, SharedRuntime};
 
 /// State shared by every connection for the life of the process.
 pub struct Shared {

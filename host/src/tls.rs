@@ -8,8 +8,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use crate::certs::provider;
-use crate::runtime::SharedRuntime;
+use wasmgate_runtime::certs::provider;
+use wasmgate_runtime::SharedRuntime;
 
 /// Picks the certificate for a handshake on one listener.
 #[derive(Debug)]

@@ -18,16 +18,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 
-use crate::forwarded::ClientAddr;
 use crate::proxy::headers::{has_token, strip_hop_by_hop};
 use crate::proxy::{backend_uri, downstream_response, upstream_headers};
-use crate::runtime::{Route, TenantHandle};
 use crate::server::Shared;
 use wasmgate_core::body::{empty, ProxyBody};
 use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::error::ProxyError;
 use wasmgate_core::request::RequestState;
 use wasmgate_observe::log::AccessRecord;
+use wasmgate_runtime::forwarded::ClientAddr;
+use wasmgate_runtime::{Route, TenantHandle};
 
 /// Marks a response whose exchange continues as a tunnel (the tunnel logs it when it ends).
 #[derive(Clone, Copy, Debug)]

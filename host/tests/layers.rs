@@ -22,14 +22,14 @@ const CRATES: &[(&str, &str)] = &[
     ("wasmgate-config", "crates/config"),
     ("wasmgate-observe", "crates/observe"),
     ("wasmgate-plugins", "crates/plugins"),
+    ("wasmgate-runtime", "crates/runtime"),
     ("wasmgate", "host"),
 ];
 
-/// Top-level modules of host/src by layer, lowest first. core and config are the crates of those
-/// names (see [`CRATES`]), which depend on none of these (the compiler holds that).
+/// Top-level modules of host/src by layer, lowest first. The layers below (core, config,
+/// observability, plugins, runtime) are the crates in [`CRATES`], which depend on none of these
+/// (the compiler holds that).
 const LAYERS: &[(&str, &[&str])] = &[
-    ("mid", &["router", "certs", "forwarded", "upstream"]),
-    ("runtime", &["runtime"]),
     ("pipeline", &["proxy", "websocket"]),
     (
         "server",

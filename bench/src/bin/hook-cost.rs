@@ -13,10 +13,10 @@ use std::time::Instant;
 
 use clap::Parser;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
-use wasmgate::runtime::{Builders, Runtime};
 use wasmgate_config::Config;
 use wasmgate_core::request::RequestState;
 use wasmgate_plugins::{on_response, Flow};
+use wasmgate_runtime::{Builders, Runtime};
 
 #[derive(Parser)]
 struct Args {

@@ -3,8 +3,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::forwarded::{ClientAddr, FORWARDED, X_FORWARDED_FOR};
 use wasmgate_config::ClientAddressHeader;
+use wasmgate_runtime::forwarded::{ClientAddr, FORWARDED, X_FORWARDED_FOR};
 
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -188,8 +188,8 @@ fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forwarded::TrustedProxies;
     use std::net::IpAddr;
+    use wasmgate_runtime::forwarded::TrustedProxies;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -22,9 +22,6 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::forwarded::ClientAddr;
-use crate::router::map_path;
-use crate::runtime::{Route, Runtime, Site};
 use crate::server::Shared;
 use headers::{add_forwarding, has_token, Forwarding};
 use wasmgate_core::body::{BoxError, Ended, Metered, OnDone, ProxyBody};
@@ -33,6 +30,9 @@ use wasmgate_core::error::ProxyError;
 use wasmgate_core::request::RequestState;
 use wasmgate_observe::log::AccessRecord;
 use wasmgate_plugins::Flow;
+use wasmgate_runtime::forwarded::ClientAddr;
+use wasmgate_runtime::router::map_path;
+use wasmgate_runtime::{Route, Runtime, Site};
 
 /// What the rest of the pipeline knows about the request once site and route are chosen.
 pub struct Routed {
@@ -118,7 +118,7 @@ fn error_response(err: ProxyError, access: &mut AccessRecord) -> Response<ProxyB
 fn finish(
     response: Response<ProxyBody>,
     mut access: AccessRecord,
-    slot: Option<crate::runtime::TenantSlot>,
+    slot: Option<wasmgate_runtime::TenantSlot>,
 ) -> Response<ProxyBody> {
     access.status = response.status().as_u16();
     if response
@@ -199,7 +199,7 @@ fn route_request(
     access.metrics = Some(route.as_ref().map_or(&site.metrics, |r| &r.metrics).clone());
     access.route = route.as_ref().map(|r| r.name.clone());
     routing::ensure_unambiguous_route(&site, pick, &path)?;
-    if let crate::router::Pick::AddSlash(_) = pick {
+    if let wasmgate_runtime::router::Pick::AddSlash(_) = pick {
         return routing::add_slash(&path, req.uri().query()).map(Routing::Answer);
     }
     let websocket = is_websocket_request(req);

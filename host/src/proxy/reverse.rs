@@ -3,8 +3,8 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LOCATION, LOCATION, SET_COOKIE};
 
-use crate::router::{map_path, prefix_matches};
 use wasmgate_config::Backend;
+use wasmgate_runtime::router::{map_path, prefix_matches};
 
 static URI_HEADER: HeaderName = HeaderName::from_static("uri");
 
@@ -111,7 +111,7 @@ impl ReverseMap<'_> {
             && host == b.host.to_ascii_lowercase()
             && port.unwrap_or(default_port) == b.port;
         // With preserve_host the backend knows the public host; only the scheme and port may be off.
-        let public_host = crate::router::normalise_host(self.public_authority);
+        let public_host = wasmgate_runtime::router::normalise_host(self.public_authority);
         let is_public_host = self.preserve_host
             && matches!(scheme.as_str(), "http" | "https")
             && host == public_host;

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 
-use crate::router::{normalise_host, Pick};
-use crate::runtime::{Runtime, Site};
 use wasmgate_core::body::{full, ProxyBody};
 use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::error::ProxyError;
 use wasmgate_core::path::{lenient_reading, normalize_path};
+use wasmgate_runtime::router::{normalise_host, Pick};
+use wasmgate_runtime::{Runtime, Site};
 
 /// Site by Host (agreeing with SNI on TLS listeners), then route by longest prefix.
 pub(super) fn select(

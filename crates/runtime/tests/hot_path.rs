@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use wasmgate::router::{lenient_agrees, pick_route, Pick};
+use wasmgate_runtime::router::{lenient_agrees, pick_route, Pick};
 use wasmgate_core::path::lenient_reading;
 
 struct Counting;

@@ -24,8 +24,8 @@ use ipnet::IpNet;
 
 use wasmgate_config::ClientAddressHeader;
 
-pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(super) static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Stands for a header line that is not visible ASCII.
 const NOT_TEXT: &str = "<not text>";

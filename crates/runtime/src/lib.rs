@@ -8,8 +8,12 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::sign::CertifiedKey;
 
+pub mod certs;
+pub mod forwarded;
 mod owners;
+pub mod router;
 mod tenants;
+pub mod upstream;
 
 pub use tenants::{TenantHandle, TenantRuntime, TenantShared, TenantSlot};
 
