@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 
 use crate::conn_limits::AcceptBackoff;
-use crate::server::Shared;
+use crate::reload::Shared;
 use wasmgate_config::{AdminConfig, AdminListen};
 
 /// The bound admin socket.
@@ -187,7 +187,7 @@ async fn answer(
     }
     Ok(match path {
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
-        "/readyz" if shared.draining.is_cancelled() => {
+        "/readyz" if shared.serve.draining.is_cancelled() => {
             reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
         }
         "/readyz" => reply(StatusCode::OK, "text/plain", "ready\n"),
@@ -211,7 +211,7 @@ async fn answer(
 
 /// The `/status` document.
 pub fn status(shared: &Shared) -> serde_json::Value {
-    let rt = shared.runtime.load();
+    let rt = shared.serve.runtime.load();
     let st = shared
         .status
         .lock()
@@ -264,7 +264,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
     serde_json::json!({
         "pid": std::process::id(),
         "version": env!("CARGO_PKG_VERSION"),
-        "draining": shared.draining.is_cancelled(),
+        "draining": shared.serve.draining.is_cancelled(),
         "config": { "path": rt.config.path.display().to_string(), "digest": st.digest },
         "reloads": { "ok": st.reloads_ok, "failed": st.reloads_failed, "last_error": st.last_error },
         "listeners": rt.config.listeners.iter().map(|l| serde_json::json!({"name": l.name, "bind": l.bind.to_string(), "tls": l.tls})).collect::<Vec<_>>(),

@@ -4,6 +4,9 @@
 //!
 //! Directories are watched rather than files, so editors' write-to-temp-then-rename and Kubernetes
 //! ConfigMap `..data` symlink swaps are both seen; the content fingerprint filters out the noise.
+//!
+//! [`Shared`] is the control state a reload works on (builders, status) around the pipeline's
+//! [`ServeCtx`]; the pipeline never sees it.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -14,9 +17,11 @@ use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::server::Shared;
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::ctx::ServeCtx;
 use wasmgate_config::{Config, ConfigErrors};
-use wasmgate_runtime::Runtime;
+use wasmgate_runtime::{Builders, Runtime};
 
 /// Quiet time after the last file event before a reload is attempted.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -24,8 +29,8 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Reloads one server from one config file. Cheap to clone.
 #[derive(Clone)]
 pub struct Reloader {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) path: PathBuf,
+    pub shared: Arc<Shared>,
+    pub path: PathBuf,
 }
 
 impl Reloader {
@@ -34,12 +39,12 @@ impl Reloader {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let result = Config::load(&this.path).and_then(|config| this.shared.reload(config));
-            if result.is_err() && this.shared.runtime.load().config.tenants.is_some() {
+            if result.is_err() && this.shared.serve.runtime.load().config.tenants.is_some() {
                 // The operator's file is refused, but tenants reload on their own regardless.
                 let _ = this.shared.reload_tenants();
             }
             result?;
-            Ok(fingerprint(&this.path, &this.shared.runtime.load()))
+            Ok(fingerprint(&this.path, &this.shared.serve.runtime.load()))
         })
         .await
         .unwrap_or_else(|e| {
@@ -97,12 +102,12 @@ impl Reloader {
             }
         })?;
         let mut dirs = WatchedDirs::default();
-        let mut watched = Watched::of(&self.path, &self.shared.runtime.load());
+        let mut watched = Watched::of(&self.path, &self.shared.serve.runtime.load());
         dirs.sync(&mut watcher, &watched);
-        let mut last = fingerprint(&self.path, &self.shared.runtime.load());
+        let mut last = fingerprint(&self.path, &self.shared.serve.runtime.load());
         tracing::info!(digest = %&last[..12], dirs = dirs.0.len(), "watching configuration for changes");
         Ok(tokio::spawn(async move {
-            let draining = self.shared.draining.clone();
+            let draining = self.shared.serve.draining.clone();
             loop {
                 let paths = tokio::select! {
                     ev = rx.recv() => match ev { Some(p) => p, None => return },
@@ -114,15 +119,15 @@ impl Reloader {
                 }
                 // Debounce: wait until events stop for a moment.
                 while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-                let now = fingerprint(&self.path, &self.shared.runtime.load());
+                let now = fingerprint(&self.path, &self.shared.serve.runtime.load());
                 if now != last {
                     self.reload_and_log("file change").await;
                     // Whether it loaded or not, this content has been judged; wait for the next change.
-                    last = fingerprint(&self.path, &self.shared.runtime.load());
+                    last = fingerprint(&self.path, &self.shared.serve.runtime.load());
                 }
                 // Even with the content unchanged, a `..data` swap moved the files' real location:
                 // watch where they are now.
-                watched = Watched::of(&self.path, &self.shared.runtime.load());
+                watched = Watched::of(&self.path, &self.shared.serve.runtime.load());
                 dirs.sync(&mut watcher, &watched);
             }
         }))
@@ -368,5 +373,107 @@ mod tests {
         assert_eq!(r.links, vec![root.join("a/b/up")]);
         // A loop ends after the kernel's 40 links, like the kernel's ELOOP.
         assert_eq!(resolve(&root.join("loop")).links.len(), MAX_LINKS);
+    }
+}
+
+/// The process's control state: what serving shares (`serve`), and what only reloads, the admin
+/// endpoint and shutdown use.
+pub struct Shared {
+    pub serve: Arc<ServeCtx>,
+    pub builders: Builders,
+    /// What `/status` reports about the configuration and reloads.
+    pub status: std::sync::Mutex<ReloadStatus>,
+    /// Fires when the server is gone: worker threads end their event loops.
+    pub stopped: CancellationToken,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    /// Digest of the live config file and every file it references.
+    pub digest: String,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last_error: Option<String>,
+}
+
+impl Shared {
+    /// Record the live plugin versions, and the config digest when a new config went live, for
+    /// `/status` and `/metrics`.
+    pub fn publish(&self, digest: Option<String>) {
+        let rt = self.serve.runtime.load();
+        let m = wasmgate_observe::metrics::get();
+        if let Some(digest) = digest {
+            m.config_info.clear();
+            m.config_info
+                .get_or_create(&wasmgate_observe::metrics::DigestLabels {
+                    digest: digest.clone(),
+                })
+                .set(1);
+            self.status.lock().unwrap_or_else(|p| p.into_inner()).digest = digest;
+        }
+        m.plugin_info.clear();
+        m.plugin_config_problems.clear();
+        for site in &rt.sites {
+            for chain in
+                std::iter::once(&site.plugins).chain(site.routes.iter().map(|r| &r.plugins))
+            {
+                for p in chain.plugins() {
+                    let labels = wasmgate_observe::metrics::PluginInfoLabels {
+                        plugin: p.name.clone(),
+                        site: site.name.to_string(),
+                        tenant: site
+                            .tenant
+                            .as_ref()
+                            .map_or("-".to_string(), |t| t.name.to_string()),
+                        digest: p.digest().to_string(),
+                    };
+                    m.plugin_info.get_or_create(&labels).set(1);
+                    let refused = p.problems.len() + p.more_problems;
+                    if refused > 0 {
+                        let labels = wasmgate_observe::metrics::PluginLabels {
+                            plugin: labels.plugin,
+                            site: labels.site,
+                            tenant: labels.tenant,
+                        };
+                        m.plugin_config_problems
+                            .get_or_create(&labels)
+                            .inc_by(refused as i64);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reload tenants against the running operator config (used when the operator's file is broken:
+    /// tenants keep reloading on their own).
+    pub fn reload_tenants(&self) -> Result<(), ConfigErrors> {
+        let current = self.serve.runtime.load();
+        let config = (*current.config).clone();
+        let next = Runtime::build(config, &self.builders, Some(&current))?;
+        self.builders.remember_owners(&next);
+        self.serve.runtime.store(Arc::new(next));
+        Ok(())
+    }
+
+    pub fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
+        let current = self.serve.runtime.load();
+        let sockets = |c: &Config| {
+            c.listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.bind, l.tls))
+                .collect::<Vec<_>>()
+        };
+        // PROXY protocol sources are read per connection, so they reload; sockets do not.
+        if sockets(&config) != sockets(&current.config) {
+            return Err(ConfigErrors::single(
+                &config.path,
+                "listener",
+                "listeners changed (name, bind or tls): that needs a restart",
+            ));
+        }
+        let next = Runtime::build(config, &self.builders, Some(&current))?;
+        self.builders.remember_owners(&next);
+        self.serve.runtime.store(Arc::new(next));
+        Ok(())
     }
 }

@@ -15,122 +15,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use crate::proxy::ctx::ServeCtx;
 use crate::proxy_protocol::Rewind;
+use crate::reload::Shared;
 use crate::watchdog::{Activity, InFlight, Paced, Watched};
 use wasmgate_config::{Config, ConfigErrors};
 use wasmgate_core::conn::{ConnInfo, TlsConn};
-use wasmgate_core::ids::RequestIds;
-use wasmgate_runtime::{Builders, Runtime, SharedRuntime};
-
-/// State shared by every connection for the life of the process.
-pub struct Shared {
-    pub runtime: SharedRuntime,
-    pub builders: Builders,
-    pub ids: RequestIds,
-    /// Fires when shutdown starts: stop accepting, finish in-flight requests, refuse new tunnels.
-    pub draining: CancellationToken,
-    /// Fires when the grace period is over: open tunnels are closed.
-    pub tunnels_cancel: CancellationToken,
-    /// Connections and tunnels, so shutdown can wait for them.
-    pub tasks: TaskTracker,
-    /// What `/status` reports about the configuration and reloads.
-    pub status: std::sync::Mutex<ReloadStatus>,
-    /// Fires when the server is gone: worker threads end their event loops.
-    pub stopped: CancellationToken,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ReloadStatus {
-    /// Digest of the live config file and every file it references.
-    pub digest: String,
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-    pub last_error: Option<String>,
-}
-
-impl Shared {
-    /// Record the live plugin versions, and the config digest when a new config went live, for
-    /// `/status` and `/metrics`.
-    pub(crate) fn publish(&self, digest: Option<String>) {
-        let rt = self.runtime.load();
-        let m = wasmgate_observe::metrics::get();
-        if let Some(digest) = digest {
-            m.config_info.clear();
-            m.config_info
-                .get_or_create(&wasmgate_observe::metrics::DigestLabels {
-                    digest: digest.clone(),
-                })
-                .set(1);
-            self.status.lock().unwrap_or_else(|p| p.into_inner()).digest = digest;
-        }
-        m.plugin_info.clear();
-        m.plugin_config_problems.clear();
-        for site in &rt.sites {
-            for chain in
-                std::iter::once(&site.plugins).chain(site.routes.iter().map(|r| &r.plugins))
-            {
-                for p in chain.plugins() {
-                    let labels = wasmgate_observe::metrics::PluginInfoLabels {
-                        plugin: p.name.clone(),
-                        site: site.name.to_string(),
-                        tenant: site
-                            .tenant
-                            .as_ref()
-                            .map_or("-".to_string(), |t| t.name.to_string()),
-                        digest: p.digest().to_string(),
-                    };
-                    m.plugin_info.get_or_create(&labels).set(1);
-                    let refused = p.problems.len() + p.more_problems;
-                    if refused > 0 {
-                        let labels = wasmgate_observe::metrics::PluginLabels {
-                            plugin: labels.plugin,
-                            site: labels.site,
-                            tenant: labels.tenant,
-                        };
-                        m.plugin_config_problems
-                            .get_or_create(&labels)
-                            .inc_by(refused as i64);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Reload tenants against the running operator config (used when the operator's file is broken:
-    /// tenants keep reloading on their own).
-    pub(crate) fn reload_tenants(&self) -> Result<(), ConfigErrors> {
-        let current = self.runtime.load();
-        let config = (*current.config).clone();
-        let next = Runtime::build(config, &self.builders, Some(&current))?;
-        self.builders.remember_owners(&next);
-        self.runtime.store(Arc::new(next));
-        Ok(())
-    }
-
-    pub(crate) fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
-        let current = self.runtime.load();
-        let sockets = |c: &Config| {
-            c.listeners
-                .iter()
-                .map(|l| (l.name.clone(), l.bind, l.tls))
-                .collect::<Vec<_>>()
-        };
-        // PROXY protocol sources are read per connection, so they reload; sockets do not.
-        if sockets(&config) != sockets(&current.config) {
-            return Err(ConfigErrors::single(
-                &config.path,
-                "listener",
-                "listeners changed (name, bind or tls): that needs a restart",
-            ));
-        }
-        let next = Runtime::build(config, &self.builders, Some(&current))?;
-        self.builders.remember_owners(&next);
-        self.runtime.store(Arc::new(next));
-        Ok(())
-    }
-}
+use wasmgate_runtime::{Builders, Runtime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -167,8 +59,8 @@ pub struct Server {
 impl Drop for Server {
     fn drop(&mut self) {
         // Dropped without `shutdown`: stop at once (tests, errors); nothing is waited for.
-        self.shared.draining.cancel();
-        self.shared.tunnels_cancel.cancel();
+        self.shared.serve.draining.cancel();
+        self.shared.serve.tunnels_cancel.cancel();
         self.shared.stopped.cancel();
     }
 }
@@ -228,17 +120,13 @@ impl Server {
             .max_connections_per_ip
             .map(crate::conn_limits::PerIp::new);
         let shared = Arc::new(Shared {
-            runtime: Arc::new(ArcSwap::from_pointee(runtime)),
+            serve: Arc::new(ServeCtx::new(Arc::new(ArcSwap::from_pointee(runtime)))),
             builders,
-            ids: RequestIds::new(),
-            draining: CancellationToken::new(),
-            tunnels_cancel: CancellationToken::new(),
-            tasks: TaskTracker::new(),
             status: Default::default(),
             stopped: CancellationToken::new(),
         });
         let digest = {
-            let rt = shared.runtime.load();
+            let rt = shared.serve.runtime.load();
             crate::reload::fingerprint(&rt.config.path, &rt)
         };
         shared.publish(Some(digest));
@@ -265,14 +153,14 @@ impl Server {
             })?;
             tracing::info!(listener = %l.name, addr = %local, tls = l.tls, "listening");
             addrs.push((l.name.clone(), local));
-            let tls = l
-                .tls
-                .then(|| TlsAcceptor::from(crate::tls::server_config(shared.runtime.clone(), idx)));
+            let tls = l.tls.then(|| {
+                TlsAcceptor::from(crate::tls::server_config(shared.serve.runtime.clone(), idx))
+            });
             let ctx = ListenerCtx {
                 idx,
                 name: l.name.as_str().into(),
                 tls,
-                shared: shared.clone(),
+                serve: shared.serve.clone(),
                 limits: crate::watchdog::Limits {
                     header_read: timeouts.0,
                     keepalive: timeouts.1,
@@ -285,7 +173,7 @@ impl Server {
             };
             sockets.push((socket, Arc::new(ctx)));
         }
-        let workers = shared.runtime.load().config.workers;
+        let workers = shared.serve.runtime.load().config.workers;
         let mut threads = Vec::new();
         let mut held = Vec::new();
         if workers == 0 {
@@ -370,7 +258,7 @@ impl Server {
     }
 
     pub fn runtime(&self) -> Arc<Runtime> {
-        self.shared.runtime.load_full()
+        self.shared.serve.runtime.load_full()
     }
 
     /// Build a runtime from `config` and swap it in. On any error the running one stays.
@@ -398,28 +286,29 @@ impl Server {
 
     /// Stop accepting, let requests and tunnels finish for up to the grace period, then close the rest.
     pub async fn shutdown(self) {
-        let grace = self.shared.runtime.load().config.shutdown_grace;
+        let grace = self.shared.serve.runtime.load().config.shutdown_grace;
         self.shutdown_with_grace(grace).await
     }
 
     pub async fn shutdown_with_grace(mut self, grace: Duration) {
-        self.shared.draining.cancel();
+        self.shared.serve.draining.cancel();
         for t in &self.accept_tasks {
             t.abort();
         }
         // Let go of the listening sockets now: new connections go to a successor, or are refused.
         self.held.clear();
-        self.shared.tasks.close();
-        if tokio::time::timeout(grace, self.shared.tasks.wait())
+        self.shared.serve.tasks.close();
+        if tokio::time::timeout(grace, self.shared.serve.tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                open = self.shared.tasks.len(),
+                open = self.shared.serve.tasks.len(),
                 "grace period over; closing what is left"
             );
-            self.shared.tunnels_cancel.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.tasks.wait()).await;
+            self.shared.serve.tunnels_cancel.cancel();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), self.shared.serve.tasks.wait()).await;
         }
         if let Some(t) = &self.admin_task {
             t.abort();
@@ -449,7 +338,7 @@ struct ListenerCtx {
     idx: usize,
     name: Arc<str>,
     tls: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
+    serve: Arc<ServeCtx>,
     limits: crate::watchdog::Limits,
     max_header_bytes: usize,
     connections: Arc<Semaphore>,
@@ -459,7 +348,7 @@ struct ListenerCtx {
 async fn accept_loop(socket: TcpListener, ctx: Arc<ListenerCtx>) {
     let mut backoff = crate::conn_limits::AcceptBackoff::default();
     // One waiter for the whole loop, not a fresh registration with the token per accepted connection.
-    let draining = ctx.shared.draining.cancelled();
+    let draining = ctx.serve.draining.cancelled();
     tokio::pin!(draining);
     loop {
         let (stream, peer) = tokio::select! {
@@ -487,7 +376,7 @@ async fn accept_loop(socket: TcpListener, ctx: Arc<ListenerCtx>) {
             continue;
         };
         let ctx = ctx.clone();
-        ctx.shared.tasks.clone().spawn(async move {
+        ctx.serve.tasks.clone().spawn(async move {
             let _permit = permit;
             serve_connection(stream, peer, &ctx).await;
         });
@@ -516,7 +405,7 @@ async fn serve_connection(stream: TcpStream, tcp_peer: SocketAddr, ctx: &Listene
     let _open = OpenConnection::new();
     let _ = stream.set_nodelay(true);
     // The PROXY protocol header comes first, before TLS; its address is the client's from here on.
-    let proxy_from = ctx.shared.runtime.load().config.listeners[ctx.idx]
+    let proxy_from = ctx.serve.runtime.load().config.listeners[ctx.idx]
         .proxy_protocol
         .clone();
     let (stream, peer) = match proxy_from {
@@ -626,7 +515,7 @@ macro_rules! drive {
                     let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
                 }
             }
-            _ = $ctx.shared.draining.cancelled() => {
+            _ = $ctx.serve.draining.cancelled() => {
                 // HTTP/1: responses from now on carry `Connection: close` (see `serve_http`), so a
                 // busy connection ends after its next response; one that stays idle for DRAIN_IDLE
                 // is closed. HTTP/2: GOAWAY, once a fresh connection had a moment for its first
@@ -673,19 +562,19 @@ where
         activity: activity.clone(),
     });
     let conn_info = Arc::new(info);
-    let shared = ctx.shared.clone();
+    let serve = ctx.serve.clone();
     let tracked = activity.clone();
     let service = service_fn(move |req| {
         // Counted from the parsed head until the response body is sent or dropped.
         let in_flight = InFlight::start(tracked.clone());
         // Boxed: the pipeline's future is large (kilobytes of state across its awaits); hyper moves
         // the service future around, and a box makes each move a pointer copy.
-        let handled = Box::pin(crate::proxy::handle(shared.clone(), conn_info.clone(), req));
-        let shared = shared.clone();
+        let handled = Box::pin(crate::proxy::handle(serve.clone(), conn_info.clone(), req));
+        let serve = serve.clone();
         async move {
             let mut resp = handled.await?;
             if !h2
-                && shared.draining.is_cancelled()
+                && serve.draining.is_cancelled()
                 && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
             {
                 // Draining: this is the connection's last response; hyper closes after it.

@@ -18,9 +18,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 
+use crate::proxy::ctx::ServeCtx;
 use crate::proxy::headers::{has_token, strip_hop_by_hop};
 use crate::proxy::{backend_uri, downstream_response, upstream_headers};
-use crate::server::Shared;
 use wasmgate_core::body::{empty, ProxyBody};
 use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::error::ProxyError;
@@ -38,7 +38,7 @@ static SEC_WEBSOCKET_KEY: header::HeaderName = header::SEC_WEBSOCKET_KEY;
 // The request's whole context, passed as it is known at the call site; a struct would only rename it.
 #[allow(clippy::too_many_arguments)]
 pub async fn proxy(
-    shared: &Arc<Shared>,
+    shared: &Arc<ServeCtx>,
     conn: &ConnInfo,
     route: &Arc<Route>,
     tenant: Option<&TenantHandle>,

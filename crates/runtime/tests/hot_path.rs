@@ -5,8 +5,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use wasmgate_runtime::router::{lenient_agrees, pick_route, Pick};
 use wasmgate_core::path::lenient_reading;
+use wasmgate_runtime::router::{lenient_agrees, pick_route, Pick};
 
 struct Counting;
 

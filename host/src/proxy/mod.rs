@@ -7,6 +7,7 @@
 //! Every failure is a [`ProxyError`], turned into a response in one place ([`ProxyError::to_response`]).
 
 pub mod body;
+pub mod ctx;
 pub mod headers;
 pub mod reverse;
 mod routing;
@@ -22,7 +23,7 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::server::Shared;
+use ctx::ServeCtx;
 use headers::{add_forwarding, has_token, Forwarding};
 use wasmgate_core::body::{BoxError, Ended, Metered, OnDone, ProxyBody};
 use wasmgate_core::conn::ConnInfo;
@@ -44,7 +45,7 @@ pub struct Routed {
 
 /// hyper's entry point. Never fails: errors become responses here.
 pub async fn handle(
-    shared: Arc<Shared>,
+    shared: Arc<ServeCtx>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
@@ -235,7 +236,7 @@ fn route_request(
 
 /// Plugins' on-request (site chain, then route chain), then the backend or a tunnel.
 async fn serve(
-    shared: &Arc<Shared>,
+    shared: &Arc<ServeCtx>,
     conn: &ConnInfo,
     routed: &mut Routed,
     mut req: Request<Incoming>,
