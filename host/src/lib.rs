@@ -7,6 +7,7 @@ pub mod admin;
 pub mod conn_limits;
 pub mod demo;
 pub mod handover;
+pub mod process;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
@@ -15,4 +16,4 @@ pub mod tls;
 pub mod watchdog;
 pub mod websocket;
 
-pub use server::{Server, StartError};
+pub use process::{Server, StartError};

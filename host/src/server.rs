@@ -1,12 +1,11 @@
 //! Listeners and connections: bind once, accept, terminate TLS, serve HTTP/1.1 and HTTP/2 with hyper,
-//! and drain gracefully. The live [`Runtime`] is swapped underneath without touching sockets.
+//! and drain gracefully. The live runtime is swapped underneath without touching sockets.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -14,315 +13,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use crate::proxy::ctx::ServeCtx;
 use crate::proxy_protocol::Rewind;
-use crate::reload::Shared;
 use crate::watchdog::{Activity, InFlight, Paced, Watched};
-use wasmgate_config::{Config, ConfigErrors};
 use wasmgate_core::conn::{ConnInfo, TlsConn};
-use wasmgate_runtime::{Builders, Runtime};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("{0}")]
-    Config(#[from] ConfigErrors),
-    #[error("cannot listen on {addr} (listener `{name}`): {source}")]
-    Bind {
-        name: String,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot listen on the admin socket {}: {source}", path.display())]
-    AdminSocket {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-}
-
-/// A running wasmgate.
-pub struct Server {
-    shared: Arc<Shared>,
-    addrs: Vec<(String, SocketAddr)>,
-    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Serves until the very end: `/readyz` must be able to say "draining".
-    admin_task: Option<tokio::task::JoinHandle<()>>,
-    /// The listening sockets, for a handover to a successor.
-    fds: Vec<(String, std::os::fd::RawFd)>,
-    /// Worker threads, each running an event loop of its own.
-    threads: Vec<std::thread::JoinHandle<()>>,
-    /// The listening sockets the workers accept on clones of.
-    held: Vec<std::net::TcpListener>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Dropped without `shutdown`: stop at once (tests, errors); nothing is waited for.
-        self.shared.serve.draining.cancel();
-        self.shared.serve.tunnels_cancel.cancel();
-        self.shared.stopped.cancel();
-    }
-}
-
-/// One worker: a single-threaded event loop accepting on every listener (the sockets are shared, so
-/// the kernel hands each new connection to one worker). A connection, its requests, its backend
-/// connections and its tunnel all stay on that thread: no cross-thread wake-ups on the hot path.
-fn spawn_worker(
-    i: usize,
-    sockets: Vec<(std::net::TcpListener, Arc<ListenerCtx>)>,
-    stopped: CancellationToken,
-) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name(format!("wasmgate-worker-{i}"))
-        .spawn(move || {
-            wasmgate_plugins::set_worker(i);
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("worker {i} cannot start its event loop: {e}");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                for (socket, ctx) in sockets {
-                    match TcpListener::from_std(socket) {
-                        Ok(l) => {
-                            tokio::spawn(accept_loop(l, ctx));
-                        }
-                        Err(e) => tracing::error!("worker {i}: {e}"),
-                    }
-                }
-                stopped.cancelled().await;
-            });
-        })
-        .expect("spawn a worker thread")
-}
-
-impl Server {
-    /// Validate and build `config`, bind every listener and start serving.
-    pub async fn start(config: Config) -> Result<Server, StartError> {
-        let builders = Builders::new(config.cache_dir.clone());
-        let runtime = Runtime::build(config, &builders, None)?;
-        builders.remember_owners(&runtime);
-        let listeners = runtime.config.listeners.clone();
-        let admin = runtime.config.admin.clone();
-        let limits = runtime.config.limits.clone();
-        let timeouts = (
-            runtime.config.header_read_timeout,
-            runtime.config.keepalive_timeout,
-            runtime.config.io_timeout,
-        );
-        let per_ip = limits
-            .max_connections_per_ip
-            .map(crate::conn_limits::PerIp::new);
-        let shared = Arc::new(Shared {
-            serve: Arc::new(ServeCtx::new(Arc::new(ArcSwap::from_pointee(runtime)))),
-            builders,
-            status: Default::default(),
-            stopped: CancellationToken::new(),
-        });
-        let digest = {
-            let rt = shared.serve.runtime.load();
-            crate::reload::fingerprint(&rt.config.path, &rt)
-        };
-        shared.publish(Some(digest));
-        let mut addrs = Vec::new();
-        let mut accept_tasks = Vec::new();
-        let mut fds = Vec::new();
-        let mut sockets = Vec::new();
-        for (idx, l) in listeners.iter().enumerate() {
-            let socket = match crate::handover::take_inherited(&l.name) {
-                // A predecessor passed this listener's socket (see `handover.rs`).
-                Some(inherited) => TcpListener::from_std(inherited),
-                None => bind(l.bind),
-            }
-            .map_err(|source| StartError::Bind {
-                name: l.name.clone(),
-                addr: l.bind,
-                source,
-            })?;
-            fds.push((l.name.clone(), std::os::fd::AsRawFd::as_raw_fd(&socket)));
-            let local = socket.local_addr().map_err(|source| StartError::Bind {
-                name: l.name.clone(),
-                addr: l.bind,
-                source,
-            })?;
-            tracing::info!(listener = %l.name, addr = %local, tls = l.tls, "listening");
-            addrs.push((l.name.clone(), local));
-            let tls = l.tls.then(|| {
-                TlsAcceptor::from(crate::tls::server_config(shared.serve.runtime.clone(), idx))
-            });
-            let ctx = ListenerCtx {
-                idx,
-                name: l.name.as_str().into(),
-                tls,
-                serve: shared.serve.clone(),
-                limits: crate::watchdog::Limits {
-                    header_read: timeouts.0,
-                    keepalive: timeouts.1,
-                    io: timeouts.2,
-                    min_rate: limits.min_rate,
-                },
-                max_header_bytes: limits.max_header_bytes,
-                connections: Arc::new(Semaphore::new(limits.max_connections)),
-                per_ip: per_ip.clone(),
-            };
-            sockets.push((socket, Arc::new(ctx)));
-        }
-        let workers = shared.serve.runtime.load().config.workers;
-        let mut threads = Vec::new();
-        let mut held = Vec::new();
-        if workers == 0 {
-            for (socket, ctx) in sockets {
-                accept_tasks.push(tokio::spawn(accept_loop(socket, ctx)));
-            }
-        } else {
-            let std_sockets: Vec<(std::net::TcpListener, Arc<ListenerCtx>)> = sockets
-                .into_iter()
-                .map(|(s, ctx)| s.into_std().map(|s| (s, ctx)))
-                .collect::<std::io::Result<_>>()
-                .map_err(|source| StartError::Bind {
-                    name: "listener".into(),
-                    addr: listeners[0].bind,
-                    source,
-                })?;
-            for i in 0..workers {
-                let mine = std_sockets
-                    .iter()
-                    .map(|(s, ctx)| s.try_clone().map(|s| (s, ctx.clone())))
-                    .collect::<std::io::Result<Vec<_>>>()
-                    .map_err(|source| StartError::Bind {
-                        name: "listener".into(),
-                        addr: listeners[0].bind,
-                        source,
-                    })?;
-                threads.push(spawn_worker(i, mine, shared.stopped.clone()));
-            }
-            // The originals keep the descriptors recorded in `fds` open, for a handover.
-            held = std_sockets.into_iter().map(|(s, _)| s).collect();
-        }
-        let mut admin_task = None;
-        if let Some(admin) = admin {
-            let listener =
-                crate::admin::bind(&admin.listen)
-                    .await
-                    .map_err(|source| match &admin.listen {
-                        wasmgate_config::AdminListen::Tcp(addr) => StartError::Bind {
-                            name: "admin".into(),
-                            addr: *addr,
-                            source,
-                        },
-                        wasmgate_config::AdminListen::Unix(path) => StartError::AdminSocket {
-                            path: path.clone(),
-                            source,
-                        },
-                    })?;
-            tracing::info!(at = %listener.describe(), auth = admin.token_file.is_some(), "admin endpoint listening (/metrics /healthz /readyz /status)");
-            if let Some(local) = listener.tcp_addr() {
-                addrs.push(("admin".to_string(), local));
-            }
-            admin_task = Some(tokio::spawn(crate::admin::serve(
-                listener,
-                admin.clone(),
-                shared.clone(),
-            )));
-        }
-        // Now that every socket is bound (ports chosen by the kernel included), tenant egress knows
-        // which addresses are the proxy's own.
-        shared.builders.own.set(addrs.iter().cloned());
-        Ok(Server {
-            shared,
-            addrs,
-            accept_tasks,
-            admin_task,
-            fds,
-            threads,
-            held,
-        })
-    }
-
-    /// The address a listener is bound to (useful with port 0).
-    pub fn addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.addrs
-            .iter()
-            .find(|(n, _)| n == listener)
-            .map(|(_, a)| *a)
-    }
-
-    pub fn addrs(&self) -> &[(String, SocketAddr)] {
-        &self.addrs
-    }
-
-    pub fn runtime(&self) -> Arc<Runtime> {
-        self.shared.serve.runtime.load_full()
-    }
-
-    /// Build a runtime from `config` and swap it in. On any error the running one stays.
-    /// Compiling plugins can take a while: call this from a blocking-friendly context.
-    pub fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
-        self.shared.reload(config)?;
-        // The live plugins changed: their versions and refused lines go to `/metrics`.
-        self.shared.publish(None);
-        Ok(())
-    }
-
-    /// Start a successor process that inherits the listening sockets (zero-downtime restart); it
-    /// will tell this process to drain once it serves. Returns the successor's pid.
-    pub fn spawn_successor(&self) -> std::io::Result<u32> {
-        crate::handover::spawn_successor(&self.fds)
-    }
-
-    /// A handle that reloads this server from its config file (SIGHUP, file watcher).
-    pub fn reloader(&self, path: &std::path::Path) -> crate::reload::Reloader {
-        crate::reload::Reloader {
-            shared: self.shared.clone(),
-            path: path.to_path_buf(),
-        }
-    }
-
-    /// Stop accepting, let requests and tunnels finish for up to the grace period, then close the rest.
-    pub async fn shutdown(self) {
-        let grace = self.shared.serve.runtime.load().config.shutdown_grace;
-        self.shutdown_with_grace(grace).await
-    }
-
-    pub async fn shutdown_with_grace(mut self, grace: Duration) {
-        self.shared.serve.draining.cancel();
-        for t in &self.accept_tasks {
-            t.abort();
-        }
-        // Let go of the listening sockets now: new connections go to a successor, or are refused.
-        self.held.clear();
-        self.shared.serve.tasks.close();
-        if tokio::time::timeout(grace, self.shared.serve.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                open = self.shared.serve.tasks.len(),
-                "grace period over; closing what is left"
-            );
-            self.shared.serve.tunnels_cancel.cancel();
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), self.shared.serve.tasks.wait()).await;
-        }
-        if let Some(t) = &self.admin_task {
-            t.abort();
-        }
-        self.shared.stopped.cancel();
-        let threads = std::mem::take(&mut self.threads);
-        let _ =
-            tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())))
-                .await;
-        tracing::info!("shut down");
-    }
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -334,18 +31,19 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-struct ListenerCtx {
-    idx: usize,
-    name: Arc<str>,
-    tls: Option<TlsAcceptor>,
-    serve: Arc<ServeCtx>,
-    limits: crate::watchdog::Limits,
-    max_header_bytes: usize,
-    connections: Arc<Semaphore>,
-    per_ip: Option<Arc<crate::conn_limits::PerIp>>,
+/// What every connection accepted on one listener shares.
+pub struct ListenerCtx {
+    pub idx: usize,
+    pub name: Arc<str>,
+    pub tls: Option<TlsAcceptor>,
+    pub serve: Arc<ServeCtx>,
+    pub limits: crate::watchdog::Limits,
+    pub max_header_bytes: usize,
+    pub connections: Arc<Semaphore>,
+    pub per_ip: Option<Arc<crate::conn_limits::PerIp>>,
 }
 
-async fn accept_loop(socket: TcpListener, ctx: Arc<ListenerCtx>) {
+pub async fn accept_loop(socket: TcpListener, ctx: Arc<ListenerCtx>) {
     let mut backoff = crate::conn_limits::AcceptBackoff::default();
     // One waiter for the whole loop, not a fresh registration with the token per accepted connection.
     let draining = ctx.serve.draining.cancelled();
