@@ -1,5 +1,5 @@
-//! Listeners and connections: bind once, accept, terminate TLS, serve HTTP/1.1 and HTTP/2 with hyper,
-//! and drain gracefully. The live runtime is swapped underneath without touching sockets.
+//! One accepted connection: PROXY protocol, TLS, then HTTP/1.1 or HTTP/2 with hyper under the
+//! watchdog, handing each request to the pipeline, and closing gracefully when draining.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,76 +10,12 @@ use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
+use tokio::net::TcpStream;
 
-use crate::proxy::ctx::ServeCtx;
+use super::listen::ListenerCtx;
 use crate::proxy_protocol::Rewind;
 use crate::watchdog::{Activity, InFlight, Paced, Watched};
 use wasmgate_core::conn::{ConnInfo, TlsConn};
-
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
-/// What every connection accepted on one listener shares.
-pub struct ListenerCtx {
-    pub idx: usize,
-    pub name: Arc<str>,
-    pub tls: Option<TlsAcceptor>,
-    pub serve: Arc<ServeCtx>,
-    pub limits: crate::watchdog::Limits,
-    pub max_header_bytes: usize,
-    pub connections: Arc<Semaphore>,
-    pub per_ip: Option<Arc<crate::conn_limits::PerIp>>,
-}
-
-pub async fn accept_loop(socket: TcpListener, ctx: Arc<ListenerCtx>) {
-    let mut backoff = crate::conn_limits::AcceptBackoff::default();
-    // One waiter for the whole loop, not a fresh registration with the token per accepted connection.
-    let draining = ctx.serve.draining.cancelled();
-    tokio::pin!(draining);
-    loop {
-        let (stream, peer) = tokio::select! {
-            // Draining wins over a ready accept: what is still queued is the successor's to take.
-            biased;
-            _ = &mut draining => return,
-            r = socket.accept() => match r {
-                Ok(pair) => {
-                    backoff.success();
-                    pair
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    let pause = backoff.failure(&ctx.name, &e);
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = &mut draining => return,
-                    }
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
-            tracing::warn!(listener = %ctx.name, %peer, "max_connections reached; connection closed");
-            continue;
-        };
-        let ctx = ctx.clone();
-        ctx.serve.tasks.clone().spawn(async move {
-            let _permit = permit;
-            serve_connection(stream, peer, &ctx).await;
-        });
-    }
-}
 
 /// Keeps `connections_open` right however a connection ends.
 struct OpenConnection;
@@ -99,7 +35,7 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn serve_connection(stream: TcpStream, tcp_peer: SocketAddr, ctx: &ListenerCtx) {
+pub(super) async fn serve_connection(stream: TcpStream, tcp_peer: SocketAddr, ctx: &ListenerCtx) {
     let _open = OpenConnection::new();
     let _ = stream.set_nodelay(true);
     // The PROXY protocol header comes first, before TLS; its address is the client's from here on.
