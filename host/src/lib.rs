@@ -14,6 +14,5 @@ pub mod reload;
 pub mod server;
 pub mod tls;
 pub mod watchdog;
-pub mod websocket;
 
 pub use process::{Server, StartError};

@@ -8,31 +8,33 @@
 
 pub mod body;
 pub mod ctx;
+mod forward;
 pub mod headers;
 pub mod reverse;
 mod routing;
+pub mod websocket;
 
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
+use http::header;
+use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use ctx::ServeCtx;
-use headers::{add_forwarding, has_token, Forwarding};
-use wasmgate_core::body::{BoxError, Ended, Metered, OnDone, ProxyBody};
+use forward::{
+    backend_uri, downstream_response, is_websocket_request, upstream_headers, version_name,
+};
+use wasmgate_core::body::{Ended, Metered, OnDone, ProxyBody};
 use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::error::ProxyError;
 use wasmgate_core::request::RequestState;
 use wasmgate_observe::log::AccessRecord;
 use wasmgate_plugins::Flow;
 use wasmgate_runtime::forwarded::ClientAddr;
-use wasmgate_runtime::router::map_path;
 use wasmgate_runtime::{Route, Runtime, Site};
 
 /// What the rest of the pipeline knows about the request once site and route are chosen.
@@ -124,7 +126,7 @@ fn finish(
     access.status = response.status().as_u16();
     if response
         .extensions()
-        .get::<crate::websocket::Tunnelled>()
+        .get::<websocket::Tunnelled>()
         .is_some()
     {
         // The tunnel writes its own line when it closes.
@@ -163,16 +165,6 @@ fn log_error(err: &ProxyError, access: &AccessRecord) {
             // A plugin's failure or a backend's answer may be part of the message.
             "{}", wasmgate_core::text::escaped(&err.to_string())
         ),
-    }
-}
-
-pub fn version_name(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_11 => "HTTP/1.1",
-        Version::HTTP_2 => "HTTP/2",
-        _ => "HTTP/3",
     }
 }
 
@@ -269,7 +261,7 @@ async fn serve(
     access.upstream = Some(route.cfg.backend.authority.clone());
     if routed.websocket {
         if route.cfg.websocket {
-            return Box::pin(crate::websocket::proxy(
+            return Box::pin(websocket::proxy(
                 shared,
                 conn,
                 &route,
@@ -342,79 +334,6 @@ fn request_authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
     }
 }
 
-/// HTTP/1.1 `Upgrade: websocket` or HTTP/2 extended CONNECT with `:protocol websocket`. Other upgrade
-/// tokens (`h2c`, …) are never tunnelled: their headers are hop-by-hop and get stripped.
-pub fn is_websocket_request<B>(req: &Request<B>) -> bool {
-    match req.version() {
-        Version::HTTP_2 => {
-            req.method() == Method::CONNECT
-                && req
-                    .extensions()
-                    .get::<hyper::ext::Protocol>()
-                    .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
-        }
-        _ => {
-            req.method() == Method::GET
-                && has_token(req.headers(), &header::CONNECTION, "upgrade")
-                && has_token(req.headers(), &header::UPGRADE, "websocket")
-        }
-    }
-}
-
-/// The request target (origin-form, `/path?query`) for the backend of `route`, from the (normalised,
-/// possibly plugin-rewritten) path.
-pub fn backend_uri(route: &Route, state: &RequestState) -> Result<Uri, ProxyError> {
-    let b = &route.cfg.backend;
-    let mut target = map_path(&route.cfg.path, &b.path, &state.path);
-    if let Some(q) = &state.query {
-        target.push('?');
-        target.push_str(q);
-    }
-    Uri::try_from(target)
-        .map_err(|_| ProxyError::BadRequest("request target cannot be mapped to the backend"))
-}
-
-/// Request headers as the backend must see them.
-pub fn upstream_headers(
-    headers: &mut http::HeaderMap,
-    conn: &ConnInfo,
-    route: &Route,
-    state: &RequestState,
-    client: &ClientAddr,
-) {
-    headers::strip_hop_by_hop(headers);
-    headers.remove(header::EXPECT);
-    headers::join_cookies(headers);
-    let host = if route.cfg.preserve_host {
-        state.authority.as_str()
-    } else {
-        route.cfg.backend.authority.as_str()
-    };
-    // The client's own `Host` stays as it is when it already says `host` (no copy, no validation).
-    let unchanged = headers
-        .get(header::HOST)
-        .is_some_and(|h| h.as_bytes() == host.as_bytes());
-    if !unchanged {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(header::HOST, v);
-        }
-    }
-    add_forwarding(
-        headers,
-        &Forwarding {
-            client,
-            scheme: conn.scheme(),
-            authority: &state.authority,
-            request_id: &state.id,
-            via_version: if state.version == "HTTP/2" {
-                "2"
-            } else {
-                "1.1"
-            },
-        },
-    );
-}
-
 /// Forward a plain HTTP request through the pooled client and stream the answer back.
 async fn forward(
     conn: &ConnInfo,
@@ -468,29 +387,4 @@ async fn forward(
         });
     }
     Ok(downstream_response(resp, route, state))
-}
-
-/// The backend's response as the client must see it: hop-by-hop headers gone, backend URLs mapped back.
-pub fn downstream_response<B>(
-    resp: Response<B>,
-    route: &Route,
-    state: &RequestState,
-) -> Response<ProxyBody>
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    if route.cfg.reverse {
-        reverse::ReverseMap {
-            backend: &route.cfg.backend,
-            route_path: &route.cfg.path,
-            public_scheme: state.scheme,
-            public_authority: &state.authority,
-            preserve_host: route.cfg.preserve_host,
-        }
-        .apply(&mut parts.headers, route.cfg.reverse_cookie_path);
-    }
-    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
 }

@@ -18,9 +18,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::ctx::ServeCtx;
-use crate::proxy::headers::{has_token, strip_hop_by_hop};
-use crate::proxy::{backend_uri, downstream_response, upstream_headers};
+use super::ctx::ServeCtx;
+use super::forward::{backend_uri, downstream_response, upstream_headers};
+use super::headers::{has_token, strip_hop_by_hop};
 use wasmgate_core::body::{empty, ProxyBody};
 use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::error::ProxyError;
