@@ -1,5 +1,5 @@
-//! The names of the built-in plugins a config may use (`builtin = "…"`). Their bytes are embedded by
-//! the plugins layer (`plugins::builtin::bytes`), whose test checks that every name here has them.
+// No inner doc comment here: the plugins crate's build script `include!`s this file, so that this list
+// is the only one (it builds and embeds exactly these). The module's doc is on its declaration.
 
 pub const NAMES: &[&str] = &[
     "redirect",

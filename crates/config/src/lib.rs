@@ -1,6 +1,8 @@
 //! Configuration: file → raw serde types (`raw`) → validated [`Config`] (`validate`), with every error
 //! reported at once as `file:line:col: field: reason`.
 
+/// The names of the built-in plugins a config may use (`builtin = "…"`), the one list of them: the
+/// plugins crate's build script builds and embeds exactly these.
 pub mod builtins;
 pub mod egress;
 mod error;

@@ -1,27 +1,8 @@
 //! The built-in plugins: the crates in `plugins/`, compiled to wasm32-wasip2 by `build.rs` and embedded
 //! in the binary. They are ordinary components, loaded exactly like a user's `wasm = "…"` plugin. Which
-//! names exist is the config's business (`config::builtins`).
+//! names exist is the config's business (`config::builtins`); the build script embeds exactly those.
 
-macro_rules! embedded {
-    ($($name:literal => $file:literal),* $(,)?) => {
-        /// The component bytes of a built-in plugin.
-        pub fn bytes(name: &str) -> Option<&'static [u8]> {
-            match name {
-                $($name => Some(include_bytes!(concat!(env!("WASMGATE_BUILTIN_DIR"), "/", $file))),)*
-                _ => None,
-            }
-        }
-    };
-}
-
-embedded! {
-    "redirect" => "redirect.wasm",
-    "headers" => "headers.wasm",
-    "token-auth" => "token_auth.wasm",
-    "ip-allow" => "ip_allow.wasm",
-    "basic-auth" => "basic_auth.wasm",
-    "require-header" => "require_header.wasm",
-}
+include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 
 #[cfg(test)]
 mod tests {
