@@ -47,15 +47,15 @@ pub struct Routed {
 
 /// hyper's entry point. Never fails: errors become responses here.
 pub async fn handle(
-    shared: Arc<ServeCtx>,
+    ctx: Arc<ServeCtx>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let rt = shared.runtime.load_full();
+    let rt = ctx.runtime.load_full();
     // The one derivation of who the client is: plugins, the log and the backend all get this.
     let client = rt.trusted.client(conn.peer.ip(), req.headers());
     let request_id = headers::incoming_request_id(req.headers(), client.peer_trusted)
-        .unwrap_or_else(|| shared.ids.next());
+        .unwrap_or_else(|| ctx.ids.next());
     let version = version_name(req.version());
     let mut access = AccessRecord::new(
         request_id,
@@ -87,7 +87,7 @@ pub async fn handle(
     // Every response from here on — backend, plugin or error — passes the plugins' on-response.
     let mut ran = Vec::new();
     let response = match serve(
-        &shared,
+        &ctx,
         &conn,
         &mut routed,
         req,
@@ -228,7 +228,7 @@ fn route_request(
 
 /// Plugins' on-request (site chain, then route chain), then the backend or a tunnel.
 async fn serve(
-    shared: &Arc<ServeCtx>,
+    ctx: &Arc<ServeCtx>,
     conn: &ConnInfo,
     routed: &mut Routed,
     mut req: Request<Incoming>,
@@ -262,7 +262,7 @@ async fn serve(
     if routed.websocket {
         if route.cfg.websocket {
             return Box::pin(websocket::proxy(
-                shared,
+                ctx,
                 conn,
                 &route,
                 routed.site.tenant.as_ref(),
@@ -281,7 +281,7 @@ async fn serve(
         }
     }
     let io = {
-        let rt = shared.runtime.load();
+        let rt = ctx.runtime.load();
         (rt.config.io_timeout, rt.config.limits.min_rate)
     };
     forward(conn, &route, &routed.state, req, client, access, io).await

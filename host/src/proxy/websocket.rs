@@ -38,7 +38,7 @@ static SEC_WEBSOCKET_KEY: header::HeaderName = header::SEC_WEBSOCKET_KEY;
 // The request's whole context, passed as it is known at the call site; a struct would only rename it.
 #[allow(clippy::too_many_arguments)]
 pub async fn proxy(
-    shared: &Arc<ServeCtx>,
+    ctx: &Arc<ServeCtx>,
     conn: &ConnInfo,
     route: &Arc<Route>,
     tenant: Option<&TenantHandle>,
@@ -59,7 +59,7 @@ pub async fn proxy(
             return Err(ProxyError::OriginRefused(origin));
         }
     }
-    if shared.draining.is_cancelled() {
+    if ctx.draining.is_cancelled() {
         return Err(ProxyError::ShuttingDown);
     }
     let tenant_slot = tenant.map(TenantHandle::begin_tunnel).transpose()?;
@@ -158,8 +158,8 @@ pub async fn proxy(
     let mut record = access.clone();
     record.status = client_resp.status().as_u16();
     let idle = route.cfg.timeouts.idle;
-    let cancel = shared.tunnels_cancel.clone();
-    shared.tasks.spawn(async move {
+    let cancel = ctx.tunnels_cancel.clone();
+    ctx.tasks.spawn(async move {
         let _slots = (slot, tenant_slot);
         record.tunnel_gauge(1);
         let (client_io, backend_io) = match tokio::try_join!(client_upgrade, backend_upgrade) {
