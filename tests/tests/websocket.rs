@@ -23,8 +23,16 @@ struct Setup {
 }
 
 async fn setup(route_extra: &str) -> Setup {
+    setup_with(route_extra, &[]).await
+}
+
+/// `setup`, with `files` (path relative to the config, bytes) written beside the config.
+async fn setup_with(route_extra: &str, files: &[(&str, Vec<u8>)]) -> Setup {
     let ca = TestCa::new("ws test CA");
     let dir = tempfile::tempdir().unwrap();
+    for (path, bytes) in files {
+        wasmgate_tests::proxy::write(dir.path(), path, bytes);
+    }
     ca.leaf(&["chat.example.org"])
         .write(&dir.path().join("certs"), "chat");
     let backend = Backend::start().await;
@@ -261,6 +269,58 @@ max_tunnels = 2"#,
             .is_ok(),
         "slots are freed when tunnels end"
     );
+}
+
+/// The backend agrees to the upgrade, then an `on-response` plugin fails: the client gets the
+/// plugin's error, no tunnel is opened behind it (no tunnel line, the route's one tunnel slot
+/// free), and the request has exactly one access line, which names the error.
+#[tokio::test]
+async fn a_failing_on_response_plugin_opens_no_tunnel() {
+    let (_g, logs) = wasmgate_tests::capture_logs();
+    let trap = std::fs::read(wasmgate_tests::fixture("trap")).unwrap();
+    let s = setup_with(
+        "max_tunnels = 1\n[[site.route.plugin]]\nwasm = \"plugins/trap.wasm\"\n",
+        &[("plugins/trap.wasm", trap)],
+    )
+    .await;
+    let addr = s.proxy.addr("web");
+    for _ in 0..3 {
+        match ws_connect(addr, "chat.example.org", "/socket/trap-response", &[]).await {
+            Err(WsError::Http(resp)) => assert_eq!(resp.status(), 500),
+            other => panic!("expected the plugin's 500, got {other:?}"),
+        }
+    }
+    // The one slot is free at once: a refused tunnel never held it.
+    let (mut ws, _) = ws_connect(addr, "chat.example.org", "/socket", &[])
+        .await
+        .expect("the tunnel slot is free");
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("after"));
+    drop(ws);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let text = logs.text();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains("/socket/trap-response") && l.contains("status="))
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= 3 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        lines.len(),
+        3,
+        "one access line per refused upgrade:\n{lines:#?}"
+    );
+    for l in &lines {
+        assert!(l.contains("status=500"), "{l}");
+        assert!(l.contains("error=") && l.contains("plugin"), "{l}");
+        assert!(!l.contains("websocket"), "no tunnel line: {l}");
+    }
 }
 
 #[tokio::test]

@@ -172,7 +172,9 @@ fn main() -> anyhow::Result<()> {
                             }
                             Err(_) => panic!("{name}: the chain failed"),
                         }
-                        let resp = on_response(&ran, &state, response()).await;
+                        let resp = on_response(&ran, &state, response())
+                            .await
+                            .expect("on-response failed");
                         std::hint::black_box(resp);
                         let dt = t0.elapsed();
                         if n >= warmup {

@@ -165,16 +165,17 @@ impl Chain {
 /// Run `on-response` of the plugins in `ran`, last first; each plugin's fixed response edits follow
 /// its own call (or stand in for it, when it asked for none). A chain without `on-response` hooks
 /// (fixed edits only, like the seed's `headers`) is done inline, with no call and no boxed future.
+/// An error (a failed call under `on_error = "deny"`, a tenant limit) takes the response's place.
 pub async fn on_response(
     ran: &[Arc<LoadedPlugin>],
     state: &RequestState,
     mut response: Response<ProxyBody>,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ProxyError> {
     if !ran.iter().any(|p| p.hooks.contains(HookSet::ON_RESPONSE)) {
         for p in ran.iter().rev() {
             p.fixed_response.apply(response.headers_mut());
         }
-        return response;
+        return Ok(response);
     }
     // Boxed: the calls' futures (wasmtime's call state) are kilobytes; inline, every request's
     // future would carry them.
@@ -185,7 +186,7 @@ async fn call_on_response(
     ran: &[Arc<LoadedPlugin>],
     state: &RequestState,
     mut response: Response<ProxyBody>,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ProxyError> {
     let mut info = None;
     for p in ran.iter().rev() {
         if p.hooks.contains(HookSet::ON_RESPONSE) {
@@ -196,23 +197,22 @@ async fn call_on_response(
             };
             match p.on_response(&state.id, info, &head).await {
                 Ok(ops) => complain(p, &state.id, &convert::apply(ops, response.headers_mut())),
-                Err(f) if f.kind == "throttled" => return throttled(p).to_response(),
-                Err(f) if f.kind == "capacity" => return at_quota(p).to_response(),
+                Err(f) if f.kind == "throttled" => return Err(throttled(p)),
+                Err(f) if f.kind == "capacity" => return Err(at_quota(p)),
                 Err(f) => {
                     log_failure(p, &state.id, "on-response", &f);
                     if p.on_error == OnError::Deny {
-                        let err = ProxyError::Plugin {
+                        return Err(ProxyError::Plugin {
                             plugin: p.name.clone(),
                             cause: f.kind.to_string(),
-                        };
-                        return err.to_response();
+                        });
                     }
                 }
             }
         }
         p.fixed_response.apply(response.headers_mut());
     }
-    response
+    Ok(response)
 }
 
 /// A call refused because its tenant is over its plugin CPU budget: counted in

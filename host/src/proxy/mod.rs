@@ -86,7 +86,7 @@ pub async fn handle(
     };
     // Every response from here on — backend, plugin or error — passes the plugins' on-response.
     let mut ran = Vec::new();
-    let response = match serve(
+    let (response, tunnel) = match serve(
         &ctx,
         &conn,
         &mut routed,
@@ -97,11 +97,32 @@ pub async fn handle(
     )
     .await
     {
-        Ok(resp) => resp,
-        Err(err) => error_response(err, &mut access),
+        Ok(Served::Response(resp)) => (resp, None),
+        Ok(Served::Tunnel(resp, pending)) => (resp, Some(pending)),
+        Err(err) => (error_response(err, &mut access), None),
     };
-    let response = wasmgate_plugins::on_response(&ran, &routed.state, response).await;
-    Ok(finish(response, access, slot))
+    match wasmgate_plugins::on_response(&ran, &routed.state, response).await {
+        Ok(response) => match tunnel {
+            // The client is told of the tunnel only now, and the tunnel writes its own line.
+            Some(pending) => {
+                access.status = response.status().as_u16();
+                pending.start(&ctx, access);
+                Ok(response)
+            }
+            None => Ok(finish(response, access, slot)),
+        },
+        // A tunnel the plugins refused is never opened: dropping it closes the backend's side.
+        Err(err) => {
+            drop(tunnel);
+            Ok(finish(error_response(err, &mut access), access, slot))
+        }
+    }
+}
+
+/// What serving produced: a response, or the answer to an upgrade the backend agreed to.
+enum Served {
+    Response(Response<ProxyBody>),
+    Tunnel(Response<ProxyBody>, websocket::PendingTunnel),
 }
 
 /// The one place an error becomes a response (and a log line, and a field of the access log).
@@ -124,14 +145,6 @@ fn finish(
     slot: Option<wasmgate_runtime::TenantSlot>,
 ) -> Response<ProxyBody> {
     access.status = response.status().as_u16();
-    if response
-        .extensions()
-        .get::<websocket::Tunnelled>()
-        .is_some()
-    {
-        // The tunnel writes its own line when it closes.
-        return response;
-    }
     let (parts, body) = response.into_parts();
     let out = Arc::new(AtomicU64::new(0));
     let counted = Metered::new(body, out.clone(), None);
@@ -235,7 +248,7 @@ async fn serve(
     client: &ClientAddr,
     ran: &mut Vec<Arc<wasmgate_plugins::LoadedPlugin>>,
     access: &mut AccessRecord,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Served, ProxyError> {
     let site = routed.site.clone();
     let chains = [
         Some(&site.plugins),
@@ -252,7 +265,7 @@ async fn serve(
             Flow::Continue => {}
             Flow::Respond { response, plugin } => {
                 access.answered_by = Some(plugin);
-                return Ok(response);
+                return Ok(Served::Response(response));
             }
         }
     }
@@ -261,7 +274,7 @@ async fn serve(
     access.upstream = Some(route.cfg.backend.authority.clone());
     if routed.websocket {
         if route.cfg.websocket {
-            return Box::pin(websocket::proxy(
+            let handshake = Box::pin(websocket::handshake(
                 ctx,
                 conn,
                 &route,
@@ -269,9 +282,12 @@ async fn serve(
                 &routed.state,
                 req,
                 client,
-                access,
             ))
-            .await;
+            .await?;
+            return Ok(match handshake {
+                websocket::Handshake::Answered(resp) => Served::Response(resp),
+                websocket::Handshake::Agreed(resp, pending) => Served::Tunnel(resp, pending),
+            });
         }
         tracing::info!(id = %access.request_id, route = %route.name, "WebSocket upgrade refused: websocket = false on this route");
         if req.method() == Method::CONNECT {
@@ -284,7 +300,9 @@ async fn serve(
         let rt = ctx.runtime.load();
         (rt.config.io_timeout, rt.config.limits.min_rate)
     };
-    forward(conn, &route, &routed.state, req, client, access, io).await
+    forward(conn, &route, &routed.state, req, client, access, io)
+        .await
+        .map(Served::Response)
 }
 
 /// The authority the client addressed: `:authority` on h2, the absolute-form target or `Host` on h1.

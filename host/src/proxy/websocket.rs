@@ -6,7 +6,6 @@
 //! HTTP/1.1 upgrade towards the backend.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -27,26 +26,68 @@ use wasmgate_core::error::ProxyError;
 use wasmgate_core::request::RequestState;
 use wasmgate_observe::log::AccessRecord;
 use wasmgate_runtime::forwarded::ClientAddr;
-use wasmgate_runtime::{Route, TenantHandle};
-
-/// Marks a response whose exchange continues as a tunnel (the tunnel logs it when it ends).
-#[derive(Clone, Copy, Debug)]
-pub struct Tunnelled;
+use wasmgate_runtime::{Route, TenantHandle, TenantSlot, TunnelSlot};
 
 static SEC_WEBSOCKET_KEY: header::HeaderName = header::SEC_WEBSOCKET_KEY;
 
-// The request's whole context, passed as it is known at the call site; a struct would only rename it.
-#[allow(clippy::too_many_arguments)]
-pub async fn proxy(
-    ctx: &Arc<ServeCtx>,
+/// What the backend said to the upgrade.
+pub enum Handshake {
+    /// Anything but a valid `101` (a 403, a redirect…): passed on as any response.
+    Answered(Response<ProxyBody>),
+    /// The backend switched; the client has not been told. The pipeline runs the plugins'
+    /// `on-response` over the response, then starts the tunnel, or drops it if they failed.
+    Agreed(Response<ProxyBody>, PendingTunnel),
+}
+
+/// A tunnel the backend agreed to and the client has not been told of yet. Dropping it closes the
+/// backend's connection and frees the tunnel slots; nothing is spawned, counted or logged before
+/// [`PendingTunnel::start`].
+pub struct PendingTunnel {
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    slots: (TunnelSlot, Option<TenantSlot>),
+    idle: Duration,
+}
+
+impl PendingTunnel {
+    /// Copy bytes once hyper hands both sockets over (after it has written the `101` or the h2
+    /// `200`); the tunnel's line is written when it ends. `record.status` is what the client got.
+    pub fn start(self, ctx: &ServeCtx, record: AccessRecord) {
+        let cancel = ctx.tunnels_cancel.clone();
+        ctx.tasks.spawn(async move {
+            let _slots = self.slots;
+            let (client_io, backend_io) = match tokio::try_join!(self.client, self.backend) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    record.emit_tunnel(0, 0, &format!("upgrade failed: {e}"));
+                    return;
+                }
+            };
+            record.tunnel_gauge(1);
+            let stats = tunnel(
+                TokioIo::new(client_io),
+                TokioIo::new(backend_io),
+                self.idle,
+                cancel,
+            )
+            .await;
+            record.tunnel_gauge(-1);
+            record.emit_tunnel(stats.up, stats.down, stats.end.as_str());
+        });
+    }
+}
+
+/// Ask the backend to switch, on a connection of its own. Nothing reaches the client from here:
+/// the pipeline answers it with what this returns.
+pub async fn handshake(
+    ctx: &ServeCtx,
     conn: &ConnInfo,
-    route: &Arc<Route>,
+    route: &Route,
     tenant: Option<&TenantHandle>,
     state: &RequestState,
     mut req: Request<Incoming>,
     client: &ClientAddr,
-    access: &AccessRecord,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Handshake, ProxyError> {
     if let Some(allowed) = &route.cfg.allowed_origins {
         let origin = req
             .headers()
@@ -101,8 +142,9 @@ pub async fn proxy(
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(protocol_err)?;
-    tokio::spawn(async move {
-        // Drives the backend connection through the handshake; the upgrade hands the socket over.
+    // Drives the backend connection through the handshake; the upgrade hands the socket over (or,
+    // the PendingTunnel dropped, the connection closes). Tracked: shutdown waits for it too.
+    ctx.tasks.spawn(async move {
         let _ = connection.with_upgrades().await;
     });
     let timeout = route.cfg.timeouts.response;
@@ -118,7 +160,7 @@ pub async fn proxy(
 
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         tracing::info!(id = %state.id, status = resp.status().as_u16(), "WebSocket upgrade refused by the backend; its answer is passed on");
-        return Ok(downstream_response(resp, route, state));
+        return Ok(Handshake::Answered(downstream_response(resp, route, state)));
     }
     if !has_token(resp.headers(), &header::UPGRADE, "websocket") {
         return Err(ProxyError::UpstreamProtocol {
@@ -153,33 +195,13 @@ pub async fn proxy(
         *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     }
     *client_resp.headers_mut() = out_headers;
-    client_resp.extensions_mut().insert(Tunnelled);
-
-    let mut record = access.clone();
-    record.status = client_resp.status().as_u16();
-    let idle = route.cfg.timeouts.idle;
-    let cancel = ctx.tunnels_cancel.clone();
-    ctx.tasks.spawn(async move {
-        let _slots = (slot, tenant_slot);
-        record.tunnel_gauge(1);
-        let (client_io, backend_io) = match tokio::try_join!(client_upgrade, backend_upgrade) {
-            Ok(pair) => pair,
-            Err(e) => {
-                record.emit_tunnel(0, 0, &format!("upgrade failed: {e}"));
-                return;
-            }
-        };
-        let stats = tunnel(
-            TokioIo::new(client_io),
-            TokioIo::new(backend_io),
-            idle,
-            cancel,
-        )
-        .await;
-        record.tunnel_gauge(-1);
-        record.emit_tunnel(stats.up, stats.down, stats.end.as_str());
-    });
-    Ok(client_resp)
+    let pending = PendingTunnel {
+        client: client_upgrade,
+        backend: backend_upgrade,
+        slots: (slot, tenant_slot),
+        idle: route.cfg.timeouts.idle,
+    };
+    Ok(Handshake::Agreed(client_resp, pending))
 }
 
 /// How a tunnel ended.
