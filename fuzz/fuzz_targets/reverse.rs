@@ -6,7 +6,7 @@ use arbitrary::Arbitrary;
 use http::header::{HeaderMap, HeaderValue, CONTENT_LOCATION, LOCATION, SET_COOKIE};
 use libfuzzer_sys::fuzz_target;
 use wasmgate_config::Backend;
-use wasmgate::proxy::reverse::ReverseMap;
+use wasmgate_proxy::reverse::ReverseMap;
 
 #[derive(Arbitrary, Debug)]
 struct Input<'a> {

@@ -8,7 +8,6 @@ pub mod conn_limits;
 pub mod demo;
 pub mod handover;
 pub mod process;
-pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod server;

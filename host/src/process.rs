@@ -12,10 +12,10 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::ctx::ServeCtx;
 use crate::reload::Shared;
 use crate::server::{accept_loop, bind, ListenerCtx};
 use wasmgate_config::{Config, ConfigErrors};
+use wasmgate_proxy::ctx::ServeCtx;
 use wasmgate_runtime::{Builders, Runtime};
 
 #[derive(Debug, thiserror::Error)]

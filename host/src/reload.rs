@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::ctx::ServeCtx;
 use wasmgate_config::{Config, ConfigErrors};
+use wasmgate_proxy::ctx::ServeCtx;
 use wasmgate_runtime::{Builders, Runtime};
 
 /// Quiet time after the last file event before a reload is attempted.

@@ -10,7 +10,7 @@
 //!
 //! Waiting on the backend is not the client's fault: the route's `timeouts.response` bounds the head,
 //! `timeouts.idle` the silences inside its body. The request body's own timeouts are in
-//! [`crate::proxy::body::ClientBody`]. HTTP/2 connections only get the idle and send rules (their
+//! [`wasmgate_proxy::body::ClientBody`]. HTTP/2 connections only get the idle and send rules (their
 //! bytes include PINGs and SETTINGS, not just request heads).
 
 use std::pin::Pin;

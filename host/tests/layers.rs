@@ -23,14 +23,14 @@ const CRATES: &[(&str, &str)] = &[
     ("wasmgate-observe", "crates/observe"),
     ("wasmgate-plugins", "crates/plugins"),
     ("wasmgate-runtime", "crates/runtime"),
+    ("wasmgate-proxy", "crates/proxy"),
     ("wasmgate", "host"),
 ];
 
 /// Top-level modules of host/src by layer, lowest first. The layers below (core, config,
-/// observability, plugins, runtime) are the crates in [`CRATES`], which depend on none of these
+/// observability, plugins, runtime, pipeline) are the crates in [`CRATES`], which depend on none of these
 /// (the compiler holds that).
 const LAYERS: &[(&str, &[&str])] = &[
-    ("pipeline", &["proxy"]),
     (
         "server",
         &["server", "tls", "watchdog", "conn_limits", "proxy_protocol"],

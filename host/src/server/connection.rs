@@ -203,7 +203,11 @@ where
         let in_flight = InFlight::start(tracked.clone());
         // Boxed: the pipeline's future is large (kilobytes of state across its awaits); hyper moves
         // the service future around, and a box makes each move a pointer copy.
-        let handled = Box::pin(crate::proxy::handle(serve.clone(), conn_info.clone(), req));
+        let handled = Box::pin(wasmgate_proxy::handle(
+            serve.clone(),
+            conn_info.clone(),
+            req,
+        ));
         let serve = serve.clone();
         async move {
             let mut resp = handled.await?;
