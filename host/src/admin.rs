@@ -22,9 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 
-use crate::conn_limits::AcceptBackoff;
 use crate::reload::Shared;
 use wasmgate_config::{AdminConfig, AdminListen};
+use wasmgate_server::conn_limits::AcceptBackoff;
 
 /// The bound admin socket.
 pub enum AdminListener {

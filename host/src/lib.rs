@@ -4,14 +4,9 @@
 //! `wasmgate_config::Config::load` → [`Server::start`] → [`Server::reload`] / [`Server::shutdown`].
 
 pub mod admin;
-pub mod conn_limits;
 pub mod demo;
 pub mod handover;
 pub mod process;
-pub mod proxy_protocol;
 pub mod reload;
-pub mod server;
-pub mod tls;
-pub mod watchdog;
 
 pub use process::{Server, StartError};

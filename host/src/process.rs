@@ -13,10 +13,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::reload::Shared;
-use crate::server::{accept_loop, bind, ListenerCtx};
 use wasmgate_config::{Config, ConfigErrors};
 use wasmgate_proxy::ctx::ServeCtx;
 use wasmgate_runtime::{Builders, Runtime};
+use wasmgate_server::{accept_loop, bind, ListenerCtx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -112,7 +112,7 @@ impl Server {
         );
         let per_ip = limits
             .max_connections_per_ip
-            .map(crate::conn_limits::PerIp::new);
+            .map(wasmgate_server::conn_limits::PerIp::new);
         let shared = Arc::new(Shared {
             serve: Arc::new(ServeCtx::new(Arc::new(ArcSwap::from_pointee(runtime)))),
             builders,
@@ -148,14 +148,17 @@ impl Server {
             tracing::info!(listener = %l.name, addr = %local, tls = l.tls, "listening");
             addrs.push((l.name.clone(), local));
             let tls = l.tls.then(|| {
-                TlsAcceptor::from(crate::tls::server_config(shared.serve.runtime.clone(), idx))
+                TlsAcceptor::from(wasmgate_server::tls::server_config(
+                    shared.serve.runtime.clone(),
+                    idx,
+                ))
             });
             let ctx = ListenerCtx {
                 idx,
                 name: l.name.as_str().into(),
                 tls,
                 serve: shared.serve.clone(),
-                limits: crate::watchdog::Limits {
+                limits: wasmgate_server::watchdog::Limits {
                     header_read: timeouts.0,
                     keepalive: timeouts.1,
                     io: timeouts.2,
