@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
 
-use wasmgate::Server;
 use wasmgate_config::{Config, LogFormat};
+use wasmgate_control::Server;
 
 // The request path allocates small, short-lived objects on two or more threads: mimalloc's per-thread
 // free lists cost less than glibc's arenas there (bench/README.md has the figures).
@@ -106,15 +106,15 @@ fn main() -> ExitCode {
             http_port,
             https_port,
         } => {
-            let data_dir = data_dir.unwrap_or_else(wasmgate::demo::default_data_dir);
-            rt.block_on(demo(wasmgate::demo::DemoOptions {
+            let data_dir = data_dir.unwrap_or_else(wasmgate_demo::default_data_dir);
+            rt.block_on(demo(wasmgate_demo::DemoOptions {
                 data_dir,
                 bind,
                 http_port,
                 https_port,
             }))
         }
-        Command::Cert { hosts, out } => wasmgate::demo::write_self_signed(&out, &hosts)
+        Command::Cert { hosts, out } => wasmgate_demo::write_self_signed(&out, &hosts)
             .map(|(crt, key)| {
                 println!("wrote {} and {}", crt.display(), key.display());
                 ExitCode::SUCCESS
@@ -294,15 +294,17 @@ async fn check_tenant(
     }
 }
 
-async fn demo(opts: wasmgate::demo::DemoOptions) -> anyhow::Result<ExitCode> {
-    let _dir = wasmgate::demo::lock_data_dir(&opts.data_dir).map_err(|e| anyhow::anyhow!(e))?;
-    let backend = wasmgate::demo::ChatBackend::start(wasmgate::demo::DEMO_TOKEN)
+async fn demo(opts: wasmgate_demo::DemoOptions) -> anyhow::Result<ExitCode> {
+    let _dir =
+        wasmgate_demo::lock_data_dir(&opts.data_dir, wasmgate_control::handover::is_successor())
+            .map_err(|e| anyhow::anyhow!(e))?;
+    let backend = wasmgate_demo::ChatBackend::start(wasmgate_demo::DEMO_TOKEN)
         .await
         .context("starting the chat backend")?;
-    let path = wasmgate::demo::prepare(&opts, backend.addr).map_err(|e| anyhow::anyhow!(e))?;
+    let path = wasmgate_demo::prepare(&opts, backend.addr).map_err(|e| anyhow::anyhow!(e))?;
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let server = Server::start(config).await.context("starting wasmgate")?;
-    println!("{}", wasmgate::demo::instructions(&opts, &path));
+    println!("{}", wasmgate_demo::instructions(&opts, &path));
     serve(server, path).await
 }
 
@@ -327,8 +329,8 @@ async fn serve(server: Server, path: PathBuf) -> anyhow::Result<ExitCode> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut quit = signal(SignalKind::quit())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
-    wasmgate::handover::notify_systemd_ready();
-    wasmgate::handover::release_predecessor();
+    wasmgate_control::handover::notify_systemd_ready();
+    wasmgate_control::handover::release_predecessor();
     loop {
         tokio::select! {
             _ = term.recv() => break,

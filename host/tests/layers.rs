@@ -1,22 +1,23 @@
-//! The host's layers, checked from the sources (issue 16): core ← config ← {router, observability,
-//! plugins, upstream} ← runtime ← pipeline ← server ← control. A module may use modules of its own
-//! layer or of layers below it, never above, and the modules of one layer must not form a cycle.
+//! The layers, checked from the sources (issue 16): core ← config ← {observability, plugins} ←
+//! runtime ← pipeline ← server ← control ← the binary, each a crate of the workspace (diagram
+//! and reasons: host/README.md). Between crates the compiler forbids cycles and [`CRATES`] fixes
+//! the order: each crate's `[dependencies]` may name only crates below it.
 //!
-//! Between crates the compiler forbids cycles and [`CRATES`] fixes the order (each crate's
-//! `[dependencies]` may name only crates below it); inside the `wasmgate` crate it is this test. It
-//! reads every `use crate::…` (groups expanded), every inline `crate::X::` path, `super::` chains
-//! that climb to the crate root (inline `mod x {}` blocks are tracked) and, in main.rs,
-//! `wasmgate::X`; comments and string literals are stripped first. `crate::Name` paths through the
-//! root's `pub use` are resolved to the module they re-export, so a façade cannot hide an edge.
+//! Inside the control crate, whose modules are a small stack of their own ([`LAYERS`]), it is
+//! the module scan: every `use crate::…` (groups expanded), every inline `crate::X::` path,
+//! `super::` chains that climb to the crate root (inline `mod x {}` blocks are tracked) and, in a
+//! main.rs, `wasmgate::X`; comments and string literals are stripped first. `crate::Name` paths
+//! through the root's `pub use` are resolved to the module they re-export, so a façade cannot
+//! hide an edge.
 //!
-//! `ALLOWED` lists the edges the layering work has not removed yet. It only shrinks: an entry that
-//! no longer occurs fails the test too, so whoever removes an edge deletes its line.
+//! `ALLOWED` would list edges still to be removed. It only shrinks, and it is empty: an entry
+//! that no longer occurs fails the test too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The workspace's layer crates, lowest first, with their directories. `wasmgate` (host) is the
-/// top until the layering is done.
+/// binary.
 const CRATES: &[(&str, &str)] = &[
     ("wasmgate-core", "crates/core"),
     ("wasmgate-config", "crates/config"),
@@ -25,21 +26,26 @@ const CRATES: &[(&str, &str)] = &[
     ("wasmgate-runtime", "crates/runtime"),
     ("wasmgate-proxy", "crates/proxy"),
     ("wasmgate-server", "crates/server"),
+    ("wasmgate-control", "crates/control"),
     ("wasmgate", "host"),
 ];
 
-/// Top-level modules of host/src by layer, lowest first. The layers below (core, config,
-/// observability, plugins, runtime, pipeline, server) are the crates in [`CRATES`], which depend on none of these
-/// (the compiler holds that).
-const LAYERS: &[(&str, &[&str])] = &[(
-    "control",
-    &[
-        "process", "reload", "admin", "handover", "demo", "main", "lib",
-    ],
-)];
+/// Crates beside the layers: they name no wasmgate crate, and only the top one (the binary's
+/// package) may name them, so no library ships them (the demo's chat page and rcgen).
+const BESIDE: &[(&str, &str)] = &[("wasmgate-demo", "crates/demo")];
 
-/// Edges that point up, or close a cycle inside a layer, and are still to be removed (see
-/// host/LAYERING-PLAN.md for the fix of each). Delete a line when its edge is gone.
+/// Top-level modules of the control crate by layer, lowest first: the handover passes sockets
+/// and knows nothing else; reload swaps runtimes; admin reads and triggers reloads; process is
+/// the `Server` that owns them all.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("handover", &["handover"]),
+    ("reload", &["reload"]),
+    ("admin", &["admin"]),
+    ("process", &["process", "lib"]),
+];
+
+/// Edges that point up, or close a cycle inside a layer, tolerated while being removed. Empty;
+/// an entry must be deleted as soon as its edge is gone.
 const ALLOWED: &[(&str, &str)] = &[];
 
 fn layer_of(module: &str) -> Option<usize> {
@@ -58,7 +64,7 @@ struct Ref {
 
 #[test]
 fn no_module_uses_a_layer_above_its_own_and_no_layer_has_a_cycle() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/control/src");
     let refs = scan(&src);
     // The fixture test below proves the scanner; this only guards against scanning the wrong tree.
     // Every module that names `crate::` outside its own subtree must show up as a source.
@@ -136,6 +142,13 @@ fn every_layer_crate_depends_only_on_crates_below_it() {
             ));
         }
         for dep in deps {
+            let top = i == CRATES.len() - 1;
+            if BESIDE.iter().any(|(n, _)| *n == dep) {
+                if !top {
+                    problems.push(format!("{name} depends on {dep}: only the binary may"));
+                }
+                continue;
+            }
             match CRATES.iter().position(|(n, _)| *n == dep) {
                 Some(j) if j < i => {}
                 Some(_) => problems.push(format!("{name} depends on {dep}, which is not below it")),
@@ -143,6 +156,16 @@ fn every_layer_crate_depends_only_on_crates_below_it() {
                     "{name} depends on {dep}, which CRATES does not place; add it"
                 )),
             }
+        }
+    }
+    for (name, dir) in BESIDE {
+        let manifest = root.join(dir).join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+        for dep in wasmgate_dependencies(&text) {
+            problems.push(format!(
+                "{name} depends on {dep}: it stands beside the layers"
+            ));
         }
     }
     assert!(

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use wasmgate::Server;
 use wasmgate_config::Config;
+use wasmgate_control::Server;
 
 /// A running wasmgate and the directory its config lives in.
 pub struct Proxy {
@@ -35,7 +35,7 @@ impl Proxy {
     pub async fn try_start_in(
         dir: tempfile::TempDir,
         config: &str,
-    ) -> Result<Proxy, (tempfile::TempDir, wasmgate::StartError)> {
+    ) -> Result<Proxy, (tempfile::TempDir, wasmgate_control::StartError)> {
         crate::init_logging();
         let path = dir.path().join("wasmgate.toml");
         std::fs::write(&path, config).unwrap();
@@ -98,12 +98,12 @@ pub fn free_port() -> u16 {
 /// new pair, up to five times; any other error fails the test.
 pub async fn on_free_ports<T, Fut>(mut start: impl FnMut(u16, u16) -> Fut) -> T
 where
-    Fut: std::future::Future<Output = Result<T, wasmgate::StartError>>,
+    Fut: std::future::Future<Output = Result<T, wasmgate_control::StartError>>,
 {
     for attempt in 1.. {
         match start(free_port(), free_port()).await {
             Ok(started) => return started,
-            Err(wasmgate::StartError::Bind { .. }) if attempt < 5 => continue,
+            Err(wasmgate_control::StartError::Bind { .. }) if attempt < 5 => continue,
             Err(e) => panic!("proxy did not start: {e}"),
         }
     }

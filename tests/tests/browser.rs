@@ -5,9 +5,9 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use wasmgate::demo::{prepare, ChatBackend, DemoOptions, DEMO_TOKEN};
-use wasmgate::Server;
 use wasmgate_config::Config;
+use wasmgate_control::Server;
+use wasmgate_demo::{prepare, ChatBackend, DemoOptions, DEMO_TOKEN};
 use wasmgate_tests::proxy::on_free_ports;
 
 fn chromium() -> Option<&'static str> {

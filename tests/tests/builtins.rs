@@ -242,7 +242,9 @@ async fn a_bad_builtin_config_is_refused_with_the_field() {
         b.url()
     );
     std::fs::write(&path, config).unwrap();
-    let err = match wasmgate::Server::start(wasmgate_config::Config::load(&path).unwrap()).await {
+    let err = match wasmgate_control::Server::start(wasmgate_config::Config::load(&path).unwrap())
+        .await
+    {
         Err(e) => e.to_string(),
         Ok(_) => panic!("a bad CIDR was accepted"),
     };

@@ -198,7 +198,7 @@ async fn a_configmap_symlink_swap_reloads_the_config() {
     std::os::unix::fs::symlink(first.file_name().unwrap(), m.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/wasmgate.toml", m.join("wasmgate.toml")).unwrap();
     let path = m.join("wasmgate.toml");
-    let server = wasmgate::Server::start(wasmgate_config::Config::load(&path).unwrap())
+    let server = wasmgate_control::Server::start(wasmgate_config::Config::load(&path).unwrap())
         .await
         .unwrap();
     server.reloader(&path).watch().unwrap();

@@ -271,7 +271,7 @@ async fn plugins_that_cannot_start_are_refused_with_the_reason() {
     let path = dir.path().join("wasmgate.toml");
     std::fs::write(&path, config(&b, "[[site.plugin]]\nwasm = \"plugins/init-fail.wasm\"\n\n[[site.plugin]]\nwasm = \"plugins/garbage.wasm\"\n", "")).unwrap();
     let cfg = wasmgate_config::Config::load(&path).unwrap();
-    let err = match wasmgate::Server::start(cfg).await {
+    let err = match wasmgate_control::Server::start(cfg).await {
         Err(e) => e.to_string(),
         Ok(_) => panic!("started with broken plugins"),
     };

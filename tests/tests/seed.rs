@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use wasmgate::demo::{seed_config, DemoOptions};
+use wasmgate_demo::{seed_config, DemoOptions};
 use wasmgate_tests::backend::Backend;
 use wasmgate_tests::certs::TestCa;
 use wasmgate_tests::client::{get, https_get, tls_config, tls_connect, wss_connect};

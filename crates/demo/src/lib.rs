@@ -1,6 +1,7 @@
 //! `wasmgate demo`: the seed configuration (`examples/seed/wasmgate.toml`) running in front of a small
 //! chat backend, with a self-signed certificate, on unprivileged ports — one command, nothing else to
-//! install.
+//! install. A crate of its own so the proxy's libraries ship neither the chat page nor rcgen;
+//! it uses no wasmgate crate (the binary starts the proxy on the config it writes).
 
 mod backend;
 
@@ -65,8 +66,9 @@ pub struct DataDirLock {
 
 /// Claim `dir` for this demo. A second demo on the same dir would rewrite the first one's config with
 /// its own backend port, and the first would reload onto a backend that is about to go away; so it is
-/// refused, unless it is the first one's successor (a `SIGUSR2` handover, which takes over the dir).
-pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, String> {
+/// refused, unless it is the first one's successor (`successor`: a `SIGUSR2` handover, which takes
+/// over the dir).
+pub fn lock_data_dir(dir: &Path, successor: bool) -> Result<DataDirLock, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join("demo.lock");
     let file = std::fs::OpenOptions::new()
@@ -77,7 +79,7 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(DataDirLock { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) if crate::handover::is_successor() => {
+        Err(std::fs::TryLockError::WouldBlock) if successor => {
             Ok(DataDirLock { _file: file })
         }
         Err(std::fs::TryLockError::WouldBlock) => Err(format!(
@@ -166,13 +168,17 @@ mod tests {
     #[test]
     fn a_data_dir_serves_one_demo_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let first = super::lock_data_dir(dir.path()).unwrap();
-        let err = super::lock_data_dir(dir.path()).err().unwrap();
+        let first = super::lock_data_dir(dir.path(), false).unwrap();
+        let err = super::lock_data_dir(dir.path(), false).err().unwrap();
         assert!(err.contains("in use by another `wasmgate demo`"), "{err}");
         assert!(err.contains(&dir.path().display().to_string()), "{err}");
+        assert!(
+            super::lock_data_dir(dir.path(), true).is_ok(),
+            "a handover's successor takes the dir over"
+        );
         drop(first);
         assert!(
-            super::lock_data_dir(dir.path()).is_ok(),
+            super::lock_data_dir(dir.path(), false).is_ok(),
             "free again once the first demo ends"
         );
     }
