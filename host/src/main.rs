@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
 
-use wasmgate_config::{Config, LogFormat};
+use wasmgate_config::{AccessLogFormat, Config, LogFormat};
 use wasmgate_control::Server;
 
 // The request path allocates small, short-lived objects on two or more threads: mimalloc's per-thread
@@ -76,18 +76,18 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `run` reads its config first: it says how to log.
-    let (format, loaded) = match &cli.command {
+    let (format, access, loaded) = match &cli.command {
         Command::Run { config } => match Config::load(config) {
-            Ok(c) => (c.log_format, Some(c)),
+            Ok(c) => (c.log_format, c.access_log_format, Some(c)),
             Err(errors) => {
                 eprintln!("{errors}\n{} error(s); not started", errors.0.len());
                 return ExitCode::FAILURE;
             }
         },
-        _ => (LogFormat::Text, None),
+        _ => (LogFormat::Text, AccessLogFormat::Text, None),
     };
     // Only a serving proxy batches its lines; `check` and friends interleave them with their output.
-    init_logging(format, matches!(cli.command, Command::Run { .. }));
+    init_logging(format, access, matches!(cli.command, Command::Run { .. }));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -131,12 +131,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr (batched, see [`wasmgate_observe::log_sink`]), as text or as one JSON object per line;
-/// `RUST_LOG` filters (default `info`).
-fn init_logging(format: LogFormat, batched: bool) {
+/// Logs go to stderr (batched, see [`wasmgate_observe::log_sink`]), as text or as one JSON object per line,
+/// access lines as `access` says; `RUST_LOG` filters (default `info`).
+fn init_logging(format: LogFormat, access: AccessLogFormat, batched: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let writer = if batched {
-        wasmgate_observe::log::write_directly(format);
+        wasmgate_observe::log::set_output(access, wasmgate_observe::log_sink::write_line);
         BoxMakeWriter::new(wasmgate_observe::log_sink::BufferedStderr)
     } else {
         BoxMakeWriter::new(std::io::stderr)

@@ -534,6 +534,52 @@ async fn systemd_is_told_ready_with_the_main_pid_and_logs_can_be_json() {
     child.kill().await.unwrap();
 }
 
+/// `access_log_format = "combined"`: the access lines are Apache's, as fail2ban and goaccess parse
+/// them, and the other log lines stay as they were.
+#[tokio::test]
+async fn access_lines_can_be_apaches_combined_format() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wasmgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "access_log_format = \"combined\"\n{}",
+            plain_config(&backend, "")
+        ),
+    )
+    .unwrap();
+    let mut run = Running::start_in(Path::new("."), &path).await;
+    let addr = run.addrs[0].1;
+    let req = http::Request::get("/combined/x")
+        .header("host", "app.test")
+        .header("referer", "https://from.example/page")
+        .header("user-agent", "probe/1.0 \"quoted\"")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let r = wasmgate_tests::client::send(addr, req).await;
+    assert_eq!(r.status, 200);
+    let line = run.wait_for("\"GET /combined/x HTTP/1.1\"").await;
+    // %h %l %u [%t] "%r" %>s %b "%{Referer}i" "%{User-agent}i", nothing before or after.
+    let (head, rest) = line.split_once("] ").expect(&line);
+    let time = head.strip_prefix("127.0.0.1 - - [").expect(&line);
+    assert_eq!(time.len(), "03/Dec/2026:07:01:36 +0000".len(), "{line}");
+    let rest = rest
+        .strip_prefix("\"GET /combined/x HTTP/1.1\" 200 ")
+        .expect(&line);
+    let (bytes, agents) = rest.split_once(' ').expect(&line);
+    assert!(bytes.parse::<u64>().unwrap() > 0, "{line}");
+    assert_eq!(
+        agents,
+        "\"https://from.example/page\" \"probe/1.0 \\\"quoted\\\"\""
+    );
+    // A 404 for an unknown host is a line of the same shape.
+    assert_eq!(get(addr, "nobody.test", "/nope").await.status, 404);
+    let line = run.wait_for("\"GET /nope HTTP/1.1\" 404").await;
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    run.child.kill().await.unwrap();
+}
+
 /// `check` refuses fail-open on an auth plugin with file:line:col and the reason, and prints the
 /// refused lines of a credential file (with file:line) while accepting the rest of the config.
 #[tokio::test]

@@ -24,6 +24,16 @@ pub fn init_logging() {
             echo,
         })
         .try_init();
+    // Access lines take the path production's do: the proxy's own serializer, here into the buffer.
+    wasmgate_observe::log::set_output(wasmgate_config::AccessLogFormat::Text, move |line| {
+        let _ = std::io::Write::write_all(
+            &mut Tee {
+                buf: LOGS.clone(),
+                echo,
+            },
+            line,
+        );
+    });
 }
 
 static LOGS: std::sync::LazyLock<LogBuffer> = std::sync::LazyLock::new(LogBuffer::default);

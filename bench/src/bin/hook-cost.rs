@@ -134,8 +134,8 @@ fn main() -> anyhow::Result<()> {
         let template = Arc::new(request_headers(&host));
         let state0 = Arc::new(RequestState {
             id: "0000000000000001".into(),
-            method: "GET".into(),
-            scheme: "http",
+            method: http::Method::GET,
+            scheme: wasmgate_core::conn::Scheme::Http,
             authority: host.clone(),
             path: "/".into(),
             query: None,
@@ -143,7 +143,7 @@ fn main() -> anyhow::Result<()> {
             site: site.name.clone(),
             route: Arc::from("/"),
             websocket: false,
-            version: "HTTP/1.1",
+            version: http::Version::HTTP_11,
             tls: None,
             at: std::time::Instant::now(),
         });

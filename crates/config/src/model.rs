@@ -30,6 +30,8 @@ pub struct Config {
     /// reading of the response).
     pub io_timeout: Duration,
     pub log_format: LogFormat,
+    /// The access line's layout (default: `log_format`'s).
+    pub access_log_format: AccessLogFormat,
     /// Worker threads; 0 = serve on the caller's runtime.
     pub workers: usize,
 }
@@ -49,6 +51,17 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// How access lines are laid out: like the other log lines (`text`, `json`, with every field), or
+/// as Apache's `combined` / `common` (NCSA) lines that fail2ban, goaccess and awstats parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    #[default]
+    Text,
+    Json,
+    Combined,
+    Common,
 }
 
 /// Where tenants live and what they may use. Set by the operator only.

@@ -37,6 +37,9 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     /// `text` (default) or `json`: one JSON object per log line.
     pub log_format: Option<Spanned<String>>,
+    /// `text`, `json`, `combined` or `common` (Apache's): the access lines' layout. Default: as
+    /// `log_format`.
+    pub access_log_format: Option<Spanned<String>>,
     /// A directory of tenant directories, each with a `tenant.toml` declaring that tenant's sites.
     pub tenants_dir: Option<Spanned<String>>,
     /// Limits per tenant: `default` for all, then one table per tenant name overriding it.

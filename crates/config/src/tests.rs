@@ -113,6 +113,34 @@ backend = "ftp://x/"
     assert!(errs.len() >= 5, "{all}");
 }
 
+/// The access line's format follows `log_format` unless set; a format nobody reads is refused with
+/// its place.
+#[test]
+fn access_log_format_defaults_to_log_format_and_names_a_bad_value() {
+    let d = Dir::new();
+    let base = "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n";
+    let load = |top: &str| Config::parse(&format!("{top}\n{base}"), &d.path("w.toml"));
+    assert_eq!(load("").unwrap().access_log_format, AccessLogFormat::Text);
+    let json = load("log_format = \"json\"").unwrap();
+    assert_eq!(json.access_log_format, AccessLogFormat::Json);
+    let mixed = load("log_format = \"json\"\naccess_log_format = \"combined\"").unwrap();
+    assert_eq!(
+        (mixed.log_format, mixed.access_log_format),
+        (LogFormat::Json, AccessLogFormat::Combined)
+    );
+    assert_eq!(
+        load("access_log_format = \"common\"")
+            .unwrap()
+            .access_log_format,
+        AccessLogFormat::Common
+    );
+    let err = load("access_log_format = \"w3c\"").unwrap_err().to_string();
+    assert!(
+        err.contains("w.toml:1:21: access_log_format: `w3c` is not one of"),
+        "{err}"
+    );
+}
+
 use tempdir::Dir;
 
 #[test]

@@ -23,12 +23,28 @@ pub struct TlsConn {
     pub version: &'static str,
 }
 
+/// How the client reached us: the scheme of the URL it asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 impl ConnInfo {
-    pub fn scheme(&self) -> &'static str {
+    pub fn scheme(&self) -> Scheme {
         if self.tls.is_some() {
-            "https"
+            Scheme::Https
         } else {
-            "http"
+            Scheme::Http
         }
     }
 }

@@ -8,3 +8,4 @@ pub mod ids;
 pub mod path;
 pub mod request;
 pub mod text;
+pub mod trace;

@@ -7,9 +7,12 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use wasmgate_core::text::{decimal, escaped, field, ip};
+use http::{HeaderValue, Method, Version};
 
-use wasmgate_config::LogFormat;
+use wasmgate_core::request::version_name;
+use wasmgate_core::text::{decimal, escaped, ip};
+
+use wasmgate_config::AccessLogFormat;
 
 /// Collected along the request path; [`AccessRecord::emit`] writes it. Fields that do not apply
 /// (no tenant, no plugin answered, no error) are left out of the line.
@@ -19,9 +22,9 @@ pub struct AccessRecord {
     pub request_id: String,
     pub client: IpAddr,
     pub listener: Arc<str>,
-    pub method: String,
+    pub method: Method,
     pub path: String,
-    pub version: &'static str,
+    pub version: Version,
     pub site: Option<Arc<str>>,
     pub tenant: Option<Arc<str>>,
     /// The route's (or site's) metric handles, once known.
@@ -36,6 +39,9 @@ pub struct AccessRecord {
     pub answered_by: Option<String>,
     /// The TCP peer, when the PROXY protocol named another client address (the balancer).
     pub proxy_peer: Option<String>,
+    /// For the `combined` format (shared with the request's header buffer, not copied).
+    pub referer: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
 }
 
 impl AccessRecord {
@@ -43,16 +49,16 @@ impl AccessRecord {
         request_id: String,
         client: IpAddr,
         listener: Arc<str>,
-        method: &str,
+        method: &Method,
         path: &str,
-        version: &'static str,
+        version: Version,
     ) -> Self {
         AccessRecord {
             start: Instant::now(),
             request_id,
             client,
             listener,
-            method: method.to_string(),
+            method: method.clone(),
             path: path.to_string(),
             version,
             site: None,
@@ -65,6 +71,8 @@ impl AccessRecord {
             error: None,
             answered_by: None,
             proxy_peer: None,
+            referer: None,
+            user_agent: None,
         }
     }
 
@@ -114,76 +122,51 @@ impl AccessRecord {
         // One clock read serves the metrics, the duration and the line's timestamp.
         let now = Instant::now();
         self.record(bytes_in, bytes_out, now - self.start);
-        if let Some(format) = DIRECT.get() {
-            let end = [("complete", Value::Bool(complete))];
-            return self.write_direct(*format, now, "", bytes_in, bytes_out, &end);
-        }
-        tracing::info!(
-            target: "wasmgate::access",
-            id = %self.request_id,
-            client = %self.client,
-            listener = %self.listener,
-            site = self.site.as_deref().map(field),
-            tenant = self.tenant.as_deref().map(field),
-            route = self.route.as_deref().map(field),
-            method = %self.method,
-            path = field(&self.path),
-            version = %self.version,
-            status = self.status,
-            bytes_in,
-            bytes_out,
-            duration_ms = elapsed_ms(self.start),
-            upstream = self.upstream.as_deref().map(field),
-            plugin = self.answered_by.as_deref().map(field),
-            error = self.error.as_deref().map(field),
-            proxy_peer = self.proxy_peer.as_deref().map(field),
-            complete,
-            "{} {} {}", self.method, self.path, self.status
-        );
+        let end = [("complete", Value::Bool(complete))];
+        self.write(now, "", bytes_in, bytes_out, &end);
     }
 
     /// Write the line for a finished WebSocket tunnel.
     pub fn emit_tunnel(&self, up: u64, down: u64, end: &str) {
         let now = Instant::now();
         self.record(up, down, now - self.start);
-        if let Some(format) = DIRECT.get() {
-            let msg = format!(" websocket closed: {end}");
-            let tail = [("websocket", Value::Bool(true)), ("end", Value::Str(end))];
-            return self.write_direct(*format, now, &msg, up, down, &tail);
-        }
-        tracing::info!(
-            target: "wasmgate::access",
-            id = %self.request_id,
-            client = %self.client,
-            listener = %self.listener,
-            site = self.site.as_deref().map(field),
-            tenant = self.tenant.as_deref().map(field),
-            route = self.route.as_deref().map(field),
-            method = %self.method,
-            path = field(&self.path),
-            version = %self.version,
-            status = self.status,
-            bytes_in = up,
-            bytes_out = down,
-            duration_ms = elapsed_ms(self.start),
-            upstream = self.upstream.as_deref().map(field),
-            websocket = true,
-            end = %end,
-            "{} {} {} websocket closed: {end}", self.method, self.path, self.status
-        );
+        let msg = format!(" websocket closed: {end}");
+        let tail = [("websocket", Value::Bool(true)), ("end", Value::Str(end))];
+        self.write(now, &msg, up, down, &tail);
     }
 }
 
-/// Set by the binary: access lines bypass `tracing`'s generic formatter (17% of the proxy's user-space
-/// CPU per request in a profile: a visitor per field, `Debug` escaping, ANSI styling) and are written
-/// by hand, in the same layout, into the batched stderr buffer ([`crate::log_sink`]). The library
-/// default — `tracing` events — stays for embedders and the tests, which capture them.
-static DIRECT: OnceLock<LogFormat> = OnceLock::new();
+/// Where access lines go and how they are laid out. Set once by whoever owns the process's logging:
+/// the binary sends them to the batched stderr ([`crate::log_sink`]), the tests to their capture
+/// buffer; unset, they go to stderr as text, one write each. Every line, whatever its format, is
+/// written by [`AccessRecord::write`] — `tracing`'s generic formatter (17% of the proxy's user-space
+/// CPU per request in a profile: a visitor per field, `Debug` escaping, ANSI styling) is not used.
+struct Output {
+    format: AccessLogFormat,
+    write: Box<LineWriter>,
+}
 
-/// Write access lines directly in `format` from now on (`RUST_LOG` still decides whether they are
-/// written: target `wasmgate::access`, level INFO).
-pub fn write_directly(format: LogFormat) {
-    let _ = DIRECT.set(format);
+/// Takes one whole line, newline included.
+type LineWriter = dyn Fn(&[u8]) + Send + Sync;
+
+static OUTPUT: OnceLock<Output> = OnceLock::new();
+
+/// Lay access lines out as `format` and hand each (with its newline) to `write`. The first call
+/// wins. `RUST_LOG` still decides whether they are written: target `wasmgate::access`, level INFO.
+pub fn set_output(format: AccessLogFormat, write: impl Fn(&[u8]) + Send + Sync + 'static) {
+    let _ = OUTPUT.set(Output {
+        format,
+        write: Box::new(write),
+    });
+}
+
+fn output() -> &'static Output {
+    OUTPUT.get_or_init(|| Output {
+        format: AccessLogFormat::Text,
+        write: Box::new(|line| {
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line);
+        }),
+    })
 }
 
 enum Value<'a> {
@@ -194,9 +177,8 @@ enum Value<'a> {
 impl AccessRecord {
     /// The line by hand: `push_str` and integer formatting, no `fmt` machinery (which was half of
     /// this function's cost with `write!` per field).
-    fn write_direct(
+    fn write(
         &self,
-        format: LogFormat,
         now: Instant,
         tail_msg: &str,
         bytes_in: u64,
@@ -205,6 +187,11 @@ impl AccessRecord {
     ) {
         if !tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO) {
             return;
+        }
+        let out = output();
+        if let AccessLogFormat::Combined | AccessLogFormat::Common = out.format {
+            let line = self.ncsa(out.format == AccessLogFormat::Combined, bytes_out);
+            return (out.write)(line.as_bytes());
         }
         let mut nums = [0u8; 128];
         let mut at = 0;
@@ -228,9 +215,9 @@ impl AccessRecord {
             ("site", self.site.as_deref(), false),
             ("tenant", self.tenant.as_deref(), false),
             ("route", self.route.as_deref(), false),
-            ("method", Some(&self.method), false),
+            ("method", Some(self.method.as_str()), false),
             ("path", Some(&self.path), false),
-            ("version", Some(self.version), false),
+            ("version", Some(version_name(self.version)), false),
             ("status", Some(text(status.clone())), true),
             ("bytes_in", Some(text(b_in)), true),
             ("bytes_out", Some(text(b_out)), true),
@@ -250,8 +237,8 @@ impl AccessRecord {
             text(status),
             tail_msg,
         ];
-        match format {
-            LogFormat::Text => {
+        match out.format {
+            AccessLogFormat::Text | AccessLogFormat::Combined | AccessLogFormat::Common => {
                 crate::log_sink::timestamp_at(&mut line, now);
                 line.push_str("  INFO wasmgate::access: ");
                 msg.iter().for_each(|m| line.push_str(&escaped(m)));
@@ -266,7 +253,7 @@ impl AccessRecord {
                     }
                 }
             }
-            LogFormat::Json => {
+            AccessLogFormat::Json => {
                 line.push_str("{\"timestamp\":\"");
                 crate::log_sink::timestamp_at(&mut line, now);
                 line.push_str("\",\"level\":\"INFO\",\"message\":");
@@ -294,7 +281,70 @@ impl AccessRecord {
             }
         }
         line.push('\n');
-        crate::log_sink::write_line(line.as_bytes());
+        (out.write)(line.as_bytes());
+    }
+
+    /// Apache's `common` (`%h %l %u %t "%r" %>s %b`) or `combined` (`… "%{Referer}i"
+    /// "%{User-agent}i"`) line, escaped as Apache escapes it. `%t` is when the request arrived, in
+    /// UTC; `%r` carries the path without its query (queries carry tokens: the demo's does); `%u` is
+    /// `-` (the host does not know which user a plugin let in).
+    fn ncsa(&self, combined: bool, bytes_out: u64) -> String {
+        let mut line = String::with_capacity(256);
+        let mut client = [0u8; 64];
+        line.push_str(ip(self.client, &mut client));
+        line.push_str(" - - [");
+        crate::log_sink::clf_time(&mut line, self.start);
+        line.push_str("] \"");
+        ncsa_escape(&mut line, self.method.as_str().as_bytes());
+        line.push(' ');
+        ncsa_escape(&mut line, self.path.as_bytes());
+        line.push(' ');
+        line.push_str(version_name(self.version));
+        line.push_str("\" ");
+        let mut num = [0u8; 20];
+        let n = decimal(u64::from(self.status), &mut num);
+        line.push_str(std::str::from_utf8(&num[..n]).unwrap_or("0"));
+        line.push(' ');
+        if bytes_out == 0 {
+            line.push('-');
+        } else {
+            let n = decimal(bytes_out, &mut num);
+            line.push_str(std::str::from_utf8(&num[..n]).unwrap_or("0"));
+        }
+        if combined {
+            for h in [&self.referer, &self.user_agent] {
+                line.push_str(" \"");
+                match h {
+                    Some(v) => ncsa_escape(&mut line, v.as_bytes()),
+                    None => line.push('-'),
+                }
+                line.push('"');
+            }
+        }
+        line.push('\n');
+        line
+    }
+}
+
+/// Apache's `ap_escape_logitem`: `"` and `\` backslashed, newline, return and tab as `\n` `\r`
+/// `\t`, any other control or non-ASCII byte as `\xhh`, so a line stays one line and its quotes
+/// delimit its fields.
+fn ncsa_escape(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                out.push_str("\\x");
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 15)] as char);
+            }
+        }
     }
 }
 
@@ -313,6 +363,49 @@ fn json_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
 }
 
-fn elapsed_ms(start: Instant) -> f64 {
-    (start.elapsed().as_micros() as f64) / 1000.0
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> AccessRecord {
+        let mut r = AccessRecord::new(
+            "r-1".into(),
+            "192.0.2.7".parse().unwrap(),
+            "web".into(),
+            &Method::GET,
+            "/a \"b\"\\c",
+            Version::HTTP_11,
+        );
+        r.status = 404;
+        r
+    }
+
+    /// What fail2ban's and goaccess's `combined` patterns expect, quotes and backslashes escaped
+    /// as Apache escapes them, a non-ASCII byte as `\xhh`.
+    #[test]
+    fn combined_and_common_lines_read_as_apaches() {
+        let mut r = record();
+        r.referer = Some(HeaderValue::from_static("https://ref.example/x"));
+        r.user_agent = Some(HeaderValue::from_bytes(b"curl/8 \"q\" \xff").unwrap());
+        let line = r.ncsa(true, 1234);
+        let (head, rest) = line.split_once("] ").unwrap();
+        let time = head.strip_prefix("192.0.2.7 - - [").expect(&line);
+        // 03/Dec/2026:07:01:36 +0000
+        assert_eq!(time.len(), 26, "{time}");
+        assert!(
+            time.ends_with(" +0000") && &time[2..3] == "/" && &time[6..7] == "/",
+            "{time}"
+        );
+        assert_eq!(
+            rest,
+            "\"GET /a \\\"b\\\"\\\\c HTTP/1.1\" 404 1234 \"https://ref.example/x\" \"curl/8 \\\"q\\\" \\xff\"\n"
+        );
+        let common = record().ncsa(false, 0);
+        assert!(
+            common.ends_with("] \"GET /a \\\"b\\\"\\\\c HTTP/1.1\" 404 -\n"),
+            "no body is `-`, and no referer or agent: {common}"
+        );
+        let missing = record().ncsa(true, 5);
+        assert!(missing.ends_with(" 404 5 \"-\" \"-\"\n"), "{missing}");
+    }
 }

@@ -69,25 +69,12 @@ pub fn write_line(line: &[u8]) {
 /// line needs no clock read of its own beyond the one that measured its duration; the
 /// date-and-seconds part is formatted once per second per thread.
 pub fn timestamp_at(out: &mut String, at: Instant) {
-    use std::cell::{Cell, RefCell};
+    use std::cell::RefCell;
     use std::fmt::Write as _;
-    use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {
         static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-        static ANCHOR: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
     }
-    let anchor = match ANCHOR.get() {
-        Some((i, wall)) if at >= i && at - i < Duration::from_secs(1) => (i, wall),
-        _ => {
-            let wall = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            let i = Instant::now();
-            ANCHOR.set(Some((i, wall)));
-            (i, wall)
-        }
-    };
-    let now = anchor.1 + at.saturating_duration_since(anchor.0);
+    let now = wall_at(at);
     let secs = now.as_secs();
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
@@ -107,6 +94,58 @@ pub fn timestamp_at(out: &mut String, at: Instant) {
         out.push_str(&c.1);
     });
     let _ = write!(out, ".{:06}Z", now.subsec_micros());
+}
+
+/// The UTC time of `at` as Apache's `%t` prints it, without the brackets:
+/// `03/Dec/2026:07:01:36 +0000`.
+pub fn clf_time(out: &mut String, at: Instant) {
+    use std::fmt::Write as _;
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = wall_at(at).as_secs();
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let t = secs % 86_400;
+    let _ = write!(
+        out,
+        "{d:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(m - 1) as usize],
+        t / 3600,
+        t / 60 % 60,
+        t % 60
+    );
+}
+
+/// `at` as time since the epoch. The wall clock is read once a second per thread and `at` placed
+/// relative to that reading (so a line needs no clock read of its own).
+fn wall_at(at: Instant) -> Duration {
+    use std::cell::Cell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static ANCHOR: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
+    }
+    let anchor = match ANCHOR.get() {
+        // Instants up to a second after the reading, or before it (a request's start, logged when
+        // it ends), are placed from it; a reading is not renewed for those.
+        Some((i, wall))
+            if at.saturating_duration_since(i) < Duration::from_secs(1)
+                && i.saturating_duration_since(at) < Duration::from_secs(3600) =>
+        {
+            (i, wall)
+        }
+        _ => {
+            let wall = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let i = Instant::now();
+            ANCHOR.set(Some((i, wall)));
+            (i, wall)
+        }
+    };
+    match at.checked_duration_since(anchor.0) {
+        Some(after) => anchor.1 + after,
+        None => anchor.1.saturating_sub(anchor.0 - at),
+    }
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).

@@ -101,8 +101,8 @@ impl DecisionCache {
                     std::net::IpAddr::V4(a) => field(b'c', &a.octets()),
                     std::net::IpAddr::V6(a) => field(b'c', &a.octets()),
                 },
-                Part::Method => field(b'm', s.method.as_bytes()),
-                Part::Scheme => field(b's', s.scheme.as_bytes()),
+                Part::Method => field(b'm', s.method.as_str().as_bytes()),
+                Part::Scheme => field(b's', s.scheme.as_str().as_bytes()),
                 Part::Authority => field(b'a', s.authority.as_bytes()),
                 Part::Path => field(b'p', s.path.as_bytes()),
                 Part::Query => match &s.query {

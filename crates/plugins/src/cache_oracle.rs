@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderValue};
 use super::convert::{self, Decision};
 use super::{Chain, Flow, LoadedPlugin, PluginHost, PluginOwner};
 use wasmgate_config::{OnError, PluginConfig, PluginLimits, PluginSource};
+use wasmgate_core::conn::Scheme;
 use wasmgate_core::request::RequestState;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -172,8 +173,10 @@ fn request(rng: &mut Rng, n: usize, tokens: &[String]) -> (RequestState, HeaderM
     }
     let state = RequestState {
         id: format!("oracle-{n}"),
-        method: rng.pick(&["GET", "POST", "DELETE"]).to_string(),
-        scheme: ["http", "https"][*rng.pick(&[0, 1])],
+        method: rng
+            .pick(&[http::Method::GET, http::Method::POST, http::Method::DELETE])
+            .clone(),
+        scheme: *rng.pick(&[Scheme::Http, Scheme::Https]),
         authority: rng.pick(&["a.test", "b.test:8443"]).to_string(),
         path: path.to_string(),
         query,
@@ -181,7 +184,7 @@ fn request(rng: &mut Rng, n: usize, tokens: &[String]) -> (RequestState, HeaderM
         site: "oracle".into(),
         route: Arc::from(*rng.pick(&["/", "/admin"])),
         websocket: *rng.pick(&[false, true]),
-        version: "HTTP/1.1",
+        version: http::Version::HTTP_11,
         tls: None,
         at: Instant::now(),
     };

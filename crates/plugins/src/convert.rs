@@ -67,10 +67,9 @@ pub fn info(s: &RequestState) -> RequestInfo {
     RequestInfo {
         id: s.id.clone(),
         method: method(&s.method),
-        scheme: if s.scheme == "https" {
-            Scheme::Https
-        } else {
-            Scheme::Http
+        scheme: match s.scheme {
+            wasmgate_core::conn::Scheme::Https => Scheme::Https,
+            wasmgate_core::conn::Scheme::Http => Scheme::Http,
         },
         authority: s.authority.clone(),
         path: s.path.clone(),
@@ -90,18 +89,18 @@ pub fn info(s: &RequestState) -> RequestInfo {
     }
 }
 
-fn method(m: &str) -> Method {
-    match m {
-        "GET" => Method::Get,
-        "HEAD" => Method::Head,
-        "POST" => Method::Post,
-        "PUT" => Method::Put,
-        "DELETE" => Method::Delete,
-        "CONNECT" => Method::Connect,
-        "OPTIONS" => Method::Options,
-        "TRACE" => Method::Trace,
-        "PATCH" => Method::Patch,
-        other => Method::Other(other.to_string()),
+fn method(m: &http::Method) -> Method {
+    match *m {
+        http::Method::GET => Method::Get,
+        http::Method::HEAD => Method::Head,
+        http::Method::POST => Method::Post,
+        http::Method::PUT => Method::Put,
+        http::Method::DELETE => Method::Delete,
+        http::Method::CONNECT => Method::Connect,
+        http::Method::OPTIONS => Method::Options,
+        http::Method::TRACE => Method::Trace,
+        http::Method::PATCH => Method::Patch,
+        ref other => Method::Other(other.as_str().to_string()),
     }
 }
 
@@ -109,8 +108,8 @@ pub fn request(s: &RequestState, map: &HeaderMap, declared: Option<&[HeaderName]
     Request {
         info: info(s),
         version: match s.version {
-            "HTTP/1.0" => HttpVersion::Http10,
-            "HTTP/2" => HttpVersion::Http2,
+            http::Version::HTTP_10 | http::Version::HTTP_09 => HttpVersion::Http10,
+            http::Version::HTTP_2 => HttpVersion::Http2,
             _ => HttpVersion::Http11,
         },
         headers: headers(map, declared),

@@ -1,11 +1,20 @@
-//! What every connection's requests and tunnels share, and all the pipeline may touch of the
-//! process: the live runtime, request ids, and the shutdown signals and task set tunnels join.
+//! The pipeline's two contexts: [`ServeCtx`], what every connection's requests and tunnels share
+//! and all the pipeline may touch of the process (the live runtime, request ids, the shutdown
+//! signals and task set tunnels join); and [`RequestCtx`], one request's own.
 
+use std::sync::Arc;
+
+use http::Request;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::ids::RequestIds;
-use wasmgate_runtime::SharedRuntime;
+use wasmgate_core::trace::TraceParent;
+use wasmgate_observe::log::AccessRecord;
+use wasmgate_plugins::LoadedPlugin;
+use wasmgate_runtime::forwarded::ClientAddr;
+use wasmgate_runtime::{Runtime, SharedRuntime};
 
 pub struct ServeCtx {
     pub runtime: SharedRuntime,
@@ -26,6 +35,53 @@ impl ServeCtx {
             draining: CancellationToken::new(),
             tunnels_cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
+        }
+    }
+}
+
+/// One request on its way through the phases ([`crate::handle`]): what is known of it before
+/// routing, and what the phases add. Routing's decision is the separate [`crate::Routed`].
+pub struct RequestCtx {
+    pub conn: Arc<ConnInfo>,
+    /// Who the client is, derived once (trusted proxies walked): plugins, the log and the backend
+    /// all get this.
+    pub client: ClientAddr,
+    /// The access line being filled in; written when the response body (or the tunnel) ends.
+    pub access: AccessRecord,
+    /// Plugins whose `on-request` ran, in order: their `on-response` runs, last first.
+    pub ran: Vec<Arc<LoadedPlugin>>,
+    /// The client's W3C trace context, if it sent a valid one (for tracing; not trusted).
+    pub trace: Option<TraceParent>,
+}
+
+impl RequestCtx {
+    pub fn new<B>(serve: &ServeCtx, rt: &Runtime, conn: Arc<ConnInfo>, req: &Request<B>) -> Self {
+        let client = rt.trusted.client(conn.peer.ip(), req.headers());
+        let request_id = crate::headers::incoming_request_id(req.headers(), client.peer_trusted)
+            .unwrap_or_else(|| serve.ids.next());
+        let mut access = AccessRecord::new(
+            request_id,
+            client.ip,
+            conn.listener_name.clone(),
+            req.method(),
+            req.uri().path(),
+            req.version(),
+        );
+        if conn.tcp_peer != conn.peer {
+            access.proxy_peer = Some(conn.tcp_peer.ip().to_string());
+        }
+        access.referer = req.headers().get(http::header::REFERER).cloned();
+        access.user_agent = req.headers().get(http::header::USER_AGENT).cloned();
+        let trace = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| TraceParent::parse(v.as_bytes()));
+        RequestCtx {
+            conn,
+            client,
+            access,
+            ran: Vec::new(),
+            trace,
         }
     }
 }

@@ -7,24 +7,13 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 
+use super::ctx::RequestCtx;
 use super::headers::{add_forwarding, has_token, Forwarding};
 use wasmgate_core::body::{BoxError, ProxyBody};
-use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::error::ProxyError;
 use wasmgate_core::request::RequestState;
-use wasmgate_runtime::forwarded::ClientAddr;
 use wasmgate_runtime::router::map_path;
 use wasmgate_runtime::Route;
-
-pub fn version_name(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_11 => "HTTP/1.1",
-        Version::HTTP_2 => "HTTP/2",
-        _ => "HTTP/3",
-    }
-}
 
 /// HTTP/1.1 `Upgrade: websocket` or HTTP/2 extended CONNECT with `:protocol websocket`. Other upgrade
 /// tokens (`h2c`, …) are never tunnelled: their headers are hop-by-hop and get stripped.
@@ -61,11 +50,11 @@ pub fn backend_uri(route: &Route, state: &RequestState) -> Result<Uri, ProxyErro
 /// Request headers as the backend must see them.
 pub fn upstream_headers(
     headers: &mut http::HeaderMap,
-    conn: &ConnInfo,
+    cx: &RequestCtx,
     route: &Route,
     state: &RequestState,
-    client: &ClientAddr,
 ) {
+    let (conn, client) = (&cx.conn, &cx.client);
     super::headers::strip_hop_by_hop(headers);
     headers.remove(header::EXPECT);
     super::headers::join_cookies(headers);
@@ -90,7 +79,7 @@ pub fn upstream_headers(
             scheme: conn.scheme(),
             authority: &state.authority,
             request_id: &state.id,
-            via_version: if state.version == "HTTP/2" {
+            via_version: if state.version == Version::HTTP_2 {
                 "2"
             } else {
                 "1.1"
@@ -115,7 +104,7 @@ where
         super::reverse::ReverseMap {
             backend: &route.cfg.backend,
             route_path: &route.cfg.path,
-            public_scheme: state.scheme,
+            public_scheme: state.scheme.as_str(),
             public_authority: &state.authority,
             preserve_host: route.cfg.preserve_host,
         }

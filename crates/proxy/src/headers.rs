@@ -4,6 +4,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use wasmgate_config::ClientAddressHeader;
+use wasmgate_core::conn::Scheme;
 use wasmgate_runtime::forwarded::{ClientAddr, FORWARDED, X_FORWARDED_FOR};
 
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -76,7 +77,7 @@ pub struct Forwarding<'a> {
     /// Who the client is, and the chain that says so.
     pub client: &'a ClientAddr,
     /// `http` or `https`.
-    pub scheme: &'a str,
+    pub scheme: Scheme,
     /// The Host/`:authority` the client used.
     pub authority: &'a str,
     pub request_id: &'a str,
@@ -101,7 +102,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         set(headers, &X_FORWARDED_FOR, &c.x_forwarded_for());
     }
     if c.header == ClientAddressHeader::Forwarded {
-        let proto = if f.scheme == "https" { "https" } else { "http" };
+        let proto = f.scheme.as_str();
         set(headers, &FORWARDED, &c.forwarded(proto));
     }
     if c.peer_trusted {
@@ -175,8 +176,8 @@ fn forwarded_host(headers: &mut HeaderMap, authority: &str) {
     }
 }
 
-fn scheme_value(scheme: &str) -> HeaderValue {
-    HeaderValue::from_static(if scheme == "https" { "https" } else { "http" })
+fn scheme_value(scheme: Scheme) -> HeaderValue {
+    HeaderValue::from_static(scheme.as_str())
 }
 
 fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
@@ -231,7 +232,7 @@ mod tests {
         assert!(h.contains_key("x-keep"));
     }
 
-    fn forwarding<'a>(client: &'a ClientAddr, scheme: &'a str, via: &'a str) -> Forwarding<'a> {
+    fn forwarding<'a>(client: &'a ClientAddr, scheme: Scheme, via: &'a str) -> Forwarding<'a> {
         Forwarding {
             client,
             scheme,
@@ -259,7 +260,7 @@ mod tests {
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
         let client = t.client(peer, &h);
         assert_eq!(client.ip, peer);
-        add_forwarding(&mut h, &forwarding(&client, "https", "1.1"));
+        add_forwarding(&mut h, &forwarding(&client, Scheme::Https, "1.1"));
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "chat.example.org");
@@ -278,7 +279,7 @@ mod tests {
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
         let client = t.client(peer, &h);
         assert_eq!(client.ip, "198.51.100.1".parse::<IpAddr>().unwrap());
-        add_forwarding(&mut h, &forwarding(&client, "http", "2"));
+        add_forwarding(&mut h, &forwarding(&client, Scheme::Http, "2"));
         // What the client wrote left of its own address is not passed on as if it were vouched for.
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.1.1.1, 10.0.0.2");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
@@ -301,7 +302,7 @@ mod tests {
         ]);
         let client = t.client("10.0.0.2".parse().unwrap(), &h);
         assert_eq!(client.ip, "2001:db8::7".parse::<IpAddr>().unwrap());
-        add_forwarding(&mut h, &forwarding(&client, "https", "1.1"));
+        add_forwarding(&mut h, &forwarding(&client, Scheme::Https, "1.1"));
         assert_eq!(h["x-forwarded-for"], "2001:db8::7, 10.0.0.2");
         assert_eq!(
             h["forwarded"],

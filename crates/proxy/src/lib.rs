@@ -15,7 +15,6 @@ mod routing;
 pub mod websocket;
 
 use std::convert::Infallible;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -24,17 +23,14 @@ use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use ctx::ServeCtx;
-use forward::{
-    backend_uri, downstream_response, is_websocket_request, upstream_headers, version_name,
-};
+pub use ctx::{RequestCtx, ServeCtx};
+use forward::{backend_uri, downstream_response, is_websocket_request, upstream_headers};
 use wasmgate_core::body::{Ended, Metered, OnDone, ProxyBody};
 use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::error::ProxyError;
 use wasmgate_core::request::RequestState;
 use wasmgate_observe::log::AccessRecord;
 use wasmgate_plugins::Flow;
-use wasmgate_runtime::forwarded::ClientAddr;
 use wasmgate_runtime::{Route, Runtime, Site};
 
 /// What the rest of the pipeline knows about the request once site and route are chosen.
@@ -45,33 +41,20 @@ pub struct Routed {
     pub websocket: bool,
 }
 
-/// hyper's entry point. Never fails: errors become responses here.
+/// hyper's entry point. Never fails: errors become responses here. The phases, in order: route
+/// ([`route_request`]), the plugins' `on-request` and the backend or a WebSocket handshake
+/// ([`serve`]), the plugins' `on-response`, then the access line ([`finish`]) or the tunnel.
 pub async fn handle(
     ctx: Arc<ServeCtx>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let rt = ctx.runtime.load_full();
-    // The one derivation of who the client is: plugins, the log and the backend all get this.
-    let client = rt.trusted.client(conn.peer.ip(), req.headers());
-    let request_id = headers::incoming_request_id(req.headers(), client.peer_trusted)
-        .unwrap_or_else(|| ctx.ids.next());
-    let version = version_name(req.version());
-    let mut access = AccessRecord::new(
-        request_id,
-        client.ip,
-        conn.listener_name.clone(),
-        req.method().as_str(),
-        req.uri().path(),
-        version,
-    );
-    if conn.tcp_peer != conn.peer {
-        access.proxy_peer = Some(conn.tcp_peer.ip().to_string());
-    }
-    let mut routed = match route_request(&rt, &conn, &req, client.ip, &mut access) {
+    let mut cx = RequestCtx::new(&ctx, &rt, conn, &req);
+    let mut routed = match route_request(&rt, &mut cx, &req) {
         Ok(Routing::Serve(r)) => r,
-        Ok(Routing::Answer(resp)) => return Ok(finish(resp, access, None)),
-        Err(err) => return Ok(finish(error_response(err, &mut access), access, None)),
+        Ok(Routing::Answer(resp)) => return Ok(finish(resp, cx.access, None)),
+        Err(err) => return Ok(fail(err, cx, None)),
     };
     // A tenant's request counts against its limit until the response body is done.
     let slot = match routed
@@ -82,41 +65,40 @@ pub async fn handle(
         .transpose()
     {
         Ok(slot) => slot,
-        Err(err) => return Ok(finish(error_response(err, &mut access), access, None)),
+        Err(err) => return Ok(fail(err, cx, None)),
     };
     // Every response from here on — backend, plugin or error — passes the plugins' on-response.
-    let mut ran = Vec::new();
-    let (response, tunnel) = match serve(
-        &ctx,
-        &conn,
-        &mut routed,
-        req,
-        &client,
-        &mut ran,
-        &mut access,
-    )
-    .await
-    {
+    let (response, tunnel) = match serve(&ctx, &mut cx, &mut routed, req).await {
         Ok(Served::Response(resp)) => (resp, None),
         Ok(Served::Tunnel(resp, pending)) => (resp, Some(pending)),
-        Err(err) => (error_response(err, &mut access), None),
+        Err(err) => (error_response(err, &mut cx.access), None),
     };
-    match wasmgate_plugins::on_response(&ran, &routed.state, response).await {
+    match wasmgate_plugins::on_response(&cx.ran, &routed.state, response).await {
         Ok(response) => match tunnel {
             // The client is told of the tunnel only now, and the tunnel writes its own line.
             Some(pending) => {
-                access.status = response.status().as_u16();
-                pending.start(&ctx, access);
+                cx.access.status = response.status().as_u16();
+                pending.start(&ctx, cx.access);
                 Ok(response)
             }
-            None => Ok(finish(response, access, slot)),
+            None => Ok(finish(response, cx.access, slot)),
         },
         // A tunnel the plugins refused is never opened: dropping it closes the backend's side.
         Err(err) => {
             drop(tunnel);
-            Ok(finish(error_response(err, &mut access), access, slot))
+            Ok(fail(err, cx, slot))
         }
     }
+}
+
+/// An error as the request's whole answer: its response and access line.
+fn fail(
+    err: ProxyError,
+    mut cx: RequestCtx,
+    slot: Option<wasmgate_runtime::TenantSlot>,
+) -> Response<ProxyBody> {
+    let response = error_response(err, &mut cx.access);
+    finish(response, cx.access, slot)
 }
 
 /// What serving produced: a response, or the answer to an upgrade the backend agreed to.
@@ -190,16 +172,15 @@ enum Routing {
 /// Host, path and route: everything decided before any plugin runs.
 fn route_request(
     rt: &Runtime,
-    conn: &ConnInfo,
+    cx: &mut RequestCtx,
     req: &Request<Incoming>,
-    client: IpAddr,
-    access: &mut AccessRecord,
 ) -> Result<Routing, ProxyError> {
     let authority = request_authority(req)?;
     let path =
         wasmgate_core::path::normalize_path(req.uri().path()).map_err(ProxyError::BadPath)?;
-    let (site, pick) = routing::select(rt, conn, &authority, &path)?;
+    let (site, pick) = routing::select(rt, &cx.conn, &authority, &path)?;
     let route = site.route(pick).cloned();
+    let access = &mut cx.access;
     access.site = Some(site.name.clone());
     access.tenant = site.tenant.as_ref().map(|t| t.name.clone());
     access.metrics = Some(route.as_ref().map_or(&site.metrics, |r| &r.metrics).clone());
@@ -217,20 +198,20 @@ fn route_request(
     Ok(Routing::Serve(Routed {
         state: RequestState {
             id: access.request_id.clone(),
-            method: req.method().as_str().to_string(),
-            scheme: conn.scheme(),
+            method: req.method().clone(),
+            scheme: cx.conn.scheme(),
             authority,
             path,
             query: req.uri().query().map(str::to_string),
-            client,
+            client: cx.client.ip,
             site: site.name.clone(),
             route: route
                 .as_ref()
                 .map(|r| r.name.clone())
                 .unwrap_or_else(|| "".into()),
             websocket,
-            version: version_name(req.version()),
-            tls: conn.tls.clone(),
+            version: req.version(),
+            tls: cx.conn.tls.clone(),
             at: access.start,
         },
         site,
@@ -241,13 +222,10 @@ fn route_request(
 
 /// Plugins' on-request (site chain, then route chain), then the backend or a tunnel.
 async fn serve(
-    ctx: &Arc<ServeCtx>,
-    conn: &ConnInfo,
+    ctx: &ServeCtx,
+    cx: &mut RequestCtx,
     routed: &mut Routed,
     mut req: Request<Incoming>,
-    client: &ClientAddr,
-    ran: &mut Vec<Arc<wasmgate_plugins::LoadedPlugin>>,
-    access: &mut AccessRecord,
 ) -> Result<Served, ProxyError> {
     let site = routed.site.clone();
     let chains = [
@@ -259,37 +237,28 @@ async fn serve(
     // request's future that large.
     for chain in chains.into_iter().flatten() {
         match chain
-            .on_request(&mut routed.state, req.headers_mut(), ran)
+            .on_request(&mut routed.state, req.headers_mut(), &mut cx.ran)
             .await?
         {
             Flow::Continue => {}
             Flow::Respond { response, plugin } => {
-                access.answered_by = Some(plugin);
+                cx.access.answered_by = Some(plugin);
                 return Ok(Served::Response(response));
             }
         }
     }
 
     let route = routed.route.clone().ok_or(ProxyError::NoRoute)?;
-    access.upstream = Some(route.cfg.backend.authority.clone());
+    cx.access.upstream = Some(route.cfg.backend.authority.clone());
     if routed.websocket {
         if route.cfg.websocket {
-            let handshake = Box::pin(websocket::handshake(
-                ctx,
-                conn,
-                &route,
-                routed.site.tenant.as_ref(),
-                &routed.state,
-                req,
-                client,
-            ))
-            .await?;
+            let handshake = Box::pin(websocket::handshake(ctx, cx, routed, &route, req)).await?;
             return Ok(match handshake {
                 websocket::Handshake::Answered(resp) => Served::Response(resp),
                 websocket::Handshake::Agreed(resp, pending) => Served::Tunnel(resp, pending),
             });
         }
-        tracing::info!(id = %access.request_id, route = %route.name, "WebSocket upgrade refused: websocket = false on this route");
+        tracing::info!(id = %cx.access.request_id, route = %route.name, "WebSocket upgrade refused: websocket = false on this route");
         if req.method() == Method::CONNECT {
             return Err(ProxyError::BadRequest(
                 "WebSockets are switched off on this route",
@@ -300,7 +269,7 @@ async fn serve(
         let rt = ctx.runtime.load();
         (rt.config.io_timeout, rt.config.limits.min_rate)
     };
-    forward(conn, &route, &routed.state, req, client, access, io)
+    forward(cx, &route, &routed.state, req, io)
         .await
         .map(Served::Response)
 }
@@ -354,12 +323,10 @@ fn request_authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
 
 /// Forward a plain HTTP request through the pooled client and stream the answer back.
 async fn forward(
-    conn: &ConnInfo,
+    cx: &RequestCtx,
     route: &Route,
     state: &RequestState,
     req: Request<Incoming>,
-    client: &ClientAddr,
-    access: &AccessRecord,
     (io, min_rate): (std::time::Duration, Option<wasmgate_config::MinRate>),
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let limit = route.cfg.max_body_bytes;
@@ -375,9 +342,9 @@ async fn forward(
     parts.uri = backend_uri(route, state)?;
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
-    upstream_headers(&mut parts.headers, conn, route, state, client);
+    upstream_headers(&mut parts.headers, cx, route, state);
     let body = body::ClientBody::new(body, io, min_rate);
-    let body = Metered::new(body, access.bytes_in.clone(), Some(limit)).boxed_unsync();
+    let body = Metered::new(body, cx.access.bytes_in.clone(), Some(limit)).boxed_unsync();
     let upstream_req = Request::from_parts(parts, body);
 
     let timeout = route.cfg.timeouts.response;

@@ -17,15 +17,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 
-use super::ctx::ServeCtx;
+use super::ctx::{RequestCtx, ServeCtx};
 use super::forward::{backend_uri, downstream_response, upstream_headers};
 use super::headers::{has_token, strip_hop_by_hop};
+use super::Routed;
 use wasmgate_core::body::{empty, ProxyBody};
-use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::error::ProxyError;
-use wasmgate_core::request::RequestState;
 use wasmgate_observe::log::AccessRecord;
-use wasmgate_runtime::forwarded::ClientAddr;
 use wasmgate_runtime::{Route, TenantHandle, TenantSlot, TunnelSlot};
 
 static SEC_WEBSOCKET_KEY: header::HeaderName = header::SEC_WEBSOCKET_KEY;
@@ -81,13 +79,12 @@ impl PendingTunnel {
 /// the pipeline answers it with what this returns.
 pub async fn handshake(
     ctx: &ServeCtx,
-    conn: &ConnInfo,
+    cx: &RequestCtx,
+    routed: &Routed,
     route: &Route,
-    tenant: Option<&TenantHandle>,
-    state: &RequestState,
     mut req: Request<Incoming>,
-    client: &ClientAddr,
 ) -> Result<Handshake, ProxyError> {
+    let (state, tenant) = (&routed.state, routed.site.tenant.as_ref());
     if let Some(allowed) = &route.cfg.allowed_origins {
         let origin = req
             .headers()
@@ -112,7 +109,7 @@ pub async fn handshake(
 
     // The backend always gets an RFC 6455 upgrade request.
     let mut headers = std::mem::take(req.headers_mut());
-    upstream_headers(&mut headers, conn, route, state, client);
+    upstream_headers(&mut headers, cx, route, state);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let key = if h2 {

@@ -156,6 +156,28 @@ impl<'a> Validator<'a> {
                 LogFormat::Text
             }
         };
+        let access_log_format = match raw
+            .access_log_format
+            .as_ref()
+            .map(|f| (f.get_ref().as_str(), f.span()))
+        {
+            None => match log_format {
+                LogFormat::Text => AccessLogFormat::Text,
+                LogFormat::Json => AccessLogFormat::Json,
+            },
+            Some(("text", _)) => AccessLogFormat::Text,
+            Some(("json", _)) => AccessLogFormat::Json,
+            Some(("combined", _)) => AccessLogFormat::Combined,
+            Some(("common", _)) => AccessLogFormat::Common,
+            Some((other, span)) => {
+                self.err::<()>(
+                    span,
+                    "access_log_format",
+                    format!("`{other}` is not one of \"text\", \"json\", \"combined\", \"common\""),
+                );
+                AccessLogFormat::Text
+            }
+        };
 
         Config {
             path: self.loc.file.to_path_buf(),
@@ -178,6 +200,7 @@ impl<'a> Validator<'a> {
                 io_timeout
             },
             log_format,
+            access_log_format,
             workers: match &raw.workers {
                 Some(n) if *n.get_ref() > 256 => {
                     self.err::<()>(n.span(), "workers", "at most 256");
