@@ -283,6 +283,7 @@ async fn bodies_stream_both_ways_and_are_limited() {
 
 #[tokio::test]
 async fn malformed_and_oversized_requests_get_400_and_431() {
+    let (_g, logs) = wasmgate_tests::capture_logs();
     let (root, api) = (Backend::start().await, Backend::start().await);
     let p = Proxy::start(&config(&root, &api, ""), &[]).await;
     let addr = p.addr("web");
@@ -316,6 +317,27 @@ async fn malformed_and_oversized_requests_get_400_and_431() {
     .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(root.count(), 0, "nothing malformed reached the backend");
+    // The two hyper answered on its own (the bad header line, the 40 KiB head) have access lines
+    // too, with the kind of refusal; method and path were never read.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = logs.text();
+        let codec = |kind: &str, status: &str| {
+            text.lines().any(|l| {
+                l.contains("wasmgate::access: - - ")
+                    && l.contains(&format!("status={status}"))
+                    && l.contains(&format!("error={kind}"))
+            })
+        };
+        if codec("bad_request", "400") && codec("header_too_large", "431") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access lines for the parser's refusals:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -19,6 +19,52 @@ pub enum Side {
     Internal,
 }
 
+/// Why a call into a plugin failed. Classified where the failure happens (a typed trap or limit
+/// error, never the wording of a message); the metrics' `kind` label and the log say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// Ran past its time limit (an epoch interrupt), or still running at the wall-clock limit.
+    Deadline,
+    /// Asked for more memory than its limit.
+    Memory,
+    /// Overflowed its stack.
+    Stack,
+    /// Any other trap: a panic, `unreachable`, a bad host call.
+    Trap,
+    /// The component could not be instantiated.
+    Instantiate,
+    /// Its `init` refused its config, or trapped.
+    Init,
+    /// It needed a new instance while its tenant held its whole instance quota.
+    Capacity,
+    /// Its tenant is over its plugin CPU budget.
+    Throttled,
+    /// It asked to rewrite the path to one that does not normalise.
+    BadRewrite,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Deadline => "deadline",
+            FailureKind::Memory => "memory",
+            FailureKind::Stack => "stack",
+            FailureKind::Trap => "trap",
+            FailureKind::Instantiate => "instantiate",
+            FailureKind::Init => "init",
+            FailureKind::Capacity => "capacity",
+            FailureKind::Throttled => "throttled",
+            FailureKind::BadRewrite => "bad_rewrite",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("bad request: {0}")]
@@ -56,7 +102,7 @@ pub enum ProxyError {
     #[error("backend {backend} broke the protocol: {cause}")]
     UpstreamProtocol { backend: String, cause: String },
     #[error("plugin `{plugin}` failed: {cause}")]
-    Plugin { plugin: String, cause: String },
+    Plugin { plugin: String, cause: FailureKind },
     #[error("WebSocket origin `{0}` is not allowed on this route")]
     OriginRefused(String),
     #[error("too many open WebSocket tunnels on this route (limit {0})")]

@@ -25,6 +25,7 @@ use super::engine;
 use super::password::Passwords;
 use super::state::{ConfigFiles, ConfigProblem, Declared, Identity, State};
 use wasmgate_config::{OnError, PluginConfig, PluginLimits, PluginSource};
+use wasmgate_core::error::FailureKind;
 
 /// Calls after which a warm instance is replaced by a fresh one.
 const MAX_USES: u32 = 10_000;
@@ -44,8 +45,7 @@ struct Warm {
 /// Why a call into a plugin failed.
 #[derive(Debug)]
 pub struct Failure {
-    /// `deadline`, `memory`, `stack`, `trap` or `instantiate`.
-    pub kind: &'static str,
+    pub kind: FailureKind,
     /// The error with its wasm backtrace (function names when the guest kept its name section).
     pub detail: String,
 }
@@ -219,7 +219,7 @@ impl LoadedPlugin {
     async fn instantiate(&self) -> Result<(Warm, Registration, Declared), Failure> {
         let slot = match &self.quota {
             Some(q) => Some(q.take().ok_or_else(|| Failure {
-                kind: "capacity",
+                kind: FailureKind::Capacity,
                 detail: format!("the tenant holds its {} live plugin instances", q.cap),
             })?),
             None => None,
@@ -269,7 +269,7 @@ impl LoadedPlugin {
             .pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| failure(e, "instantiate"))?;
+            .map_err(|e| failure(e, FailureKind::Instantiate))?;
         store.data_mut().in_init = true;
         let init = plugin
             .wasmgate_plugin_hooks()
@@ -289,10 +289,10 @@ impl LoadedPlugin {
                 declared,
             )),
             Ok(Err(msg)) => Err(Failure {
-                kind: "init",
+                kind: FailureKind::Init,
                 detail: format!("init refused: {msg}"),
             }),
-            Err(e) => Err(failure(e, "init")),
+            Err(e) => Err(failure(e, FailureKind::Init)),
         }
     }
 
@@ -389,7 +389,7 @@ impl LoadedPlugin {
     async fn admit(&self) -> Result<(), Failure> {
         let Some(cpu) = &self.cpu else { return Ok(()) };
         cpu.admit().await.map_err(|o| Failure {
-            kind: "throttled",
+            kind: FailureKind::Throttled,
             detail: format!(
                 "tenant over its plugin CPU budget ({} ms of debt)",
                 o.debt.as_millis()
@@ -431,9 +431,9 @@ impl LoadedPlugin {
                 self.checkin(warm);
                 Ok(v)
             }
-            Some(Err(e)) => Err(failure(e, "trap")),
+            Some(Err(e)) => Err(failure(e, FailureKind::Trap)),
             None => Err(Failure {
-                kind: "deadline",
+                kind: FailureKind::Deadline,
                 detail: format!("still running after {:?}", self.wall_limit()),
             }),
         };
@@ -442,7 +442,7 @@ impl LoadedPlugin {
                 plugin: self.name.clone(),
                 site: self.who.site.to_string(),
                 tenant: self.who.tenant.as_deref().unwrap_or("-").to_string(),
-                kind: f.kind,
+                kind: f.kind.as_str(),
             };
             wasmgate_observe::metrics::get()
                 .plugin_errors
@@ -541,18 +541,12 @@ fn arm(store: &mut Store<State>, limit: std::time::Duration) {
 }
 
 /// Classify a wasmtime error and render it with its wasm backtrace.
-fn failure(e: wasmtime::Error, default: &'static str) -> Failure {
+fn failure(e: wasmtime::Error, default: FailureKind) -> Failure {
     let kind = match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => "deadline",
-        Some(Trap::StackOverflow) => "stack",
-        Some(_) => default,
-        None if format!("{e}").contains("memory") => "memory",
-        None => default,
-    };
-    let kind = if kind == default && format!("{e:?}").contains("growing memory") {
-        "memory"
-    } else {
-        kind
+        Some(Trap::Interrupt) => FailureKind::Deadline,
+        Some(Trap::StackOverflow) => FailureKind::Stack,
+        _ if e.downcast_ref::<super::memory::MemoryLimit>().is_some() => FailureKind::Memory,
+        _ => default,
     };
     let mut detail = format!("{e}");
     if let Some(bt) = e.downcast_ref::<WasmBacktrace>() {

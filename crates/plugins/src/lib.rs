@@ -22,6 +22,7 @@ mod convert;
 pub mod cpu;
 mod engine;
 mod instance;
+mod memory;
 mod password;
 pub mod quota;
 mod state;
@@ -37,7 +38,7 @@ pub use instance::{set_worker, LoadedPlugin};
 pub use state::ConfigProblem;
 use wasmgate_config::{ConfigError, OnError, PluginConfig, PluginSource};
 use wasmgate_core::body::ProxyBody;
-use wasmgate_core::error::ProxyError;
+use wasmgate_core::error::{FailureKind, ProxyError};
 use wasmgate_core::request::RequestState;
 
 /// What a chain decided.
@@ -114,14 +115,14 @@ impl Chain {
                             }
                             decision
                         }
-                        Err(f) if f.kind == "throttled" => return Err(throttled(p)),
-                        Err(f) if f.kind == "capacity" => return Err(at_quota(p)),
+                        Err(f) if f.kind == FailureKind::Throttled => return Err(throttled(p)),
+                        Err(f) if f.kind == FailureKind::Capacity => return Err(at_quota(p)),
                         Err(f) => {
                             log_failure(p, &state.id, "on-request", &f);
                             if p.on_error == OnError::Deny {
                                 return Err(ProxyError::Plugin {
                                     plugin: p.name.clone(),
-                                    cause: f.kind.to_string(),
+                                    cause: f.kind,
                                 });
                             }
                             // Skipped: what it would have said about the client's identity, it
@@ -197,14 +198,14 @@ async fn call_on_response(
             };
             match p.on_response(&state.id, info, &head).await {
                 Ok(ops) => complain(p, &state.id, &convert::apply(ops, response.headers_mut())),
-                Err(f) if f.kind == "throttled" => return Err(throttled(p)),
-                Err(f) if f.kind == "capacity" => return Err(at_quota(p)),
+                Err(f) if f.kind == FailureKind::Throttled => return Err(throttled(p)),
+                Err(f) if f.kind == FailureKind::Capacity => return Err(at_quota(p)),
                 Err(f) => {
                     log_failure(p, &state.id, "on-response", &f);
                     if p.on_error == OnError::Deny {
                         return Err(ProxyError::Plugin {
                             plugin: p.name.clone(),
-                            cause: f.kind.to_string(),
+                            cause: f.kind,
                         });
                     }
                 }
@@ -252,7 +253,7 @@ fn rewrite_path(
             tracing::warn!(plugin = %p.name, id = %state.id, "plugin asked for an invalid path `{}`", wasmgate_core::text::escaped(target));
             Err(ProxyError::Plugin {
                 plugin: p.name.clone(),
-                cause: "invalid path rewrite".into(),
+                cause: FailureKind::BadRewrite,
             })
         }
     }

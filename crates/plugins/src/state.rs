@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -128,7 +127,7 @@ impl ConfigFiles {
 pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: super::memory::MemoryLimiter,
     pub who: Identity,
     pub files: Arc<ConfigFiles>,
     /// `read-config-file` works only while `init` runs.
@@ -177,10 +176,7 @@ impl State {
         State {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory as usize)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: super::memory::MemoryLimiter::new(memory as usize),
             who,
             files,
             in_init: false,

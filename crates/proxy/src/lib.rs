@@ -91,6 +91,35 @@ pub async fn handle(
     }
 }
 
+/// hyper refused a request head itself — malformed (400) or larger than `max_header_bytes` (431,
+/// which config keeps under hyper's URI limit, so never its 414) — and wrote that answer on its
+/// own. The request still gets an access line and its count, like every refusal; its method and
+/// path are `-`, since they were never read. An HTTP/2 preface on an HTTP/1 listener gets no
+/// answer from hyper, and no line.
+pub fn refused_by_codec(ctx: &ServeCtx, conn: &ConnInfo, err: &hyper::Error) {
+    if !err.is_parse() || err.is_parse_version_h2() {
+        return;
+    }
+    let (status, kind) = if err.is_parse_too_large() {
+        (431, "header_too_large")
+    } else {
+        (400, "bad_request")
+    };
+    let unread = Method::from_bytes(b"-").expect("`-` is a token");
+    let mut access = AccessRecord::new(
+        ctx.ids.next(),
+        conn.peer.ip(),
+        conn.listener_name.clone(),
+        &unread,
+        "-",
+        Version::HTTP_11,
+    );
+    access.status = status;
+    access.error = Some(kind.to_string());
+    tracing::debug!(id = %access.request_id, kind, "refused by the HTTP/1 parser: {err}");
+    access.emit(0, true);
+}
+
 /// An error as the request's whole answer: its response and access line.
 fn fail(
     err: ProxyError,

@@ -131,7 +131,7 @@ const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// Drive one hyper connection until it ends, the idle watchdog fires, or the server drains.
 macro_rules! drive {
-    ($conn:expr, $watchdog:expr, $ctx:expr, $h2:expr, $activity:expr) => {{
+    ($conn:expr, $watchdog:expr, $ctx:expr, $h2:expr, $activity:expr, $info:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
         let watchdog = $watchdog;
@@ -140,6 +140,7 @@ macro_rules! drive {
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!("connection ended with an error: {e}");
+                    wasmgate_proxy::refused_by_codec(&$ctx.serve, &$info, &e);
                 }
             }
             why = &mut watchdog => {
@@ -196,6 +197,7 @@ where
         activity: activity.clone(),
     });
     let conn_info = Arc::new(info);
+    let info = conn_info.clone();
     let serve = ctx.serve.clone();
     let tracked = activity.clone();
     let service = service_fn(move |req| {
@@ -240,7 +242,8 @@ where
             watchdog,
             ctx,
             true,
-            activity
+            activity,
+            info
         );
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -259,7 +262,8 @@ where
             watchdog,
             ctx,
             false,
-            activity
+            activity,
+            info
         );
     }
 }

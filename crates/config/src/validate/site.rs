@@ -13,6 +13,9 @@ use crate::raw::*;
 
 use super::{check_name, Validator};
 
+/// The largest request head accepted (below hyper's 65,534-byte URI limit).
+const MAX_HEADER_BYTES: u64 = 64 * 1024;
+
 impl<'a> Validator<'a> {
     pub(super) fn site(
         &mut self,
@@ -327,13 +330,18 @@ impl<'a> Validator<'a> {
         let max_header_bytes = self
             .size_opt(&raw.max_header_bytes, "limits.max_header_bytes")
             .unwrap_or(d.max_header_bytes as u64);
-        if max_header_bytes < 8192 {
+        // At most 64KiB: past it hyper's own URI limit would answer 414 where the log says 431.
+        if !(8192..=MAX_HEADER_BYTES).contains(&max_header_bytes) {
             if let Some(v) = &raw.max_header_bytes {
-                self.err::<()>(v.span(), "limits.max_header_bytes", "must be at least 8KiB");
+                self.err::<()>(
+                    v.span(),
+                    "limits.max_header_bytes",
+                    "must be between 8KiB and 64KiB",
+                );
             }
         }
         Limits {
-            max_header_bytes: max_header_bytes.max(8192) as usize,
+            max_header_bytes: max_header_bytes.clamp(8192, MAX_HEADER_BYTES) as usize,
             max_body_bytes: self
                 .size_opt(&raw.max_body_bytes, "limits.max_body_bytes")
                 .unwrap_or(d.max_body_bytes),
