@@ -174,7 +174,7 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let builders = wasmgate_runtime::Builders::new(config.cache_dir.clone());
+    let builders = wasmgate_runtime::Builders::new(config.cache_dir.clone(), Default::default());
     let build = tokio::task::spawn_blocking(move || {
         wasmgate_runtime::Runtime::build(config, &builders, None)
     })
@@ -251,7 +251,7 @@ async fn check_tenant(
             return Ok(ExitCode::FAILURE);
         }
     };
-    let builders = wasmgate_runtime::Builders::new(config.cache_dir.clone());
+    let builders = wasmgate_runtime::Builders::new(config.cache_dir.clone(), Default::default());
     let (n, d) = (name.clone(), dir.clone());
     let build = tokio::task::spawn_blocking(move || {
         wasmgate_runtime::Runtime::check_tenant(config, &builders, &n, &d)

@@ -64,7 +64,8 @@ impl Proxy {
     }
 
     /// Rewrite the config file and reload it, as SIGHUP would.
-    pub fn reload(&self, config: &str) -> Result<(), wasmgate_config::ConfigErrors> {
+    /// Reload from `config` text; `Ok` holds the restart-only settings it changes (not applied).
+    pub fn reload(&self, config: &str) -> Result<Vec<&'static str>, wasmgate_config::ConfigErrors> {
         let path = self.path("wasmgate.toml");
         std::fs::write(&path, config).unwrap();
         let cfg = Config::load(&path)?;

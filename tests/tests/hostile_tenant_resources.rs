@@ -84,8 +84,9 @@ fn set_tenant(p: &Proxy, name: &str, text: &str) {
     );
 }
 
-fn metric(name: &str, labels: &[&str]) -> f64 {
-    wasmgate_observe::metrics::get()
+fn metric(p: &Proxy, name: &str, labels: &[&str]) -> f64 {
+    p.server()
+        .metrics()
         .encode()
         .lines()
         .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
@@ -296,6 +297,7 @@ async fn a_name_that_resolves_to_a_forbidden_address_is_refused_at_connect_time(
     );
     assert_eq!(
         metric(
+            &p,
             "wasmgate_tenant_egress_refused_total",
             &["tenant=\"egress-closed\""]
         ),
@@ -493,6 +495,7 @@ plugin_cpu = "5%"
     // stretch runs from its resumption to the next epoch tick, shorter than the tick the deadline
     // counts for it; and on a loaded machine, the worker's time is charged, late ticks included.)
     let charged = metric(
+        &p,
         "wasmgate_tenant_plugin_cpu_seconds_total",
         &["tenant=\"cpu-a\""],
     );
@@ -501,9 +504,11 @@ plugin_cpu = "5%"
     // parked at its next epoch yield (`parked`): either way, A's throttling is counted.
     let throttled_a = || {
         metric(
+            &p,
             "wasmgate_tenant_plugin_throttled_total",
             &["tenant=\"cpu-a\"", "what=\"delayed\""],
         ) + metric(
+            &p,
             "wasmgate_tenant_plugin_throttled_total",
             &["tenant=\"cpu-a\"", "what=\"parked\""],
         )
@@ -530,6 +535,7 @@ plugin_cpu = "5%"
     assert!(throttled_a() > delayed_before);
     assert_eq!(
         metric(
+            &p,
             "wasmgate_tenant_plugin_throttled_total",
             &["tenant=\"cpu-b\""]
         ),

@@ -177,6 +177,58 @@ async fn health_readiness_and_status() {
     drain.await.unwrap();
 }
 
+/// A reload that changes settings only a restart applies says which, applies the rest, and keeps
+/// saying so (in `/status` too) until the file agrees with the running process again.
+#[tokio::test]
+async fn restart_only_settings_are_named_and_not_applied() {
+    let (_g, logs) = wasmgate_tests::capture_logs();
+    let b = Backend::start().await;
+    let base = config(&b, "lifetimes-site", "");
+    let p = start_config(&base).await;
+    let changed = format!(
+        "workers = 3\n[timeouts]\nkeepalive = \"7s\"\n{}",
+        config(&b, "lifetimes-site", "timeout = \"9s\"")
+    );
+    std::fs::write(p.path("wasmgate.toml"), &changed).unwrap();
+    let reloader = p.server().reloader(&p.path("wasmgate.toml"));
+    assert!(reloader.reload_and_log("test").await);
+    let status = admin(&p, "/status").await.json();
+    assert_eq!(
+        status["reloads"]["restart_pending"],
+        serde_json::json!(["workers", "timeouts.keepalive"]),
+        "{status}"
+    );
+    let text = logs.text();
+    assert!(
+        text.lines().any(|l| l.contains("WARN")
+            && l.contains("not applied until a restart")
+            && l.contains("workers, timeouts.keepalive")),
+        "{text}"
+    );
+    // The site's own timeout is live (a reloadable setting in the same file)…
+    assert_eq!(
+        p.server().runtime().sites[0].routes[0]
+            .cfg
+            .timeouts
+            .response,
+        Duration::from_secs(9)
+    );
+    // …and a second reload of the same file still reports what was never applied.
+    assert_eq!(
+        p.reload(&changed).unwrap(),
+        vec!["workers", "timeouts.keepalive"]
+    );
+    // Back to the values the process started with: nothing is pending.
+    std::fs::write(p.path("wasmgate.toml"), &base).unwrap();
+    assert!(reloader.reload_and_log("test").await);
+    let status = admin(&p, "/status").await.json();
+    assert_eq!(
+        status["reloads"]["restart_pending"],
+        serde_json::json!([]),
+        "{status}"
+    );
+}
+
 /// Kubernetes mounts a ConfigMap as `..data -> ..<timestamp>/` plus one symlink per key, and updates
 /// it by writing a new timestamp dir and renaming a new `..data` symlink over the old one.
 #[tokio::test]

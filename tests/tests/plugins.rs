@@ -112,7 +112,7 @@ config = { name = "x-added", value = "v", cache_on = "x-key", cache_ttl_ms = 400
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(seen(Some("a")).await, "v#3", "past the TTL: a call again");
     // Operators see the reuse: three answers came from the cache.
-    let text = wasmgate_observe::metrics::get().encode();
+    let text = p.server().metrics().encode();
     let hits: f64 = text
         .lines()
         .find(|l| {

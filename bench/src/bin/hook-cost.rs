@@ -115,7 +115,7 @@ fn main() -> anyhow::Result<()> {
     let text = config_text();
     let config = Config::parse(&text, Path::new("/tmp/wasmgate-hook-cost.toml"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let builders = Builders::new(args.cache_dir.clone());
+    let builders = Builders::new(args.cache_dir.clone(), Default::default());
     let rt = Runtime::build(config, &builders, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let tokio_rt = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()

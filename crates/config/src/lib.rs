@@ -8,6 +8,7 @@ pub mod egress;
 mod error;
 mod files;
 pub mod hosts;
+pub mod lifetimes;
 pub mod limits;
 mod model;
 mod raw;

@@ -194,7 +194,7 @@ async fn answer(
         "/metrics" => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            wasmgate_observe::metrics::get().encode(),
+            shared.serve.metrics.encode(),
         ),
         "/status" => reply(
             StatusCode::OK,
@@ -266,7 +266,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
         "version": env!("CARGO_PKG_VERSION"),
         "draining": shared.serve.draining.is_cancelled(),
         "config": { "path": rt.config.path.display().to_string(), "digest": st.digest },
-        "reloads": { "ok": st.reloads_ok, "failed": st.reloads_failed, "last_error": st.last_error },
+        "reloads": { "ok": st.reloads_ok, "failed": st.reloads_failed, "last_error": st.last_error, "restart_pending": st.restart_pending },
         "listeners": rt.config.listeners.iter().map(|l| serde_json::json!({"name": l.name, "bind": l.bind.to_string(), "tls": l.tls})).collect::<Vec<_>>(),
         "sites": rt.sites.iter().map(|s| serde_json::json!({"name": &*s.name, "tenant": s.tenant.as_ref().map(|t| t.name.to_string())})).collect::<Vec<_>>(),
         "plugins": plugins,

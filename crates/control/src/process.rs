@@ -99,7 +99,8 @@ fn spawn_worker(
 impl Server {
     /// Validate and build `config`, bind every listener and start serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        let builders = Builders::new(config.cache_dir.clone());
+        let metrics = Arc::new(wasmgate_observe::metrics::Metrics::new());
+        let builders = Builders::new(config.cache_dir.clone(), metrics.clone());
         let runtime = Runtime::build(config, &builders, None)?;
         builders.remember_owners(&runtime);
         let listeners = runtime.config.listeners.clone();
@@ -113,8 +114,13 @@ impl Server {
         let per_ip = limits
             .max_connections_per_ip
             .map(wasmgate_server::conn_limits::PerIp::new);
+        let started = runtime.config.clone();
         let shared = Arc::new(Shared {
-            serve: Arc::new(ServeCtx::new(Arc::new(ArcSwap::from_pointee(runtime)))),
+            serve: Arc::new(ServeCtx::new(
+                Arc::new(ArcSwap::from_pointee(runtime)),
+                metrics,
+            )),
+            started,
             builders,
             status: Default::default(),
             stopped: CancellationToken::new(),
@@ -254,17 +260,23 @@ impl Server {
         &self.addrs
     }
 
+    /// This server's metrics (what `/metrics` renders).
+    pub fn metrics(&self) -> &wasmgate_observe::metrics::Metrics {
+        &self.shared.serve.metrics
+    }
+
     pub fn runtime(&self) -> Arc<Runtime> {
         self.shared.serve.runtime.load_full()
     }
 
-    /// Build a runtime from `config` and swap it in. On any error the running one stays.
+    /// Build a runtime from `config` and swap it in. On any error the running one stays. Returns
+    /// the restart-only settings it changes, which the process keeps as it started them.
     /// Compiling plugins can take a while: call this from a blocking-friendly context.
-    pub fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
-        self.shared.reload(config)?;
+    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, ConfigErrors> {
+        let pending = self.shared.reload(config)?;
         // The live plugins changed: their versions and refused lines go to `/metrics`.
         self.shared.publish(None);
-        Ok(())
+        Ok(pending)
     }
 
     /// Start a successor process that inherits the listening sockets (zero-downtime restart); it

@@ -34,8 +34,9 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Read the config file and swap it in; errors leave the running config in place.
-    pub async fn reload(&self) -> Result<String, ConfigErrors> {
+    /// Read the config file and swap it in; errors leave the running config in place. Returns the
+    /// new digest and the restart-only settings that differ from the ones the process started with.
+    pub async fn reload(&self) -> Result<(String, Vec<&'static str>), ConfigErrors> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let result = Config::load(&this.path).and_then(|config| this.shared.reload(config));
@@ -43,8 +44,9 @@ impl Reloader {
                 // The operator's file is refused, but tenants reload on their own regardless.
                 let _ = this.shared.reload_tenants();
             }
-            result?;
-            Ok(fingerprint(&this.path, &this.shared.serve.runtime.load()))
+            let pending = result?;
+            let digest = fingerprint(&this.path, &this.shared.serve.runtime.load());
+            Ok((digest, pending))
         })
         .await
         .unwrap_or_else(|e| {
@@ -59,11 +61,15 @@ impl Reloader {
     /// Reload and log the outcome (and count it for `/status` and `/metrics`).
     pub async fn reload_and_log(&self, why: &str) -> bool {
         let result = self.reload().await;
-        self.shared.publish(result.as_ref().ok().cloned());
+        self.shared
+            .publish(result.as_ref().ok().map(|(digest, _)| digest.clone()));
         {
             let mut st = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
             match &result {
-                Ok(_) => st.reloads_ok += 1,
+                Ok((_, pending)) => {
+                    st.reloads_ok += 1;
+                    st.restart_pending = pending.iter().map(|s| s.to_string()).collect();
+                }
                 Err(e) => {
                     st.reloads_failed += 1;
                     st.last_error = Some(e.to_string());
@@ -71,13 +77,22 @@ impl Reloader {
             }
         }
         let outcome = if result.is_ok() { "ok" } else { "failed" };
-        wasmgate_observe::metrics::get()
+        self.shared
+            .serve
+            .metrics
             .reloads
             .get_or_create(&wasmgate_observe::metrics::ResultLabels { result: outcome })
             .inc();
         match result {
-            Ok(digest) => {
+            Ok((digest, pending)) => {
                 tracing::info!(config = %self.path.display(), digest = %&digest[..12], trigger = why, "configuration reloaded");
+                if !pending.is_empty() {
+                    tracing::warn!(
+                        config = %self.path.display(),
+                        "not applied until a restart (or a SIGUSR2 handover): {}; the process keeps the values it started with",
+                        pending.join(", ")
+                    );
+                }
                 true
             }
             Err(errors) => {
@@ -385,6 +400,9 @@ pub struct Shared {
     pub status: std::sync::Mutex<ReloadStatus>,
     /// Fires when the server is gone: worker threads end their event loops.
     pub stopped: CancellationToken,
+    /// The config the process started with: restart-only settings are judged against it, not
+    /// against the last reload (which carried them without applying them).
+    pub started: Arc<Config>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -394,6 +412,9 @@ pub struct ReloadStatus {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_error: Option<String>,
+    /// Restart-only settings the live config file changes but the process still runs with the
+    /// values it started with (see `wasmgate_config::lifetimes`).
+    pub restart_pending: Vec<String>,
 }
 
 impl Shared {
@@ -401,7 +422,7 @@ impl Shared {
     /// `/status` and `/metrics`.
     pub fn publish(&self, digest: Option<String>) {
         let rt = self.serve.runtime.load();
-        let m = wasmgate_observe::metrics::get();
+        let m = &self.serve.metrics;
         if let Some(digest) = digest {
             m.config_info.clear();
             m.config_info
@@ -455,7 +476,9 @@ impl Shared {
         Ok(())
     }
 
-    pub fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
+    /// Swap in a runtime built from `config`; returns the restart-only settings it changes from
+    /// the ones the process started with, which it does not apply.
+    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, ConfigErrors> {
         let current = self.serve.runtime.load();
         let sockets = |c: &Config| {
             c.listeners
@@ -471,9 +494,10 @@ impl Shared {
                 "listeners changed (name, bind or tls): that needs a restart",
             ));
         }
+        let pending = wasmgate_config::lifetimes::restart_only_changes(&self.started, &config);
         let next = Runtime::build(config, &self.builders, Some(&current))?;
         self.builders.remember_owners(&next);
         self.serve.runtime.store(Arc::new(next));
-        Ok(())
+        Ok(pending)
     }
 }

@@ -27,8 +27,9 @@ pub struct AccessRecord {
     pub version: Version,
     pub site: Option<Arc<str>>,
     pub tenant: Option<Arc<str>>,
-    /// The route's (or site's) metric handles, once known.
-    pub metrics: Option<Arc<crate::metrics::RouteMetrics>>,
+    /// The route's (or site's) metric handles; before a site is chosen, the server's handles for
+    /// requests no site took (site, route and tenant `-`).
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
     pub route: Option<Arc<str>>,
     pub upstream: Option<String>,
     pub bytes_in: Arc<AtomicU64>,
@@ -52,6 +53,7 @@ impl AccessRecord {
         method: &Method,
         path: &str,
         version: Version,
+        metrics: Arc<crate::metrics::RouteMetrics>,
     ) -> Self {
         AccessRecord {
             start: Instant::now(),
@@ -63,7 +65,7 @@ impl AccessRecord {
             version,
             site: None,
             tenant: None,
-            metrics: None,
+            metrics,
             route: None,
             upstream: None,
             bytes_in: Arc::new(AtomicU64::new(0)),
@@ -76,44 +78,14 @@ impl AccessRecord {
         }
     }
 
-    fn site_labels(&self) -> crate::metrics::SiteLabels {
-        crate::metrics::SiteLabels {
-            site: self.site.as_deref().unwrap_or("-").to_string(),
-            tenant: self.tenant.as_deref().unwrap_or("-").to_string(),
-        }
-    }
-
     fn record(&self, bytes_in: u64, bytes_out: u64, took: Duration) {
-        if let Some(m) = &self.metrics {
-            m.record(self.status, took.as_secs_f64(), bytes_in, bytes_out);
-            return;
-        }
-        // Before a site was chosen (bad request, unknown host): the slower, labelled path.
-        let m = crate::metrics::get();
-        let site = self.site_labels();
-        m.requests
-            .get_or_create(&crate::metrics::RequestLabels {
-                site: site.site.clone(),
-                route: self.route.as_deref().unwrap_or("-").to_string(),
-                tenant: site.tenant.clone(),
-                class: crate::metrics::status_class(self.status),
-            })
-            .inc();
-        m.latency.get_or_create(&site).observe(took.as_secs_f64());
-        m.bytes_in.get_or_create(&site).inc_by(bytes_in);
-        m.bytes_out.get_or_create(&site).inc_by(bytes_out);
+        self.metrics
+            .record(self.status, took.as_secs_f64(), bytes_in, bytes_out);
     }
 
     /// Count a tunnel as open (`+1`) or closed (`-1`) in the metrics.
     pub fn tunnel_gauge(&self, delta: i64) {
-        if let Some(m) = &self.metrics {
-            m.tunnel(delta);
-            return;
-        }
-        crate::metrics::get()
-            .tunnels_open
-            .get_or_create(&self.site_labels())
-            .inc_by(delta);
+        self.metrics.tunnel(delta);
     }
 
     /// Write the line for an HTTP exchange.
@@ -375,6 +347,12 @@ mod tests {
             &Method::GET,
             "/a \"b\"\\c",
             Version::HTTP_11,
+            Arc::new(crate::metrics::RouteMetrics::new(
+                &crate::metrics::Metrics::new(),
+                "-",
+                "-",
+                None,
+            )),
         );
         r.status = 404;
         r

@@ -1,8 +1,8 @@
 //! Prometheus metrics (served by the admin listener at `/metrics`), recorded at a handful of places:
 //! the access-log line (requests, latency, bytes), connection and tunnel open/close, upstream errors,
-//! plugin calls, reloads. Process-wide, like the log.
-
-use std::sync::OnceLock;
+//! plugin calls, reloads. One [`Metrics`] per server, made by whoever starts it and passed down:
+//! the runtime builders hand its handles to routes, plugins and tenants, the serving context to
+//! connections and the pipeline.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -117,14 +117,15 @@ fn plugin_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.000001, 4.0, 12))
 }
 
-static METRICS: OnceLock<Metrics> = OnceLock::new();
-
-pub fn get() -> &'static Metrics {
-    METRICS.get_or_init(Metrics::new)
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
 impl Metrics {
-    fn new() -> Metrics {
+    /// A fresh registry: one per server, owned by whoever starts it and handed down to what counts.
+    pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("wasmgate");
         let m = Metrics {
             requests: Family::default(),
@@ -266,8 +267,7 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    pub fn new(site: &str, route: &str, tenant: Option<&str>) -> RouteMetrics {
-        let m = get();
+    pub fn new(m: &Metrics, site: &str, route: &str, tenant: Option<&str>) -> RouteMetrics {
         let tenant = tenant.unwrap_or("-").to_string();
         let labels = SiteLabels {
             site: site.to_string(),

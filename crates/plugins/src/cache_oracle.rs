@@ -123,7 +123,7 @@ fn chain_of(name: &str, config: serde_json::Value, site: &str) -> Chain {
         cpu: None,
         quota: None,
     };
-    PluginHost::new(None)
+    PluginHost::new(None, Default::default())
         .chain(&[cfg], owner)
         .unwrap_or_else(|e| panic!("{name} did not load: {e:?}"))
 }
@@ -329,7 +329,7 @@ fn basic_auth_declares_no_cache() {
         confined: None,
         location: "oracle:basic-auth".into(),
     };
-    let chain = PluginHost::new(None)
+    let chain = PluginHost::new(None, Default::default())
         .chain(
             &[cfg],
             PluginOwner {

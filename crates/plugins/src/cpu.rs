@@ -61,8 +61,13 @@ pub struct OverBudget {
 }
 
 impl CpuBudget {
-    pub fn new(tenant: &str, share: f64, burst: Duration, clock: Arc<CpuClock>) -> CpuBudget {
-        let m = wasmgate_observe::metrics::get();
+    pub fn new(
+        tenant: &str,
+        share: f64,
+        burst: Duration,
+        clock: Arc<CpuClock>,
+        m: &wasmgate_observe::metrics::Metrics,
+    ) -> CpuBudget {
         let throttled = |what| {
             m.tenant_plugin_throttled
                 .get_or_create(&wasmgate_observe::metrics::TenantLabels {
@@ -158,6 +163,7 @@ mod tests {
             share,
             Duration::from_millis(burst_ms),
             Arc::default(),
+            &Default::default(),
         )
     }
 

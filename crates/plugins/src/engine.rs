@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -27,72 +27,79 @@ pub const TICK: Duration = Duration::from_millis(1);
 /// proxy (or one whose plugins answer from their decision caches) should not wake 1,000 times a second.
 const IDLE_TICKS: u32 = 100;
 
-/// Engines by stack class, held weakly: an engine lives as long as some plugin (or cached component)
-/// of its class does, and its ticker thread ends with it.
-static ENGINES: OnceLock<Mutex<HashMap<u64, WeakEngine>>> = OnceLock::new();
+/// Bounds of the on-disk cache: beyond them the least recently used files are deleted.
+const CACHE_DIR_MAX_FILES: usize = 256;
+const CACHE_DIR_MAX_BYTES: u64 = 1 << 30;
 
 type WeakEngine = (wasmtime::EngineWeak, Arc<Ticker>);
 
 type EngineAndTicker = (Engine, Arc<Ticker>);
 
-/// Compiled components by (stack class, content digest), shared by every server in the process, with
-/// the use counter value of their last lookup (for eviction).
-static COMPONENTS: OnceLock<Mutex<ComponentCache>> = OnceLock::new();
-
-/// Components kept in memory. Plugins hold their own reference, so evicting one in use costs only a
-/// reload of it from the disk cache; the bound stops a stream of distinct plugins (a tenant uploading
-/// a new build every second) from pinning every one of them, and their engines, forever.
-const MAX_COMPONENTS: usize = 64;
-
-/// Bounds of the on-disk cache: beyond them the least recently used files are deleted.
-const CACHE_DIR_MAX_FILES: usize = 256;
-const CACHE_DIR_MAX_BYTES: u64 = 1 << 30;
-
+/// One server's wasmtime engines and compiled components, owned by its plugin host (so two servers
+/// in one process share neither, and nothing outlives the server that made it).
+///
+/// Engines are kept by stack class and held weakly: an engine lives as long as some plugin of its
+/// class does, and its ticker thread ends with it. Components are kept by (stack class, content
+/// digest), also weakly: a component stays in memory while a runtime's plugin uses it — so a reload
+/// of an unchanged plugin reuses it while the old runtime still serves — and is gone once none does
+/// (the disk cache makes the next load of it a file read, not a compilation).
 #[derive(Default)]
-struct ComponentCache {
-    map: HashMap<(u64, String), (Component, u64)>,
-    uses: u64,
+pub struct Engines {
+    engines: Mutex<HashMap<u64, WeakEngine>>,
+    components: Mutex<HashMap<(u64, String), Weak<Component>>>,
 }
 
-impl ComponentCache {
-    fn get(&mut self, key: &(u64, String)) -> Option<Component> {
-        self.uses += 1;
-        let uses = self.uses;
-        self.map.get_mut(key).map(|(c, used)| {
-            *used = uses;
-            c.clone()
-        })
+impl Engines {
+    /// The engine for plugins of this stack class, and the ticker that drives its epochs.
+    pub fn engine(&self, stack: u64) -> Result<EngineAndTicker, String> {
+        let stack = stack_class(stack);
+        let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((weak, ticker)) = engines.get(&stack) {
+            if let Some(e) = weak.upgrade() {
+                return Ok((e, ticker.clone()));
+            }
+        }
+        let engine = new_engine(stack)?;
+        let ticker = Ticker::start(&engine);
+        engines.retain(|_, (weak, _)| weak.upgrade().is_some());
+        engines.insert(stack, (engine.weak(), ticker.clone()));
+        Ok((engine, ticker))
     }
 
-    fn insert(&mut self, key: (u64, String), c: Component) {
-        self.uses += 1;
-        while self.map.len() >= MAX_COMPONENTS {
-            let Some(oldest) = self
-                .map
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            self.map.remove(&oldest);
+    /// Compile `bytes` (or fetch them compiled from memory or the disk cache). The caller keeps the
+    /// component alive for as long as it uses it.
+    pub fn component(
+        &self,
+        engine: &Engine,
+        stack: u64,
+        digest: &str,
+        bytes: &[u8],
+        cache_dir: Option<&Path>,
+    ) -> Result<Arc<Component>, String> {
+        let key = (stack_class(stack), digest.to_string());
+        let live = |map: &HashMap<_, Weak<Component>>| map.get(&key).and_then(Weak::upgrade);
+        if let Some(c) = live(&self.components.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(c);
         }
-        self.map.insert(key, (c, self.uses));
+        let c = Arc::new(load_component(engine, digest, bytes, cache_dir)?);
+        let mut map = self.components.lock().unwrap_or_else(|p| p.into_inner());
+        // Two loads of one plugin raced: keep the first, so both plugins share it.
+        if let Some(first) = live(&map) {
+            return Ok(first);
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert(key, Arc::downgrade(&c));
+        Ok(c)
+    }
+
+    /// Components in memory (for tests).
+    pub fn components_in_memory(&self) -> usize {
+        let map = self.components.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|w| w.strong_count() > 0).count()
     }
 }
 
-/// The engine for plugins of this stack class, and the ticker that drives its epochs.
-pub fn engine(stack: u64) -> Result<EngineAndTicker, String> {
-    let stack = stack_class(stack);
-    let mut engines = ENGINES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if let Some((weak, ticker)) = engines.get(&stack) {
-        if let Some(e) = weak.upgrade() {
-            return Ok((e, ticker.clone()));
-        }
-    }
+fn new_engine(stack: u64) -> Result<Engine, String> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POOL_INSTANCES)
         .total_core_instances(4 * POOL_INSTANCES)
@@ -110,10 +117,7 @@ pub fn engine(stack: u64) -> Result<EngineAndTicker, String> {
         .async_stack_size(stack as usize + (1 << 20))
         .memory_reservation(MAX_MEMORY)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    let engine = Engine::new(&cfg).map_err(|e| format!("cannot create the wasm engine: {e}"))?;
-    let ticker = Ticker::start(&engine);
-    engines.insert(stack, (engine.weak(), ticker.clone()));
-    Ok((engine, ticker))
+    Engine::new(&cfg).map_err(|e| format!("cannot create the wasm engine: {e}"))
 }
 
 /// Advances an engine's epoch every tick while any call into its plugins is in flight (and for
@@ -196,19 +200,13 @@ impl Ticker {
     }
 }
 
-/// Compile `bytes` (or fetch them compiled from memory or the disk cache).
-pub fn component(
+/// Compile `bytes`, or load them compiled from the disk cache.
+fn load_component(
     engine: &Engine,
-    stack: u64,
     digest: &str,
     bytes: &[u8],
     cache_dir: Option<&Path>,
 ) -> Result<Component, String> {
-    let key = (stack_class(stack), digest.to_string());
-    let memory = COMPONENTS.get_or_init(Default::default);
-    if let Some(c) = memory.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return Ok(c);
-    }
     let cached = cache_dir.map(|d| d.join(format!("{digest}-{:016x}.cwasm", compat_hash(engine))));
     if let Some(path) = &cached {
         if path.is_file() {
@@ -218,10 +216,6 @@ pub fn component(
             match unsafe { Component::deserialize_file(engine, path) } {
                 Ok(c) => {
                     touch(path);
-                    memory
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key, c.clone());
                     return Ok(c);
                 }
                 Err(e) => {
@@ -238,13 +232,8 @@ pub fn component(
         prune_cache_dir(path.parent().unwrap_or(Path::new(".")));
     }
     // SAFETY: `compiled` was produced by `precompile_component` on this very engine just now.
-    let c = unsafe { Component::deserialize(engine, &compiled) }
-        .map_err(|e| format!("does not load: {e:#}"))?;
-    memory
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key, c.clone());
-    Ok(c)
+    unsafe { Component::deserialize(engine, &compiled) }
+        .map_err(|e| format!("does not load: {e:#}"))
 }
 
 fn compat_hash(engine: &Engine) -> u64 {
@@ -333,12 +322,30 @@ mod tests {
 
     #[test]
     fn one_engine_per_stack_class_and_unused_engines_go() {
-        let (e, _) = engine(3 << 20).unwrap();
-        let again = engine(4 << 20).unwrap().0;
+        let engines = Engines::default();
+        let (e, _) = engines.engine(3 << 20).unwrap();
+        let again = engines.engine(4 << 20).unwrap().0;
         assert!(Engine::same(&e, &again), "one engine per class");
+        let other = Engines::default().engine(3 << 20).unwrap().0;
+        assert!(!Engine::same(&e, &other), "another host has its own");
         let weak = e.weak();
         drop((e, again));
         assert!(weak.upgrade().is_none(), "an engine nobody uses is freed");
+    }
+
+    /// The in-memory cache holds what plugins use, shares it between loads, and lets go of what
+    /// no plugin (no runtime) uses any more.
+    #[test]
+    fn a_component_stays_while_a_plugin_uses_it_and_goes_after() {
+        let engines = Engines::default();
+        let bytes = crate::builtin::bytes("headers").unwrap();
+        let (e, _) = engines.engine(1 << 20).unwrap();
+        let a = engines.component(&e, 1 << 20, "d1", bytes, None).unwrap();
+        let b = engines.component(&e, 1 << 20, "d1", bytes, None).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "a second load shares the first");
+        assert_eq!(engines.components_in_memory(), 1);
+        drop((a, b));
+        assert_eq!(engines.components_in_memory(), 0, "unused: evicted");
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct LoadedPlugin {
     cpu: Option<Arc<super::cpu::CpuBudget>>,
     quota: Option<Arc<super::quota::InstanceQuota>>,
     engine: Engine,
+    /// Held so the plugin host keeps it in memory while this plugin lives (see `engine::Engines`).
+    _component: Arc<wasmtime::component::Component>,
     ticker: Arc<engine::Ticker>,
     pre: PluginPre<State>,
     config_json: String,
@@ -87,6 +89,11 @@ pub struct LoadedPlugin {
     calls: prometheus_client::metrics::counter::Counter,
     pub cache_hits: prometheus_client::metrics::counter::Counter,
     latency: prometheus_client::metrics::histogram::Histogram,
+    /// `wasmgate_plugin_errors_total`, labelled per failure kind when one happens.
+    errors: prometheus_client::metrics::family::Family<
+        wasmgate_observe::metrics::PluginErrorLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
 }
 
 impl LoadedPlugin {
@@ -95,8 +102,9 @@ impl LoadedPlugin {
     pub async fn load(
         cfg: &PluginConfig,
         owner: super::PluginOwner<'_>,
-        cache_dir: Option<&std::path::Path>,
+        host: &super::PluginHost,
     ) -> Result<LoadedPlugin, String> {
+        let metrics = &host.metrics;
         let bytes: std::borrow::Cow<'static, [u8]> = match &cfg.source {
             PluginSource::Builtin(name) => super::builtin::bytes(name)
                 .ok_or_else(|| format!("no built-in plugin `{name}`"))?
@@ -113,8 +121,14 @@ impl LoadedPlugin {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let (engine, ticker) = engine::engine(cfg.limits.stack)?;
-        let component = engine::component(&engine, cfg.limits.stack, &digest, &bytes, cache_dir)?;
+        let (engine, ticker) = host.engines.engine(cfg.limits.stack)?;
+        let component = host.engines.component(
+            &engine,
+            cfg.limits.stack,
+            &digest,
+            &bytes,
+            host.cache_dir.as_deref(),
+        )?;
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| format!("linking WASI: {e}"))?;
@@ -160,22 +174,15 @@ impl LoadedPlugin {
             cpu: owner.cpu.cloned(),
             quota: owner.quota.cloned(),
             engine,
+            _component: component,
             ticker,
             pre,
             config_json: cfg.config.to_string(),
             pool: (0..shards()).map(|_| Mutex::default()).collect(),
-            calls: wasmgate_observe::metrics::get()
-                .plugin_calls
-                .get_or_create(&labels)
-                .clone(),
-            cache_hits: wasmgate_observe::metrics::get()
-                .plugin_cache_hits
-                .get_or_create(&labels)
-                .clone(),
-            latency: wasmgate_observe::metrics::get()
-                .plugin_latency
-                .get_or_create(&labels)
-                .clone(),
+            calls: metrics.plugin_calls.get_or_create(&labels).clone(),
+            cache_hits: metrics.plugin_cache_hits.get_or_create(&labels).clone(),
+            latency: metrics.plugin_latency.get_or_create(&labels).clone(),
+            errors: metrics.plugin_errors.clone(),
         };
         let (warm, reg, declared) = plugin.instantiate().await.map_err(|f| f.detail)?;
         if let Some(bad) = declared.bad_identity_headers.first() {
@@ -444,10 +451,7 @@ impl LoadedPlugin {
                 tenant: self.who.tenant.as_deref().unwrap_or("-").to_string(),
                 kind: f.kind.as_str(),
             };
-            wasmgate_observe::metrics::get()
-                .plugin_errors
-                .get_or_create(&labels)
-                .inc();
+            self.errors.get_or_create(&labels).inc();
         }
         result
     }

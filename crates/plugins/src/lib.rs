@@ -297,19 +297,26 @@ pub struct PluginOwner<'a> {
 /// Loads plugin chains. Lives as long as the server.
 pub struct PluginHost {
     cache_dir: Option<PathBuf>,
-}
-
-impl Default for PluginHost {
-    fn default() -> Self {
-        PluginHost::new(None)
-    }
+    /// Where plugins' calls, latencies and failures are counted.
+    metrics: Arc<wasmgate_observe::metrics::Metrics>,
+    engines: engine::Engines,
 }
 
 impl PluginHost {
-    pub fn new(cache_dir: Option<PathBuf>) -> Self {
+    pub fn new(
+        cache_dir: Option<PathBuf>,
+        metrics: Arc<wasmgate_observe::metrics::Metrics>,
+    ) -> Self {
         PluginHost {
             cache_dir: cache_dir.or_else(engine::default_cache_dir),
+            metrics,
+            engines: engine::Engines::default(),
         }
+    }
+
+    /// Compiled components held in memory right now (each is used by some live plugin).
+    pub fn components_in_memory(&self) -> usize {
+        self.engines.components_in_memory()
     }
 
     /// Load every plugin of a chain; errors name the config entry and the reason.
@@ -321,7 +328,7 @@ impl PluginHost {
         let mut plugins = Vec::new();
         let mut errors = Vec::new();
         for c in configs {
-            match load_blocking(c, owner, self.cache_dir.as_deref()) {
+            match load_blocking(c, owner, self) {
                 Ok(p) => {
                     tracing::info!(plugin = %p.name, site = owner.site, tenant = owner.tenant.unwrap_or("-"), digest = %p.digest(), "plugin loaded");
                     plugins.push(Arc::new(p));
@@ -347,14 +354,14 @@ impl PluginHost {
 fn load_blocking(
     c: &PluginConfig,
     owner: PluginOwner<'_>,
-    cache: Option<&std::path::Path>,
+    host: &PluginHost,
 ) -> Result<LoadedPlugin, String> {
     let run = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .map_err(|e| format!("cannot start a loader runtime: {e}"))?
-            .block_on(LoadedPlugin::load(c, owner, cache))
+            .block_on(LoadedPlugin::load(c, owner, host))
     };
     if tokio::runtime::Handle::try_current().is_ok() {
         // Inside a runtime (e.g. `Server::start` in an async fn): load on a plain thread.

@@ -12,12 +12,17 @@ use wasmgate_core::conn::ConnInfo;
 use wasmgate_core::ids::RequestIds;
 use wasmgate_core::trace::TraceParent;
 use wasmgate_observe::log::AccessRecord;
+use wasmgate_observe::metrics::{Metrics, RouteMetrics};
 use wasmgate_plugins::LoadedPlugin;
 use wasmgate_runtime::forwarded::ClientAddr;
 use wasmgate_runtime::{Runtime, SharedRuntime};
 
 pub struct ServeCtx {
     pub runtime: SharedRuntime,
+    /// The server's metrics (the admin endpoint renders them).
+    pub metrics: Arc<Metrics>,
+    /// Handles for requests no site took (bad requests, unknown hosts): site, route, tenant `-`.
+    pub unrouted: Arc<RouteMetrics>,
     pub ids: RequestIds,
     /// Fires when shutdown starts: stop accepting, finish in-flight requests, refuse new tunnels.
     pub draining: CancellationToken,
@@ -28,9 +33,11 @@ pub struct ServeCtx {
 }
 
 impl ServeCtx {
-    pub fn new(runtime: SharedRuntime) -> ServeCtx {
+    pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>) -> ServeCtx {
         ServeCtx {
             runtime,
+            unrouted: Arc::new(RouteMetrics::new(&metrics, "-", "-", None)),
+            metrics,
             ids: RequestIds::new(),
             draining: CancellationToken::new(),
             tunnels_cancel: CancellationToken::new(),
@@ -66,6 +73,7 @@ impl RequestCtx {
             req.method(),
             req.uri().path(),
             req.version(),
+            serve.unrouted.clone(),
         );
         if conn.tcp_peer != conn.peer {
             access.proxy_peer = Some(conn.tcp_peer.ip().to_string());

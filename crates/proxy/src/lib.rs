@@ -54,7 +54,7 @@ pub async fn handle(
     let mut routed = match route_request(&rt, &mut cx, &req) {
         Ok(Routing::Serve(r)) => r,
         Ok(Routing::Answer(resp)) => return Ok(finish(resp, cx.access, None)),
-        Err(err) => return Ok(fail(err, cx, None)),
+        Err(err) => return Ok(fail(&ctx, err, cx, None)),
     };
     // A tenant's request counts against its limit until the response body is done.
     let slot = match routed
@@ -65,13 +65,13 @@ pub async fn handle(
         .transpose()
     {
         Ok(slot) => slot,
-        Err(err) => return Ok(fail(err, cx, None)),
+        Err(err) => return Ok(fail(&ctx, err, cx, None)),
     };
     // Every response from here on — backend, plugin or error — passes the plugins' on-response.
     let (response, tunnel) = match serve(&ctx, &mut cx, &mut routed, req).await {
         Ok(Served::Response(resp)) => (resp, None),
         Ok(Served::Tunnel(resp, pending)) => (resp, Some(pending)),
-        Err(err) => (error_response(err, &mut cx.access), None),
+        Err(err) => (error_response(&ctx, err, &mut cx.access), None),
     };
     match wasmgate_plugins::on_response(&cx.ran, &routed.state, response).await {
         Ok(response) => match tunnel {
@@ -86,7 +86,7 @@ pub async fn handle(
         // A tunnel the plugins refused is never opened: dropping it closes the backend's side.
         Err(err) => {
             drop(tunnel);
-            Ok(fail(err, cx, slot))
+            Ok(fail(&ctx, err, cx, slot))
         }
     }
 }
@@ -113,6 +113,7 @@ pub fn refused_by_codec(ctx: &ServeCtx, conn: &ConnInfo, err: &hyper::Error) {
         &unread,
         "-",
         Version::HTTP_11,
+        ctx.unrouted.clone(),
     );
     access.status = status;
     access.error = Some(kind.to_string());
@@ -122,11 +123,12 @@ pub fn refused_by_codec(ctx: &ServeCtx, conn: &ConnInfo, err: &hyper::Error) {
 
 /// An error as the request's whole answer: its response and access line.
 fn fail(
+    ctx: &ServeCtx,
     err: ProxyError,
     mut cx: RequestCtx,
     slot: Option<wasmgate_runtime::TenantSlot>,
 ) -> Response<ProxyBody> {
-    let response = error_response(err, &mut cx.access);
+    let response = error_response(ctx, err, &mut cx.access);
     finish(response, cx.access, slot)
 }
 
@@ -137,10 +139,14 @@ enum Served {
 }
 
 /// The one place an error becomes a response (and a log line, and a field of the access log).
-fn error_response(err: ProxyError, access: &mut AccessRecord) -> Response<ProxyBody> {
+fn error_response(
+    ctx: &ServeCtx,
+    err: ProxyError,
+    access: &mut AccessRecord,
+) -> Response<ProxyBody> {
     log_error(&err, access);
     if err.side() == wasmgate_core::error::Side::Upstream {
-        wasmgate_observe::metrics::get()
+        ctx.metrics
             .upstream_errors
             .get_or_create(&wasmgate_observe::metrics::KindLabels { kind: err.kind() })
             .inc();
@@ -212,7 +218,7 @@ fn route_request(
     let access = &mut cx.access;
     access.site = Some(site.name.clone());
     access.tenant = site.tenant.as_ref().map(|t| t.name.clone());
-    access.metrics = Some(route.as_ref().map_or(&site.metrics, |r| &r.metrics).clone());
+    access.metrics = route.as_ref().map_or(&site.metrics, |r| &r.metrics).clone();
     access.route = route.as_ref().map(|r| r.name.clone());
     routing::ensure_unambiguous_route(&site, pick, &path)?;
     if let wasmgate_runtime::router::Pick::AddSlash(_) = pick {

@@ -184,6 +184,8 @@ impl Drop for TunnelSlot {
 
 /// What outlives one runtime: connection pools, the plugin engine, tenants' counters.
 pub struct Builders {
+    /// The server's metrics: every route, plugin and tenant built here counts into them.
+    pub metrics: Arc<wasmgate_observe::metrics::Metrics>,
     pub upstreams: UpstreamCache,
     pub plugins: PluginHost,
     pub tenants: tenants::TenantCounters,
@@ -195,10 +197,14 @@ pub struct Builders {
 }
 
 impl Builders {
-    pub fn new(cache_dir: Option<std::path::PathBuf>) -> Builders {
+    pub fn new(
+        cache_dir: Option<std::path::PathBuf>,
+        metrics: Arc<wasmgate_observe::metrics::Metrics>,
+    ) -> Builders {
         Builders {
             upstreams: UpstreamCache::default(),
-            plugins: PluginHost::new(cache_dir),
+            plugins: PluginHost::new(cache_dir, metrics.clone()),
+            metrics,
             tenants: Default::default(),
             own: Default::default(),
             owners: Default::default(),
@@ -314,6 +320,7 @@ pub fn build_sites(
                 plugins,
                 tunnels: Arc::new(AtomicUsize::new(0)),
                 metrics: Arc::new(wasmgate_observe::metrics::RouteMetrics::new(
+                    &b.metrics,
                     &sc.name,
                     &rc.path,
                     sc.tenant.as_deref(),
@@ -321,6 +328,7 @@ pub fn build_sites(
             }));
         }
         let metrics = Arc::new(wasmgate_observe::metrics::RouteMetrics::new(
+            &b.metrics,
             &sc.name,
             "-",
             sc.tenant.as_deref(),

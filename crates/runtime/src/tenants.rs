@@ -68,6 +68,8 @@ pub struct TenantHandle {
     /// The tenant's plugin CPU budget (`None`: unlimited).
     pub cpu: Option<Arc<wasmgate_plugins::cpu::CpuBudget>>,
     pub quota: Arc<wasmgate_plugins::quota::InstanceQuota>,
+    /// `wasmgate_tenant_refused_total` for requests and tunnels.
+    refused: [prometheus_client::metrics::counter::Counter; 2],
 }
 
 /// Holds one in-flight request (or tunnel) of a tenant; released on drop.
@@ -107,14 +109,7 @@ impl TenantHandle {
         if c.fetch_add(1, Ordering::AcqRel) >= max {
             c.fetch_sub(1, Ordering::AcqRel);
             refused.fetch_add(1, Ordering::Relaxed);
-            let what = if tunnel { "tunnels" } else { "requests" };
-            wasmgate_observe::metrics::get()
-                .tenant_refused
-                .get_or_create(&wasmgate_observe::metrics::TenantLabels {
-                    tenant: self.name.to_string(),
-                    what,
-                })
-                .inc();
+            self.refused[usize::from(tunnel)].inc();
             return Err(ProxyError::TenantLimit {
                 tenant: self.name.to_string(),
                 what: if tunnel { "tunnels" } else { "requests" },
@@ -495,6 +490,7 @@ fn load(
             name,
             &limits.backends,
             b.own.clone(),
+            &b.metrics,
         )),
         cpu: limits.plugin_cpu.map(|share| {
             Arc::new(wasmgate_plugins::cpu::CpuBudget::new(
@@ -502,7 +498,17 @@ fn load(
                 share,
                 limits.plugin_time,
                 shared.cpu.clone(),
+                &b.metrics,
             ))
+        }),
+        refused: ["requests", "tunnels"].map(|what| {
+            b.metrics
+                .tenant_refused
+                .get_or_create(&wasmgate_observe::metrics::TenantLabels {
+                    tenant: name.to_string(),
+                    what,
+                })
+                .clone()
         }),
         quota: Arc::new(wasmgate_plugins::quota::InstanceQuota {
             live: shared.instances.clone(),

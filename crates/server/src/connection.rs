@@ -18,25 +18,24 @@ use crate::watchdog::{Activity, InFlight, Paced, Watched};
 use wasmgate_core::conn::{ConnInfo, TlsConn};
 
 /// Keeps `connections_open` right however a connection ends.
-struct OpenConnection;
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
 
 impl OpenConnection {
-    fn new() -> Self {
-        let m = wasmgate_observe::metrics::get();
+    fn new(m: &wasmgate_observe::metrics::Metrics) -> Self {
         m.connections_open.inc();
         m.connections_total.inc();
-        OpenConnection
+        OpenConnection(m.connections_open.clone())
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        wasmgate_observe::metrics::get().connections_open.dec();
+        self.0.dec();
     }
 }
 
 pub(super) async fn serve_connection(stream: TcpStream, tcp_peer: SocketAddr, ctx: &ListenerCtx) {
-    let _open = OpenConnection::new();
+    let _open = OpenConnection::new(&ctx.serve.metrics);
     let _ = stream.set_nodelay(true);
     // The PROXY protocol header comes first, before TLS; its address is the client's from here on.
     let proxy_from = ctx.serve.runtime.load().config.listeners[ctx.idx]

@@ -30,7 +30,14 @@ use wasmgate_core::error::ProxyError;
 pub struct Upstream {
     pub connect_timeout: Duration,
     tls: Arc<rustls::ClientConfig>,
+    /// Names this client's idle connections in the worker pools. Never reused (an address would
+    /// be: a client dropped after a reload and a new one allocated in its place, with another CA,
+    /// would inherit connections its TLS settings never vetted).
+    id: u64,
 }
+
+/// Upstream ids, process-wide so that two servers in one process never share one either.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 type Key = (Duration, Option<PathBuf>);
 
@@ -53,7 +60,8 @@ const MAX_IDLE: usize = 256;
 /// Which pool: the upstream (by address, it lives as long as the server), plain/TLS, and the egress
 /// scope (a connection a tenant's policy allowed is never handed to the operator's routes or another
 /// tenant, and the reverse); then the backend's `host:port`.
-type PoolKey = (usize, bool, u64);
+/// (upstream id, TLS to the backend, egress scope).
+type PoolKey = (u64, bool, u64);
 
 thread_local! {
     /// This worker thread's idle connections. A connection's task runs on the runtime that opened it,
@@ -138,7 +146,7 @@ impl Upstream {
         via: &Connector,
         req: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, ProxyError> {
-        let key = (self as *const Upstream as usize, backend.tls, via.scope());
+        let key = (self.id, backend.tls, via.scope());
         let mut req = req;
         let mut pooled = checkout(key, &backend.authority);
         loop {
@@ -300,6 +308,7 @@ impl UpstreamCache {
         let up = Arc::new(Upstream {
             connect_timeout,
             tls,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         });
         map.insert(key, up.clone());
         Ok(up)

@@ -29,12 +29,17 @@ pub struct EgressPolicy {
 }
 
 impl EgressPolicy {
-    pub fn new(tenant: &str, allow: &[Allow], own: Arc<OwnAddrs>) -> EgressPolicy {
+    pub fn new(
+        tenant: &str,
+        allow: &[Allow],
+        own: Arc<OwnAddrs>,
+        metrics: &wasmgate_observe::metrics::Metrics,
+    ) -> EgressPolicy {
         EgressPolicy {
             tenant: tenant.into(),
             allow: allow.into(),
             own,
-            refused: wasmgate_observe::metrics::get()
+            refused: metrics
                 .tenant_egress_refused
                 .get_or_create(&wasmgate_observe::metrics::TenantOnlyLabels {
                     tenant: tenant.to_string(),
@@ -152,7 +157,12 @@ mod tests {
     #[test]
     fn names_are_judged_by_what_they_resolve_to() {
         let own = Arc::new(OwnAddrs::default());
-        let p = EgressPolicy::new("t", &allow(&["api.internal:8443"]), own.clone());
+        let p = EgressPolicy::new(
+            "t",
+            &allow(&["api.internal:8443"]),
+            own.clone(),
+            &Default::default(),
+        );
         assert!(p
             .check("api.internal", "10.0.0.7:8443".parse().unwrap())
             .is_ok());
@@ -174,8 +184,18 @@ mod tests {
         assert!(p
             .check("anything", "93.184.216.34:80".parse().unwrap())
             .is_ok());
-        let q = EgressPolicy::new("t", &allow(&["api.internal:8443"]), own.clone());
-        let r = EgressPolicy::new("u", &allow(&["api.internal:8443"]), own);
+        let q = EgressPolicy::new(
+            "t",
+            &allow(&["api.internal:8443"]),
+            own.clone(),
+            &Default::default(),
+        );
+        let r = EgressPolicy::new(
+            "u",
+            &allow(&["api.internal:8443"]),
+            own,
+            &Default::default(),
+        );
         assert_eq!(p.scope, q.scope);
         assert_ne!(p.scope, r.scope);
         assert_ne!(
@@ -189,7 +209,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let own = Arc::new(OwnAddrs::default());
-        let closed = Connector::Tenant(Arc::new(EgressPolicy::new("t", &[], own.clone())));
+        let closed = Connector::Tenant(Arc::new(EgressPolicy::new(
+            "t",
+            &[],
+            own.clone(),
+            &Default::default(),
+        )));
         match closed
             .connect(&format!("localhost:{port}"), "localhost")
             .await
@@ -203,6 +228,7 @@ mod tests {
             "t",
             &allow(&[&format!("127.0.0.1:{port}")]),
             own,
+            &Default::default(),
         )));
         let s = open
             .connect(&format!("localhost:{port}"), "localhost")
