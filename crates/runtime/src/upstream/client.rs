@@ -61,7 +61,7 @@ const MAX_IDLE: usize = 256;
 /// scope (a connection a tenant's policy allowed is never handed to the operator's routes or another
 /// tenant, and the reverse); then the backend's `host:port`.
 /// (upstream id, TLS to the backend, egress scope).
-type PoolKey = (u64, bool, u64);
+type PoolKey = (u64, bool, u128);
 
 thread_local! {
     /// This worker thread's idle connections. A connection's task runs on the runtime that opened it,

@@ -9,9 +9,8 @@
 //!
 //! The operator's own routes go through [`Connector::Operator`], which filters nothing.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
@@ -25,7 +24,7 @@ pub struct EgressPolicy {
     allow: Arc<[Allow]>,
     own: Arc<OwnAddrs>,
     refused: Counter,
-    scope: u64,
+    scope: u128,
 }
 
 impl EgressPolicy {
@@ -76,7 +75,7 @@ pub enum EgressError {
 impl Connector {
     /// Connections made through one connector may be shared (pooled) only with connections made
     /// through an equal one: 0 for the operator, else one id per (tenant, allowances).
-    pub fn scope(&self) -> u64 {
+    pub fn scope(&self) -> u128 {
         match self {
             Connector::Operator => 0,
             Connector::Tenant(p) => p.scope,
@@ -131,19 +130,20 @@ impl Connector {
 }
 
 /// A stable id per distinct (tenant, allowances): pooled connections are shared within one id only,
-/// so a connection one policy allowed is never handed to a request under another policy.
-fn scope_id(tenant: &str, allow: &[Allow]) -> u64 {
-    static IDS: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
-    let key = std::iter::once(tenant.to_string())
-        .chain(allow.iter().map(ToString::to_string))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut ids = IDS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let next = ids.len() as u64 + 1;
-    *ids.entry(key).or_insert(next)
+/// so a connection one policy allowed is never handed to a request under another policy. 128 bits
+/// of SHA-256 over the tenant and its allowances: no table that grows with every policy a tenant
+/// tries, and no collision a tenant could search for (64 bits would be a birthday search away).
+fn scope_id(tenant: &str, allow: &[Allow]) -> u128 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(tenant.as_bytes());
+    for a in allow {
+        h.update(b"\n");
+        h.update(a.to_string().as_bytes());
+    }
+    let digest = h.finalize();
+    // Never 0, the operator's scope.
+    u128::from_be_bytes(digest[..16].try_into().expect("16 bytes")).max(1)
 }
 
 #[cfg(test)]
