@@ -363,3 +363,125 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each rule on its own, in real time with short limits. The assertions bound the cut from below
+    //! (never early) and only loosely from above, so a busy machine cannot fail them.
+
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SHORT: Duration = Duration::from_millis(80);
+    const LONG: Duration = Duration::from_secs(30);
+    const LATE: Duration = Duration::from_secs(10);
+
+    fn limits(header_read: Duration, keepalive: Duration, io: Duration) -> Limits {
+        Limits {
+            header_read,
+            keepalive,
+            io,
+            min_rate: None,
+        }
+    }
+
+    /// The cut and how long it took; panics if none came within [`LATE`].
+    async fn cut(a: &Arc<Activity>, limits: Limits, h2: bool) -> (Cut, Duration) {
+        let t = Instant::now();
+        let why = tokio::time::timeout(LATE, watch(a.clone(), limits, h2))
+            .await
+            .expect("the watchdog never cut");
+        (why, t.elapsed())
+    }
+
+    fn served(a: &Arc<Activity>) {
+        drop(InFlight::start(a.clone()));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_cut_at_header_read() {
+        let a = Arc::new(Activity::new());
+        let (why, after) = cut(&a, limits(SHORT, LONG, LONG), false).await;
+        assert_eq!(why, Cut::HeaderRead);
+        assert!(after >= SHORT, "cut early: {after:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_keepalive_connection_is_cut_at_keepalive() {
+        let a = Arc::new(Activity::new());
+        served(&a);
+        let (why, after) = cut(&a, limits(LONG, SHORT, LONG), false).await;
+        assert_eq!(why, Cut::Keepalive);
+        assert!(after >= SHORT, "cut early: {after:?}");
+    }
+
+    /// A next request's first byte starts its header_read clock on HTTP/1 (a slowloris on a
+    /// kept-alive connection); on HTTP/2 bytes are PINGs and SETTINGS too, so only idleness counts.
+    #[tokio::test]
+    async fn a_next_heads_first_byte_starts_header_read_on_http1_only() {
+        for h2 in [false, true] {
+            let a = Arc::new(Activity::new());
+            served(&a);
+            let (mut client, server) = tokio::io::duplex(64);
+            let mut watched = Watched {
+                inner: server,
+                activity: a.clone(),
+            };
+            client.write_all(b"G").await.unwrap();
+            let mut byte = [0u8; 1];
+            watched.read_exact(&mut byte).await.unwrap();
+            let (why, _) = cut(&a, limits(SHORT, SHORT * 3, LONG), h2).await;
+            let want = if h2 { Cut::Keepalive } else { Cut::HeaderRead };
+            assert_eq!(why, want, "h2 = {h2}");
+        }
+    }
+
+    /// Waiting on the backend is not the client's fault: a request in flight whose response has not
+    /// started is never cut, however short the client's limits.
+    #[tokio::test]
+    async fn a_request_waiting_on_its_backend_is_not_cut() {
+        let a = Arc::new(Activity::new());
+        let _in_flight = InFlight::start(a.clone());
+        let watched = watch(a.clone(), limits(SHORT, SHORT, SHORT), false);
+        assert!(
+            tokio::time::timeout(SHORT * 5, watched).await.is_err(),
+            "cut a request that waits on its backend"
+        );
+    }
+
+    /// A response the client stops reading: cut `io` after the last progress.
+    #[tokio::test]
+    async fn a_response_the_client_stops_taking_is_cut_at_io() {
+        let a = Arc::new(Activity::new());
+        let mut body = Paced::new(
+            Full::new(Bytes::from_static(b"a frame the client never takes")),
+            InFlight::start(a.clone()),
+        );
+        body.frame().await.unwrap().unwrap();
+        let (why, after) = cut(&a, limits(LONG, LONG, SHORT), false).await;
+        assert_eq!(why, Cut::SendStalled);
+        assert!(after >= SHORT, "cut early: {after:?}");
+        drop(body);
+    }
+
+    /// With `min_rate`, a client that takes nothing in a window of waiting is cut even though `io`
+    /// has not run out.
+    #[tokio::test]
+    async fn a_client_reading_below_min_rate_is_cut() {
+        let a = Arc::new(Activity::new());
+        let mut body = Paced::new(
+            Full::new(Bytes::from_static(b"slow")),
+            InFlight::start(a.clone()),
+        );
+        body.frame().await.unwrap().unwrap();
+        let mut l = limits(LONG, LONG, LONG);
+        l.min_rate = Some(MinRate {
+            bytes_per_sec: 1 << 20,
+            window: SHORT,
+        });
+        let (why, after) = cut(&a, l, false).await;
+        assert_eq!(why, Cut::SendTooSlow);
+        assert!(after >= SHORT, "cut early: {after:?}");
+    }
+}
