@@ -93,7 +93,7 @@ async fn fresh(p: &LoadedPlugin, mut state: RequestState, mut headers: HeaderMap
                 e.apply(&mut headers);
             }
             if let Some(target) = path {
-                super::rewrite_path(p, &mut state, &target).expect("valid rewrite");
+                crate::chain::rewrite_path(p, &mut state, &target).expect("valid rewrite");
             }
             Outcome::Continue(header_list(&headers), state.path, state.query)
         }

@@ -1,0 +1,143 @@
+//! Loading plugins: the host that compiles and instantiates them for one server, and the owner
+//! (site, tenant, budgets) each chain entry belongs to.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::chain::Chain;
+use crate::instance::LoadedPlugin;
+use crate::{cpu, engine, quota};
+use wasmgate_config::{ConfigError, PluginConfig, PluginSource};
+
+/// Whose chain a plugin belongs to (for its log lines and its isolation).
+#[derive(Clone, Copy)]
+pub struct PluginOwner<'a> {
+    pub site: &'a str,
+    pub tenant: Option<&'a str>,
+    /// The tenant's plugin CPU budget, shared by all of its plugins.
+    pub cpu: Option<&'a Arc<cpu::CpuBudget>>,
+    /// The tenant's live instance quota, shared by all of its plugins.
+    pub quota: Option<&'a Arc<quota::InstanceQuota>>,
+}
+
+/// Loads plugin chains. Lives as long as the server.
+pub struct PluginHost {
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Where plugins' calls, latencies and failures are counted.
+    pub(crate) metrics: Arc<wasmgate_observe::metrics::Metrics>,
+    pub(crate) engines: engine::Engines,
+    /// Runs the async instantiate + `init` of plugins being loaded: one small runtime for the
+    /// host's life, not one (and a thread) per plugin.
+    loader: std::sync::OnceLock<Loader>,
+}
+
+/// The loader runtime, shut down without blocking when the host goes (a host may be dropped on
+/// an async worker, where dropping a runtime would panic).
+struct Loader(Option<tokio::runtime::Runtime>);
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl PluginHost {
+    pub fn new(
+        cache_dir: Option<PathBuf>,
+        metrics: Arc<wasmgate_observe::metrics::Metrics>,
+    ) -> Self {
+        PluginHost {
+            cache_dir: cache_dir.or_else(engine::default_cache_dir),
+            metrics,
+            engines: engine::Engines::default(),
+            loader: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Compiled components held in memory right now (each is used by some live plugin).
+    pub fn components_in_memory(&self) -> usize {
+        self.engines.components_in_memory()
+    }
+
+    /// Load every plugin of a chain; errors name the config entry and the reason.
+    pub fn chain(
+        &self,
+        configs: &[PluginConfig],
+        owner: PluginOwner<'_>,
+    ) -> Result<Chain, Vec<ConfigError>> {
+        let mut plugins = Vec::new();
+        let mut errors = Vec::new();
+        for (c, loaded) in configs.iter().zip(self.load_all(configs, owner)) {
+            match loaded {
+                Ok(p) => {
+                    tracing::info!(plugin = %p.name, site = owner.site, tenant = owner.tenant.unwrap_or("-"), digest = %p.digest(), "plugin loaded");
+                    plugins.push(Arc::new(p));
+                }
+                Err(message) => errors.push(ConfigError {
+                    file: PathBuf::from(&c.location),
+                    position: None,
+                    field: format!("plugin `{}` ({})", c.name, describe(&c.source)),
+                    message,
+                }),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Chain { plugins })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+impl PluginHost {
+    /// Load `configs` in order. Called from synchronous config code (often on a blocking thread):
+    /// the async instantiate + `init` run on the host's loader runtime, never nested in the
+    /// caller's — from inside a runtime (`Server::start` in an async fn), on one scoped thread for
+    /// the whole chain.
+    fn load_all(
+        &self,
+        configs: &[PluginConfig],
+        owner: PluginOwner<'_>,
+    ) -> Vec<Result<LoadedPlugin, String>> {
+        let run = || {
+            let loader = self.loader.get_or_init(|| {
+                Loader(
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .ok(),
+                )
+            });
+            let Some(rt) = &loader.0 else {
+                let e = "cannot start the plugin loader runtime".to_string();
+                return configs.iter().map(|_| Err(e.clone())).collect();
+            };
+            rt.block_on(async {
+                let mut out = Vec::with_capacity(configs.len());
+                for c in configs {
+                    out.push(LoadedPlugin::load(c, owner, self).await);
+                }
+                out
+            })
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| {
+                s.spawn(run).join().unwrap_or_else(|_| {
+                    let e = "plugin loader panicked".to_string();
+                    configs.iter().map(|_| Err(e.clone())).collect()
+                })
+            })
+        } else {
+            run()
+        }
+    }
+}
+
+fn describe(source: &PluginSource) -> String {
+    match source {
+        PluginSource::Builtin(n) => format!("builtin {n}"),
+        PluginSource::Wasm(p) => p.display().to_string(),
+    }
+}
