@@ -741,7 +741,7 @@ async fn handovers_under_keepalive_and_new_connection_load_lose_nothing() {
         successors.push(KillOnDrop(pid));
         run.wait_for("telling the predecessor to drain").await;
         // The predecessor drains and exits (its idle connections after about a second).
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + wasmgate_tests::STATE_CHANGE;
         while std::path::Path::new(&format!("/proc/{current}/stat")).exists()
             && std::fs::read_to_string(format!("/proc/{current}/stat"))
                 .is_ok_and(|s| !s.contains(") Z "))
@@ -972,7 +972,7 @@ async fn out_of_descriptors_the_accept_loops_back_off_and_recover() {
         .expect("the scrape waiting in the backlog is answered")
         .unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + wasmgate_tests::STATE_CHANGE;
     loop {
         match try_get(web, "app.test").await {
             Ok(200) => break,

@@ -8,6 +8,11 @@ pub mod proxy;
 pub mod raw_backend;
 pub mod wire;
 
+/// How long a test waits for a reload, a state change or a log line before failing: generous, so a
+/// 2-core machine busy with other work does not fail it (a 10 s wait did once). Waits poll and
+/// return as soon as the condition holds, so a quiet machine never waits this long.
+pub const STATE_CHANGE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Every test process logs at `info` into one in-memory buffer (the proxy's worker threads log there
 /// too), which [`capture_logs`] reads; with `RUST_LOG` set, lines also go to the test output.
 pub fn init_logging() {

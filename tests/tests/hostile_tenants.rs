@@ -525,7 +525,7 @@ async fn a_tenant_cannot_spend_everyones_inotify_watches() {
     for i in 0..300 {
         std::fs::create_dir_all(root.join(format!("d{}/e", i))).unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + wasmgate_tests::STATE_CHANGE;
     while !p.server().runtime().tenant_errors.contains_key("aaa") {
         assert!(Instant::now() < deadline, "the directories were never seen");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -547,7 +547,7 @@ async fn a_tenant_cannot_spend_everyones_inotify_watches() {
         &format!("tenants/{VICTIM}/tenant.toml"),
         tenant("\"victim.test\", \"bücher.test\", \"late.victim.test\"", &b).as_bytes(),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + wasmgate_tests::STATE_CHANGE;
     while get(p.addr("web"), "late.victim.test", "/").await.status != 200 {
         assert!(
             Instant::now() < deadline,

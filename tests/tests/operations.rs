@@ -170,8 +170,14 @@ async fn health_readiness_and_status() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let server = p.server.take().unwrap();
     let drain = tokio::spawn(server.shutdown_with_grace(Duration::from_secs(5)));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(get(addr, "localhost", "/readyz").await.status, 503);
+    let deadline = Instant::now() + wasmgate_tests::STATE_CHANGE;
+    while get(addr, "localhost", "/readyz").await.status != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "readiness never failed while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(get(addr, "localhost", "/healthz").await.status, 200);
     assert_eq!(held.await.unwrap().status, 200);
     drain.await.unwrap();
@@ -263,7 +269,7 @@ async fn a_configmap_symlink_swap_reloads_the_config() {
     std::fs::rename(m.join("..data_tmp"), m.join("..data")).unwrap();
     std::fs::remove_dir_all(&first).unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + wasmgate_tests::STATE_CHANGE;
     while get(addr, "v2.test", "/").await.status != 200 {
         assert!(
             Instant::now() < deadline,

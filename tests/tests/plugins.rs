@@ -384,7 +384,7 @@ async fn a_broken_wasm_dropped_in_is_refused_and_the_old_plugin_keeps_answering(
 }
 
 async fn wait_for(logs: &wasmgate_tests::LogBuffer, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + wasmgate_tests::STATE_CHANGE;
     while !logs.text().contains(needle) {
         assert!(
             Instant::now() < deadline,

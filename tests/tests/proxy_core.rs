@@ -319,7 +319,7 @@ async fn malformed_and_oversized_requests_get_400_and_431() {
     assert_eq!(root.count(), 0, "nothing malformed reached the backend");
     // The two hyper answered on its own (the bad header line, the 40 KiB head) have access lines
     // too, with the kind of refusal; method and path were never read.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + wasmgate_tests::STATE_CHANGE;
     loop {
         let text = logs.text();
         let codec = |kind: &str, status: &str| {

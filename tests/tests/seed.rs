@@ -248,7 +248,7 @@ async fn s1_token_file_changes_reload_the_plugin_live() {
 }
 
 async fn wait_for(logs: &LogBuffer, needle: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + wasmgate_tests::STATE_CHANGE;
     while !logs.text().contains(needle) {
         assert!(
             std::time::Instant::now() < deadline,

@@ -405,7 +405,7 @@ async fn a_looping_neighbour_does_not_hurt_another_tenant() {
 }
 
 async fn wait_status(addr: std::net::SocketAddr, host: &str, status: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + wasmgate_tests::STATE_CHANGE;
     loop {
         if get(addr, host, "/").await.status == status {
             return;

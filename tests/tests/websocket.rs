@@ -262,13 +262,18 @@ max_tunnels = 2"#,
         other => panic!("expected 503 past max_tunnels, got {other:?}"),
     }
     drop((a, b));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        ws_connect(addr, "chat.example.org", "/socket", &ok)
-            .await
-            .is_ok(),
-        "slots are freed when tunnels end"
-    );
+    // Slots are freed when the tunnels end (polled: how soon depends on the machine).
+    let deadline = std::time::Instant::now() + wasmgate_tests::STATE_CHANGE;
+    while ws_connect(addr, "chat.example.org", "/socket", &ok)
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slots are freed when tunnels end"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The backend agrees to the upgrade, then an `on-response` plugin fails: the client gets the
@@ -298,7 +303,7 @@ async fn a_failing_on_response_plugin_opens_no_tunnel() {
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("after"));
     drop(ws);
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + wasmgate_tests::STATE_CHANGE;
     let lines = loop {
         let text = logs.text();
         let lines: Vec<String> = text

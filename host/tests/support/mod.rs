@@ -78,9 +78,9 @@ impl Running {
         me
     }
 
-    /// The next log line containing `needle` (10 s at most).
+    /// The next log line containing `needle` (within `wasmgate_tests::STATE_CHANGE`).
     pub async fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + wasmgate_tests::STATE_CHANGE;
         let mut skipped = Vec::new();
         loop {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
