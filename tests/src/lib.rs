@@ -13,6 +13,22 @@ pub mod wire;
 /// return as soon as the condition holds, so a quiet machine never waits this long.
 pub const STATE_CHANGE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Poll `cond` (every 20 ms) until it holds; fail naming `what` after [`STATE_CHANGE`].
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + STATE_CHANGE;
+    while !cond().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Every test process logs at `info` into one in-memory buffer (the proxy's worker threads log there
 /// too), which [`capture_logs`] reads; with `RUST_LOG` set, lines also go to the test output.
 pub fn init_logging() {

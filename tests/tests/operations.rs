@@ -170,14 +170,10 @@ async fn health_readiness_and_status() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let server = p.server.take().unwrap();
     let drain = tokio::spawn(server.shutdown_with_grace(Duration::from_secs(5)));
-    let deadline = Instant::now() + wasmgate_tests::STATE_CHANGE;
-    while get(addr, "localhost", "/readyz").await.status != 503 {
-        assert!(
-            Instant::now() < deadline,
-            "readiness never failed while draining"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wasmgate_tests::eventually("readiness fails while draining", || async {
+        get(addr, "localhost", "/readyz").await.status == 503
+    })
+    .await;
     assert_eq!(get(addr, "localhost", "/healthz").await.status, 200);
     assert_eq!(held.await.unwrap().status, 200);
     drain.await.unwrap();
