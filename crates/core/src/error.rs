@@ -6,7 +6,7 @@ use std::fmt;
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 
-use crate::body::{full, ProxyBody};
+use crate::body::{full, BoxError, ProxyBody};
 
 /// Which side of the proxy a failure belongs to; the access log and metrics report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,14 +93,24 @@ pub enum ProxyError {
     BadRequestBody(String),
     #[error("the client was too slow sending its request body: {detail}")]
     ClientTimeout { kind: &'static str, detail: String },
-    #[error("backend {backend} refused or reset the connection: {cause}")]
-    UpstreamConnect { backend: String, cause: String },
+    /// The cause keeps its type (an `io::Error`, a rustls or hyper error, a [`Violation`]): the
+    /// log prints the whole chain ([`Chain`]), and code can downcast it.
+    #[error("backend {backend} refused or reset the connection")]
+    UpstreamConnect {
+        backend: String,
+        #[source]
+        cause: BoxError,
+    },
     #[error("backend {backend} did not connect within {after_ms} ms")]
     UpstreamConnectTimeout { backend: String, after_ms: u128 },
     #[error("backend {backend} did not answer within {after_ms} ms")]
     UpstreamTimeout { backend: String, after_ms: u128 },
-    #[error("backend {backend} broke the protocol: {cause}")]
-    UpstreamProtocol { backend: String, cause: String },
+    #[error("backend {backend} broke the protocol")]
+    UpstreamProtocol {
+        backend: String,
+        #[source]
+        cause: BoxError,
+    },
     #[error("plugin `{plugin}` failed: {cause}")]
     Plugin { plugin: String, cause: FailureKind },
     #[error("WebSocket origin `{0}` is not allowed on this route")]
@@ -233,6 +243,29 @@ impl ProxyError {
     }
 }
 
+/// A rule the host states itself (what a backend's answer broke), as a cause in an error chain.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Violation(pub &'static str);
+
+impl ProxyError {
+    /// `cause` as an [`UpstreamProtocol`](ProxyError::UpstreamProtocol) error of `backend`.
+    pub fn upstream_protocol(backend: &str, cause: impl Into<BoxError>) -> ProxyError {
+        ProxyError::UpstreamProtocol {
+            backend: backend.to_string(),
+            cause: cause.into(),
+        }
+    }
+
+    /// `cause` as an [`UpstreamConnect`](ProxyError::UpstreamConnect) error of `backend`.
+    pub fn upstream_connect(backend: &str, cause: impl Into<BoxError>) -> ProxyError {
+        ProxyError::UpstreamConnect {
+            backend: backend.to_string(),
+            cause: cause.into(),
+        }
+    }
+}
+
 /// Display helper: an error and its causes on one line.
 pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
 
@@ -245,5 +278,37 @@ impl fmt::Display for Chain<'_> {
             src = s.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// A backend's failure keeps its cause as a typed error (downcastable), and the log's one-line
+    /// rendering walks the whole chain.
+    #[test]
+    fn upstream_causes_keep_their_type_and_their_chain() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = ProxyError::upstream_connect("b.internal:80", io);
+        let cause = err.source().expect("a source");
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .expect("still an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            Chain(&err).to_string(),
+            "backend b.internal:80 refused or reset the connection: refused"
+        );
+        let broke =
+            ProxyError::upstream_protocol("b.internal:80", Violation("101 without Upgrade"));
+        assert!(broke
+            .source()
+            .unwrap()
+            .downcast_ref::<Violation>()
+            .is_some());
+        assert_eq!(broke.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(broke.kind(), "upstream_protocol");
     }
 }

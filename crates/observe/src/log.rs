@@ -132,6 +132,12 @@ pub fn set_output(format: AccessLogFormat, write: impl Fn(&[u8]) + Send + Sync +
     });
 }
 
+/// Whether the access lines carry the client's `Referer` and `User-Agent` (Apache's `combined`):
+/// only then does the pipeline keep them.
+pub fn wants_agents() -> bool {
+    output().format == AccessLogFormat::Combined
+}
+
 fn output() -> &'static Output {
     OUTPUT.get_or_init(|| Output {
         format: AccessLogFormat::Text,

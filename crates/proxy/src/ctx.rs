@@ -46,6 +46,8 @@ impl ServeCtx {
     }
 }
 
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// One request on its way through the phases ([`crate::handle`]): what is known of it before
 /// routing, and what the phases add. Routing's decision is the separate [`crate::Routed`].
 pub struct RequestCtx {
@@ -78,11 +80,13 @@ impl RequestCtx {
         if conn.tcp_peer != conn.peer {
             access.proxy_peer = Some(conn.tcp_peer.ip().to_string());
         }
-        access.referer = req.headers().get(http::header::REFERER).cloned();
-        access.user_agent = req.headers().get(http::header::USER_AGENT).cloned();
+        if wasmgate_observe::log::wants_agents() {
+            access.referer = req.headers().get(http::header::REFERER).cloned();
+            access.user_agent = req.headers().get(http::header::USER_AGENT).cloned();
+        }
         let trace = req
             .headers()
-            .get("traceparent")
+            .get(&TRACEPARENT)
             .and_then(|v| TraceParent::parse(v.as_bytes()));
         RequestCtx {
             conn,

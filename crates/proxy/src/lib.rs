@@ -192,8 +192,9 @@ fn log_error(err: &ProxyError, access: &AccessRecord) {
             site = access.site.as_deref().unwrap_or("-"),
             route = access.route.as_deref().unwrap_or("-"),
             kind = err.kind(),
-            // A plugin's failure or a backend's answer may be part of the message.
-            "{}", wasmgate_core::text::escaped(&err.to_string())
+            // A plugin's failure or a backend's answer may be part of the message; the whole
+            // cause chain (an io error under a TLS error under hyper's) is.
+            "{}", wasmgate_core::text::escaped(&wasmgate_core::error::Chain(err).to_string())
         ),
     }
 }
@@ -401,10 +402,12 @@ async fn forward(
     // A 101 to a request that asked for no upgrade (WebSockets take the other path) would switch the
     // client's connection to a protocol nobody agreed on: the backend is broken (RFC 9110 §15.2.2).
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ProxyError::UpstreamProtocol {
-            backend: backend.authority.clone(),
-            cause: "101 Switching Protocols to a request without an upgrade".into(),
-        });
+        return Err(ProxyError::upstream_protocol(
+            &backend.authority,
+            wasmgate_core::error::Violation(
+                "101 Switching Protocols to a request without an upgrade",
+            ),
+        ));
     }
     Ok(downstream_response(resp, route, state))
 }

@@ -22,7 +22,7 @@ use super::forward::{backend_uri, downstream_response, upstream_headers};
 use super::headers::{has_token, strip_hop_by_hop};
 use super::Routed;
 use wasmgate_core::body::{empty, ProxyBody};
-use wasmgate_core::error::ProxyError;
+use wasmgate_core::error::{ProxyError, Violation};
 use wasmgate_observe::log::AccessRecord;
 use wasmgate_runtime::{Route, TenantHandle, TenantSlot, TunnelSlot};
 
@@ -132,10 +132,7 @@ pub async fn handshake(
 
     let backend = &route.cfg.backend;
     let io = route.upstream.connect(backend, &route.connector).await?;
-    let protocol_err = |e: hyper::Error| ProxyError::UpstreamProtocol {
-        backend: backend.authority.clone(),
-        cause: wasmgate_core::error::Chain(&e).to_string(),
-    };
+    let protocol_err = |e: hyper::Error| ProxyError::upstream_protocol(&backend.authority, e);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(protocol_err)?;
@@ -160,10 +157,10 @@ pub async fn handshake(
         return Ok(Handshake::Answered(downstream_response(resp, route, state)));
     }
     if !has_token(resp.headers(), &header::UPGRADE, "websocket") {
-        return Err(ProxyError::UpstreamProtocol {
-            backend: backend.authority.clone(),
-            cause: "101 Switching Protocols without Upgrade: websocket".into(),
-        });
+        return Err(ProxyError::upstream_protocol(
+            &backend.authority,
+            Violation("101 Switching Protocols without Upgrade: websocket"),
+        ));
     }
     if let Some(key) = &key {
         let expected = derive_accept_key(key.as_bytes());
@@ -172,10 +169,10 @@ pub async fn handshake(
             .get(header::SEC_WEBSOCKET_ACCEPT)
             .and_then(|v| v.to_str().ok());
         if got != Some(expected.as_str()) {
-            return Err(ProxyError::UpstreamProtocol {
-                backend: backend.authority.clone(),
-                cause: "101 with a wrong Sec-WebSocket-Accept".into(),
-            });
+            return Err(ProxyError::upstream_protocol(
+                &backend.authority,
+                Violation("101 with a wrong Sec-WebSocket-Accept"),
+            ));
         }
     }
     let backend_upgrade = hyper::upgrade::on(&mut resp);

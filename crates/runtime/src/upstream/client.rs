@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::upstream::egress::{Connector, EgressError};
 use wasmgate_config::Backend;
 use wasmgate_core::body::ProxyBody;
-use wasmgate_core::error::ProxyError;
+use wasmgate_core::error::{ProxyError, Violation};
 
 /// How to reach the backends of one route: connect timeout and TLS settings. Requests go out on
 /// keep-alive connections from the pool of the worker thread they run on (see [`Upstream::send`]).
@@ -163,10 +163,10 @@ impl Upstream {
                 if reused {
                     continue;
                 }
-                return Err(ProxyError::UpstreamConnect {
-                    backend: backend.authority.clone(),
-                    cause: "the new connection was closed before it could take the request".into(),
-                });
+                return Err(ProxyError::upstream_connect(
+                    &backend.authority,
+                    Violation("the new connection was closed before it could take the request"),
+                ));
             }
             match tx.try_send_request(req).await {
                 Ok(resp) => {
@@ -181,7 +181,7 @@ impl Upstream {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(classify(&e.into_error(), backend)),
+                    _ => return Err(classify(e.into_error(), backend)),
                 },
             }
         }
@@ -196,7 +196,7 @@ impl Upstream {
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(|e| classify(&e, backend))?;
+            .map_err(|e| classify(e, backend))?;
         let authority = backend.authority.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -337,30 +337,19 @@ impl Upstream {
                         reason,
                     },
                     EgressError::Resolve(e) | EgressError::Connect(e) => {
-                        ProxyError::UpstreamConnect {
-                            backend: backend.authority.clone(),
-                            cause: e.to_string(),
-                        }
+                        ProxyError::upstream_connect(&backend.authority, e)
                     }
                 })?;
             let _ = tcp.set_nodelay(true);
             if !backend.tls {
                 return Ok(TokioIo::new(Box::new(tcp) as Box<dyn Stream>));
             }
-            let name =
-                rustls::pki_types::ServerName::try_from(backend.host.clone()).map_err(|e| {
-                    ProxyError::UpstreamConnect {
-                        backend: backend.authority.clone(),
-                        cause: e.to_string(),
-                    }
-                })?;
+            let name = rustls::pki_types::ServerName::try_from(backend.host.clone())
+                .map_err(|e| ProxyError::upstream_connect(&backend.authority, e))?;
             let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
                 .connect(name, tcp)
                 .await
-                .map_err(|e| ProxyError::UpstreamConnect {
-                    backend: backend.authority.clone(),
-                    cause: format!("TLS: {e}"),
-                })?;
+                .map_err(|e| ProxyError::upstream_connect(&backend.authority, e))?;
             Ok(TokioIo::new(Box::new(tls) as Box<dyn Stream>))
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
@@ -374,8 +363,8 @@ impl Upstream {
 }
 
 /// Classify a backend exchange error: our body limit → 413, anything else → 502.
-fn classify(err: &hyper::Error, backend: &Backend) -> ProxyError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(err);
+fn classify(err: hyper::Error, backend: &Backend) -> ProxyError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = src {
         if let Some(t) = e.downcast_ref::<wasmgate_core::body::TooLarge>() {
             return ProxyError::BodyTooLarge { limit: t.0 };
@@ -394,8 +383,5 @@ fn classify(err: &hyper::Error, backend: &Backend) -> ProxyError {
         }
         src = e.source();
     }
-    ProxyError::UpstreamProtocol {
-        backend: backend.authority.clone(),
-        cause: wasmgate_core::error::Chain(err).to_string(),
-    }
+    ProxyError::upstream_protocol(&backend.authority, err)
 }
