@@ -321,7 +321,7 @@ async fn serve(server: Server, path: PathBuf) -> anyhow::Result<ExitCode> {
     let reloader = server.reloader(&path);
     if !server.runtime().config.watch {
         tracing::info!("file watching is off (watch = false); reload with SIGHUP");
-    } else if let Err(e) = reloader.clone().watch() {
+    } else if let Err(e) = reloader.clone().watch().await {
         tracing::warn!("file watching is unavailable ({e}); reload with SIGHUP");
     }
     use tokio::signal::unix::{signal, SignalKind};

@@ -518,6 +518,7 @@ async fn a_tenant_cannot_spend_everyones_inotify_watches() {
     p.server()
         .reloader(&p.path("wasmgate.toml"))
         .watch()
+        .await
         .unwrap();
     let before = inotify_watches();
     // 300 directories (the cap is 64), each one a watch for a naive recursive watcher.

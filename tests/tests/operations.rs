@@ -255,7 +255,7 @@ async fn a_configmap_symlink_swap_reloads_the_config() {
     let server = wasmgate_control::Server::start(wasmgate_config::Config::load(&path).unwrap())
         .await
         .unwrap();
-    server.reloader(&path).watch().unwrap();
+    server.reloader(&path).watch().await.unwrap();
     let addr = server.addr("web").unwrap();
     assert_eq!(get(addr, "v1.test", "/").await.status, 200);
 

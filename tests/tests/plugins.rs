@@ -359,7 +359,7 @@ async fn a_broken_wasm_dropped_in_is_refused_and_the_old_plugin_keeps_answering(
     let p = start(&b, "[[site.plugin]]\nwasm = \"plugins/live.wasm\"\n", "").await;
     // `start` copied the `trap` fixture (it allows everything but /trap) as `live.wasm`.
     let path = p.path("wasmgate.toml");
-    p.server().reloader(&path).watch().unwrap();
+    p.server().reloader(&path).watch().await.unwrap();
     let addr = p.addr("web");
     assert_eq!(get(addr, "app.test", "/trap").await.status, 500);
 

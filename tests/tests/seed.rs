@@ -210,7 +210,7 @@ async fn s1_token_file_changes_reload_the_plugin_live() {
     let s = seed(|c| c).await;
     let (_guard, logs) = capture_logs();
     let path = s.proxy.path("wasmgate.toml");
-    s.proxy.server().reloader(&path).watch().unwrap();
+    s.proxy.server().reloader(&path).watch().await.unwrap();
     let addr = s.proxy.addr("https");
     assert!(wss_connect(
         addr,

@@ -270,6 +270,7 @@ async fn tenants_come_and_go_live() {
     p.server()
         .reloader(&p.path("wasmgate.toml"))
         .watch()
+        .await
         .unwrap();
     assert_eq!(get(addr, "new.test", "/").await.status, 404);
     write(

@@ -103,17 +103,6 @@ impl Server {
         let builders = Builders::new(config.cache_dir.clone(), metrics.clone());
         let runtime = Runtime::build(config, &builders, None)?;
         builders.remember_owners(&runtime);
-        let listeners = runtime.config.listeners.clone();
-        let admin = runtime.config.admin.clone();
-        let limits = runtime.config.limits.clone();
-        let timeouts = (
-            runtime.config.header_read_timeout,
-            runtime.config.keepalive_timeout,
-            runtime.config.io_timeout,
-        );
-        let per_ip = limits
-            .max_connections_per_ip
-            .map(wasmgate_server::conn_limits::PerIp::new);
         let started = runtime.config.clone();
         let shared = Arc::new(Shared {
             serve: Arc::new(ServeCtx::new(
@@ -126,114 +115,24 @@ impl Server {
             stopped: CancellationToken::new(),
         });
         let digest = {
-            let rt = shared.serve.runtime.load();
-            crate::reload::fingerprint(&rt.config.path, &rt)
+            // The inputs are read off the async workers.
+            let rt = shared.serve.runtime.load_full();
+            tokio::task::spawn_blocking(move || crate::reload::fingerprint(&rt.config.path, &rt))
+                .await
+                .unwrap_or_default()
         };
         shared.publish(Some(digest));
-        let mut addrs = Vec::new();
-        let mut accept_tasks = Vec::new();
-        let mut fds = Vec::new();
-        let mut sockets = Vec::new();
-        for (idx, l) in listeners.iter().enumerate() {
-            let socket = match crate::handover::take_inherited(&l.name) {
-                // A predecessor passed this listener's socket (see `handover.rs`).
-                Some(inherited) => TcpListener::from_std(inherited),
-                None => bind(l.bind),
-            }
-            .map_err(|source| StartError::Bind {
-                name: l.name.clone(),
-                addr: l.bind,
-                source,
-            })?;
-            fds.push((l.name.clone(), std::os::fd::AsRawFd::as_raw_fd(&socket)));
-            let local = socket.local_addr().map_err(|source| StartError::Bind {
-                name: l.name.clone(),
-                addr: l.bind,
-                source,
-            })?;
-            tracing::info!(listener = %l.name, addr = %local, tls = l.tls, "listening");
-            addrs.push((l.name.clone(), local));
-            let tls = l.tls.then(|| {
-                TlsAcceptor::from(wasmgate_server::tls::server_config(
-                    shared.serve.runtime.clone(),
-                    idx,
-                ))
-            });
-            let ctx = ListenerCtx {
-                idx,
-                name: l.name.as_str().into(),
-                tls,
-                serve: shared.serve.clone(),
-                limits: wasmgate_server::watchdog::Limits {
-                    header_read: timeouts.0,
-                    keepalive: timeouts.1,
-                    io: timeouts.2,
-                    min_rate: limits.min_rate,
-                },
-                max_header_bytes: limits.max_header_bytes,
-                connections: Arc::new(Semaphore::new(limits.max_connections)),
-                per_ip: per_ip.clone(),
-            };
-            sockets.push((socket, Arc::new(ctx)));
-        }
-        let workers = shared.serve.runtime.load().config.workers;
-        let mut threads = Vec::new();
-        let mut held = Vec::new();
-        if workers == 0 {
-            for (socket, ctx) in sockets {
-                accept_tasks.push(tokio::spawn(accept_loop(socket, ctx)));
-            }
-        } else {
-            let std_sockets: Vec<(std::net::TcpListener, Arc<ListenerCtx>)> = sockets
-                .into_iter()
-                .map(|(s, ctx)| s.into_std().map(|s| (s, ctx)))
-                .collect::<std::io::Result<_>>()
-                .map_err(|source| StartError::Bind {
-                    name: "listener".into(),
-                    addr: listeners[0].bind,
-                    source,
-                })?;
-            for i in 0..workers {
-                let mine = std_sockets
-                    .iter()
-                    .map(|(s, ctx)| s.try_clone().map(|s| (s, ctx.clone())))
-                    .collect::<std::io::Result<Vec<_>>>()
-                    .map_err(|source| StartError::Bind {
-                        name: "listener".into(),
-                        addr: listeners[0].bind,
-                        source,
-                    })?;
-                threads.push(spawn_worker(i, mine, shared.stopped.clone()));
-            }
-            // The originals keep the descriptors recorded in `fds` open, for a handover.
-            held = std_sockets.into_iter().map(|(s, _)| s).collect();
-        }
-        let mut admin_task = None;
-        if let Some(admin) = admin {
-            let listener =
-                crate::admin::bind(&admin.listen)
-                    .await
-                    .map_err(|source| match &admin.listen {
-                        wasmgate_config::AdminListen::Tcp(addr) => StartError::Bind {
-                            name: "admin".into(),
-                            addr: *addr,
-                            source,
-                        },
-                        wasmgate_config::AdminListen::Unix(path) => StartError::AdminSocket {
-                            path: path.clone(),
-                            source,
-                        },
-                    })?;
-            tracing::info!(at = %listener.describe(), auth = admin.token_file.is_some(), "admin endpoint listening (/metrics /healthz /readyz /status)");
-            if let Some(local) = listener.tcp_addr() {
-                addrs.push(("admin".to_string(), local));
-            }
-            admin_task = Some(tokio::spawn(crate::admin::serve(
-                listener,
-                admin.clone(),
-                shared.clone(),
-            )));
-        }
+        let Bound {
+            mut addrs,
+            fds,
+            sockets,
+        } = bind_listeners(&shared)?;
+        let Serving {
+            accept_tasks,
+            threads,
+            held,
+        } = serve_on_workers(&shared, sockets)?;
+        let admin_task = start_admin(&shared, &mut addrs).await?;
         // Now that every socket is bound (ports chosen by the kernel included), tenant egress knows
         // which addresses are the proxy's own.
         shared.builders.own.set(addrs.iter().cloned());
@@ -329,4 +228,154 @@ impl Server {
                 .await;
         tracing::info!("shut down");
     }
+}
+
+/// The listening sockets, bound (or inherited from a predecessor), each with its serving context.
+struct Bound {
+    addrs: Vec<(String, std::net::SocketAddr)>,
+    fds: Vec<(String, std::os::fd::RawFd)>,
+    sockets: Vec<(TcpListener, Arc<ListenerCtx>)>,
+}
+
+fn bind_listeners(shared: &Arc<Shared>) -> Result<Bound, StartError> {
+    let rt = shared.serve.runtime.load();
+    let config = &rt.config;
+    let limits = &config.limits;
+    let per_ip = limits
+        .max_connections_per_ip
+        .map(wasmgate_server::conn_limits::PerIp::new);
+    let mut bound = Bound {
+        addrs: Vec::new(),
+        fds: Vec::new(),
+        sockets: Vec::new(),
+    };
+    for (idx, l) in config.listeners.iter().enumerate() {
+        let failed = |source| StartError::Bind {
+            name: l.name.clone(),
+            addr: l.bind,
+            source,
+        };
+        let socket = match crate::handover::take_inherited(&l.name) {
+            // A predecessor passed this listener's socket (see `handover.rs`).
+            Some(inherited) => TcpListener::from_std(inherited),
+            None => bind(l.bind),
+        }
+        .map_err(failed)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+        bound.fds.push((l.name.clone(), fd));
+        let local = socket.local_addr().map_err(failed)?;
+        tracing::info!(listener = %l.name, addr = %local, tls = l.tls, "listening");
+        bound.addrs.push((l.name.clone(), local));
+        let tls = l.tls.then(|| {
+            TlsAcceptor::from(wasmgate_server::tls::server_config(
+                shared.serve.runtime.clone(),
+                idx,
+            ))
+        });
+        let ctx = ListenerCtx {
+            idx,
+            name: l.name.as_str().into(),
+            tls,
+            serve: shared.serve.clone(),
+            limits: wasmgate_server::watchdog::Limits {
+                header_read: config.header_read_timeout,
+                keepalive: config.keepalive_timeout,
+                io: config.io_timeout,
+                min_rate: limits.min_rate,
+            },
+            max_header_bytes: limits.max_header_bytes,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            per_ip: per_ip.clone(),
+        };
+        bound.sockets.push((socket, Arc::new(ctx)));
+    }
+    Ok(bound)
+}
+
+/// What accepts: tasks on the caller's runtime (`workers = 0`), or worker threads with their own
+/// copies of the sockets (whose originals stay open in `held`, for a handover).
+struct Serving {
+    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    held: Vec<std::net::TcpListener>,
+}
+
+fn serve_on_workers(
+    shared: &Arc<Shared>,
+    sockets: Vec<(TcpListener, Arc<ListenerCtx>)>,
+) -> Result<Serving, StartError> {
+    let (workers, first_bind) = {
+        let rt = shared.serve.runtime.load();
+        let first = rt.config.listeners.first().map(|l| l.bind);
+        (rt.config.workers, first.unwrap_or(([0, 0, 0, 0], 0).into()))
+    };
+    let failed = |source| StartError::Bind {
+        name: "listener".into(),
+        addr: first_bind,
+        source,
+    };
+    let mut serving = Serving {
+        accept_tasks: Vec::new(),
+        threads: Vec::new(),
+        held: Vec::new(),
+    };
+    if workers == 0 {
+        for (socket, ctx) in sockets {
+            serving
+                .accept_tasks
+                .push(tokio::spawn(accept_loop(socket, ctx)));
+        }
+        return Ok(serving);
+    }
+    let std_sockets: Vec<(std::net::TcpListener, Arc<ListenerCtx>)> = sockets
+        .into_iter()
+        .map(|(s, ctx)| s.into_std().map(|s| (s, ctx)))
+        .collect::<std::io::Result<_>>()
+        .map_err(failed)?;
+    for i in 0..workers {
+        let mine = std_sockets
+            .iter()
+            .map(|(s, ctx)| s.try_clone().map(|s| (s, ctx.clone())))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(failed)?;
+        serving
+            .threads
+            .push(spawn_worker(i, mine, shared.stopped.clone()));
+    }
+    // The originals keep the descriptors recorded in `fds` open, for a handover.
+    serving.held = std_sockets.into_iter().map(|(s, _)| s).collect();
+    Ok(serving)
+}
+
+/// The admin endpoint, if configured; its TCP address joins `addrs`.
+async fn start_admin(
+    shared: &Arc<Shared>,
+    addrs: &mut Vec<(String, std::net::SocketAddr)>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, StartError> {
+    let Some(admin) = shared.serve.runtime.load().config.admin.clone() else {
+        return Ok(None);
+    };
+    let listener =
+        crate::admin::bind(&admin.listen)
+            .await
+            .map_err(|source| match &admin.listen {
+                wasmgate_config::AdminListen::Tcp(addr) => StartError::Bind {
+                    name: "admin".into(),
+                    addr: *addr,
+                    source,
+                },
+                wasmgate_config::AdminListen::Unix(path) => StartError::AdminSocket {
+                    path: path.clone(),
+                    source,
+                },
+            })?;
+    tracing::info!(at = %listener.describe(), auth = admin.token_file.is_some(), "admin endpoint listening (/metrics /healthz /readyz /status)");
+    if let Some(local) = listener.tcp_addr() {
+        addrs.push(("admin".to_string(), local));
+    }
+    Ok(Some(tokio::spawn(crate::admin::serve(
+        listener,
+        admin,
+        shared.clone(),
+    ))))
 }

@@ -35,8 +35,9 @@ pub struct Reloader {
 
 impl Reloader {
     /// Read the config file and swap it in; errors leave the running config in place. Returns the
-    /// new digest and the restart-only settings that differ from the ones the process started with.
-    pub async fn reload(&self) -> Result<(String, Vec<&'static str>), ConfigErrors> {
+    /// restart-only settings that differ from the ones the process started with, and — either way
+    /// — the digest of the inputs as judged (read once, off the async workers, after the swap).
+    pub async fn reload(&self) -> (Result<Vec<&'static str>, ConfigErrors>, String) {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let result = Config::load(&this.path).and_then(|config| this.shared.reload(config));
@@ -44,23 +45,25 @@ impl Reloader {
                 // The operator's file is refused, but tenants reload on their own regardless.
                 let _ = this.shared.reload_tenants();
             }
-            let pending = result?;
             let digest = fingerprint(&this.path, &this.shared.serve.runtime.load());
-            Ok((digest, pending))
+            (result, digest)
         })
         .await
         .unwrap_or_else(|e| {
-            Err(ConfigErrors::single(
-                &self.path,
-                "",
-                format!("reload task failed: {e}"),
-            ))
+            let failed = ConfigErrors::single(&self.path, "", format!("reload task failed: {e}"));
+            (Err(failed), String::new())
         })
     }
 
     /// Reload and log the outcome (and count it for `/status` and `/metrics`).
     pub async fn reload_and_log(&self, why: &str) -> bool {
-        let result = self.reload().await;
+        self.reload_judged(why).await.0
+    }
+
+    /// [`Reloader::reload_and_log`], also returning the digest of what was judged.
+    async fn reload_judged(&self, why: &str) -> (bool, String) {
+        let (result, judged) = self.reload().await;
+        let result = result.map(|pending| (judged.clone(), pending));
         self.shared
             .publish(result.as_ref().ok().map(|(digest, _)| digest.clone()));
         {
@@ -83,7 +86,7 @@ impl Reloader {
             .reloads
             .get_or_create(&wasmgate_observe::metrics::ResultLabels { result: outcome })
             .inc();
-        match result {
+        let ok = match result {
             Ok((digest, pending)) => {
                 tracing::info!(config = %self.path.display(), digest = %&digest[..12], trigger = why, "configuration reloaded");
                 if !pending.is_empty() {
@@ -103,11 +106,21 @@ impl Reloader {
                 );
                 false
             }
-        }
+        };
+        (ok, judged)
+    }
+
+    /// The digest of the config and every file it names, read on a blocking thread.
+    async fn fingerprint(&self) -> String {
+        let (path, rt) = (self.path.clone(), self.shared.serve.runtime.load_full());
+        tokio::task::spawn_blocking(move || fingerprint(&path, &rt))
+            .await
+            .unwrap_or_default()
     }
 
     /// Watch the files behind the running config until the server shuts down.
-    pub fn watch(self) -> notify::Result<tokio::task::JoinHandle<()>> {
+    /// The digest of what is live is taken before this returns: a change made after it is seen.
+    pub async fn watch(self) -> notify::Result<tokio::task::JoinHandle<()>> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             if let Ok(ev) = ev {
@@ -119,7 +132,7 @@ impl Reloader {
         let mut dirs = WatchedDirs::default();
         let mut watched = Watched::of(&self.path, &self.shared.serve.runtime.load());
         dirs.sync(&mut watcher, &watched);
-        let mut last = fingerprint(&self.path, &self.shared.serve.runtime.load());
+        let mut last = self.fingerprint().await;
         tracing::info!(digest = %&last[..12], dirs = dirs.0.len(), "watching configuration for changes");
         Ok(tokio::spawn(async move {
             let draining = self.shared.serve.draining.clone();
@@ -134,11 +147,9 @@ impl Reloader {
                 }
                 // Debounce: wait until events stop for a moment.
                 while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-                let now = fingerprint(&self.path, &self.shared.serve.runtime.load());
-                if now != last {
-                    self.reload_and_log("file change").await;
+                if self.fingerprint().await != last {
                     // Whether it loaded or not, this content has been judged; wait for the next change.
-                    last = fingerprint(&self.path, &self.shared.serve.runtime.load());
+                    last = self.reload_judged("file change").await.1;
                 }
                 // Even with the content unchanged, a `..data` swap moved the files' real location:
                 // watch where they are now.
