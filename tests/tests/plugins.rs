@@ -125,6 +125,79 @@ config = { name = "x-added", value = "v", cache_on = "x-key", cache_ttl_ms = 400
     assert_eq!(hits, 3.0);
 }
 
+/// A reload keeps a plugin whose entry, wasm and read files did not change — its warm instance
+/// (with its state) and its decision cache — and gives a changed one a fresh start: editing a
+/// tokens file re-initialises only the plugin that reads it.
+#[tokio::test]
+async fn unchanged_plugins_are_kept_across_a_reload_with_their_instances() {
+    let b = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture(dir.path(), "add-header", "plugins/add-header.wasm");
+    write(dir.path(), "tokens.txt", b"first\n");
+    let site = |value: &str| {
+        format!(
+            "[[site.plugin]]\nwasm = \"plugins/add-header.wasm\"\n\
+             config = {{ name = \"x-added\", value = \"{value}\", cache_on = \"x-key\" }}\n"
+        )
+    };
+    let route = "[[site.route.plugin]]\nbuiltin = \"token-auth\"\nconfig = { tokens_file = \"tokens.txt\" }\n";
+    // One worker: one instance and one cache, so the call numbers are predictable.
+    let cfg = |value: &str, other: &str| {
+        format!("workers = 1\n{}", config(&b, &site(value), route)).replace(
+            &format!("{}/other\"", b.url()),
+            &format!("{}/{other}\"", b.url()),
+        )
+    };
+    let p = Proxy::start_in(dir, &cfg("v", "other")).await;
+    let addr = p.addr("web");
+    let request = |path: &str, headers: &[(&str, &str)]| {
+        let mut r = http::Request::get(path).header("host", "app.test");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let seen = |key: &'static str| {
+        let (b, req) = (&b, request("/c", &[("x-key", key)]));
+        async move {
+            assert_eq!(wasmgate_tests::client::send(addr, req).await.status, 200);
+            b.last().header("x-added").unwrap().to_owned()
+        }
+    };
+    let token = |t: &'static str| {
+        let req = request("/other", &[("authorization", t)]);
+        async move { wasmgate_tests::client::send(addr, req).await.status }
+    };
+    assert_eq!(seen("a").await, "v#0");
+    assert_eq!(token("Bearer first").await, 200);
+
+    // Another route's backend changes: both plugins stay as they are.
+    p.reload(&cfg("v", "elsewhere")).unwrap();
+    // (The /other request passed the site's add-header too, without x-key: call #1.)
+    assert_eq!(
+        seen("b").await,
+        "v#2",
+        "the same instance: its call count goes on"
+    );
+    assert_eq!(seen("a").await, "v#0", "the same decision cache");
+
+    // The tokens file changes: token-auth starts afresh with it, add-header is kept.
+    std::fs::write(p.path("tokens.txt"), "second\n").unwrap();
+    p.reload(&cfg("v", "elsewhere")).unwrap();
+    assert_eq!(token("Bearer second").await, 200);
+    assert_eq!(
+        token("Bearer first").await,
+        403,
+        "the revoked token is gone"
+    );
+    assert_eq!(seen("c").await, "v#3");
+
+    // The plugin's own config changes: a fresh plugin, with an empty cache and a new count.
+    p.reload(&cfg("w", "elsewhere")).unwrap();
+    assert_eq!(seen("a").await, "w#0");
+}
+
 #[tokio::test]
 async fn a_plugin_can_deny_and_route_chains_have_their_own_config() {
     let b = Backend::start().await;

@@ -124,7 +124,7 @@ fn chain_of(name: &str, config: serde_json::Value, site: &str) -> Chain {
         quota: None,
     };
     PluginHost::new(None, Default::default())
-        .chain(&[cfg], owner)
+        .chain(&[cfg], owner, "")
         .unwrap_or_else(|e| panic!("{name} did not load: {e:?}"))
 }
 
@@ -338,6 +338,7 @@ fn basic_auth_declares_no_cache() {
                 cpu: None,
                 quota: None,
             },
+            "",
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
     assert!(chain.plugins()[0].cache.is_none());

@@ -61,6 +61,14 @@ pub struct OverBudget {
 }
 
 impl CpuBudget {
+    /// The same budget: the same tenant clock, share and credit (a plugin built against one can
+    /// keep serving under the other).
+    pub fn same_terms(&self, other: &CpuBudget) -> bool {
+        Arc::ptr_eq(&self.clock, &other.clock)
+            && self.share == other.share
+            && self.credit_ns == other.credit_ns
+    }
+
     pub fn new(
         tenant: &str,
         share: f64,

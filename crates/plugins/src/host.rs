@@ -29,7 +29,15 @@ pub struct PluginHost {
     /// Runs the async instantiate + `init` of plugins being loaded: one small runtime for the
     /// host's life, not one (and a thread) per plugin.
     loader: std::sync::OnceLock<Loader>,
+    /// Plugins this host loaded, while some runtime still uses them: a reload reuses an entry that
+    /// did not change (see [`LoadedPlugin::serves_as`]) with its warm instances and decision cache.
+    live: std::sync::Mutex<Vec<(Slot, std::sync::Weak<LoadedPlugin>)>>,
 }
+
+/// Where a chain entry sits: (site, chain — a route's path or `""` — and index). An unchanged
+/// entry is reused at its own place only: two equal entries of one build stay two plugins, with
+/// their own pools and decision caches.
+type Slot = (String, String, usize);
 
 /// The loader runtime, shut down without blocking when the host goes (a host may be dropped on
 /// an async worker, where dropping a runtime would panic).
@@ -53,6 +61,7 @@ impl PluginHost {
             metrics,
             engines: engine::Engines::default(),
             loader: std::sync::OnceLock::new(),
+            live: Default::default(),
         }
     }
 
@@ -61,19 +70,26 @@ impl PluginHost {
         self.engines.components_in_memory()
     }
 
-    /// Load every plugin of a chain; errors name the config entry and the reason.
+    /// Load every plugin of a chain (`chain`: the route's path, `""` for the site's own); errors
+    /// name the config entry and the reason.
     pub fn chain(
         &self,
         configs: &[PluginConfig],
         owner: PluginOwner<'_>,
+        chain: &str,
     ) -> Result<Chain, Vec<ConfigError>> {
         let mut plugins = Vec::new();
         let mut errors = Vec::new();
-        for (c, loaded) in configs.iter().zip(self.load_all(configs, owner)) {
+        for (c, loaded) in configs.iter().zip(self.load_all(configs, owner, chain)) {
             match loaded {
-                Ok(p) => {
-                    tracing::info!(plugin = %p.name, site = owner.site, tenant = owner.tenant.unwrap_or("-"), digest = %p.digest(), "plugin loaded");
-                    plugins.push(Arc::new(p));
+                Ok((p, kept)) => {
+                    let what = if kept {
+                        "plugin unchanged: kept with its warm instances"
+                    } else {
+                        "plugin loaded"
+                    };
+                    tracing::info!(plugin = %p.name, site = owner.site, tenant = owner.tenant.unwrap_or("-"), digest = %p.digest(), "{what}");
+                    plugins.push(p);
                 }
                 Err(message) => errors.push(ConfigError {
                     file: PathBuf::from(&c.location),
@@ -92,6 +108,33 @@ impl PluginHost {
 }
 
 impl PluginHost {
+    /// A live plugin that can stand for `c` unchanged (`true`), or a fresh load of it.
+    async fn load_or_keep(
+        &self,
+        c: &PluginConfig,
+        owner: PluginOwner<'_>,
+        slot: Slot,
+    ) -> Result<(Arc<LoadedPlugin>, bool), String> {
+        let (bytes, digest) = crate::instance::read_wasm(c)?;
+        let kept = {
+            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.retain(|(_, w)| w.strong_count() > 0);
+            live.iter()
+                .filter(|(s, _)| *s == slot)
+                .filter_map(|(_, w)| w.upgrade())
+                .find(|p| p.serves_as(c, owner, &digest))
+        };
+        if let Some(p) = kept {
+            return Ok((p, true));
+        }
+        let p = Arc::new(LoadedPlugin::load(c, owner, self, (bytes, digest)).await?);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((slot, Arc::downgrade(&p)));
+        Ok((p, false))
+    }
+
     /// Load `configs` in order. Called from synchronous config code (often on a blocking thread):
     /// the async instantiate + `init` run on the host's loader runtime, never nested in the
     /// caller's — from inside a runtime (`Server::start` in an async fn), on one scoped thread for
@@ -100,7 +143,8 @@ impl PluginHost {
         &self,
         configs: &[PluginConfig],
         owner: PluginOwner<'_>,
-    ) -> Vec<Result<LoadedPlugin, String>> {
+        chain: &str,
+    ) -> Vec<Result<(Arc<LoadedPlugin>, bool), String>> {
         let run = || {
             let loader = self.loader.get_or_init(|| {
                 Loader(
@@ -116,8 +160,9 @@ impl PluginHost {
             };
             rt.block_on(async {
                 let mut out = Vec::with_capacity(configs.len());
-                for c in configs {
-                    out.push(LoadedPlugin::load(c, owner, self).await);
+                for (i, c) in configs.iter().enumerate() {
+                    let slot = (owner.site.to_string(), chain.to_string(), i);
+                    out.push(self.load_or_keep(c, owner, slot).await);
                 }
                 out
             })

@@ -18,6 +18,13 @@ pub struct InstanceQuota {
     pub cap: usize,
 }
 
+impl InstanceQuota {
+    /// The same tenant's counter with the same cap.
+    pub fn same_terms(&self, other: &InstanceQuota) -> bool {
+        Arc::ptr_eq(&self.live, &other.live) && self.cap == other.cap
+    }
+}
+
 /// One live instance's slot; released when the instance is dropped.
 #[derive(Debug)]
 pub struct Slot(Arc<AtomicUsize>);

@@ -103,6 +103,25 @@ pub struct ConfigFiles {
 }
 
 impl ConfigFiles {
+    /// Does every file the plugin read still read the same (same bytes, or the same refusal)?
+    /// Blocking I/O: called while a runtime is built, off the async workers.
+    pub fn unchanged(&self) -> bool {
+        let read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        read.iter().all(|(path, before)| {
+            let now = match &self.confined {
+                Some(c) => match path.strip_prefix(self.scope.dir()) {
+                    Ok(name) => c.read(name),
+                    Err(_) => return false,
+                },
+                None => match path.to_str() {
+                    Some(name) => self.scope.read(name).map(|(_, bytes)| bytes),
+                    None => return false,
+                },
+            };
+            &now == before
+        })
+    }
+
     fn read(&self, name: &str) -> Result<Vec<u8>, String> {
         use wasmgate_config::FileRefused;
         // A tenant's name is judged by its shape here (absolute, `..`) and opened beneath its

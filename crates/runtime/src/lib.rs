@@ -295,7 +295,7 @@ pub fn build_sites(
             Some(t) => crate::upstream::egress::Connector::Tenant(t.egress.clone()),
             None => crate::upstream::egress::Connector::Operator,
         };
-        let site_plugins = b.plugins.chain(&sc.plugins, owner).unwrap_or_else(|e| {
+        let site_plugins = b.plugins.chain(&sc.plugins, owner, "").unwrap_or_else(|e| {
             errors.extend(e);
             Chain::default()
         });
@@ -308,10 +308,13 @@ pub fn build_sites(
                     continue;
                 }
             };
-            let plugins = b.plugins.chain(&rc.plugins, owner).unwrap_or_else(|e| {
-                errors.extend(e);
-                Chain::default()
-            });
+            let plugins = b
+                .plugins
+                .chain(&rc.plugins, owner, &rc.path)
+                .unwrap_or_else(|e| {
+                    errors.extend(e);
+                    Chain::default()
+                });
             routes.push(Arc::new(Route {
                 name: rc.path.as_str().into(),
                 cfg: rc.clone(),

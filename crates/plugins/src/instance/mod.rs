@@ -62,6 +62,8 @@ pub struct LoadedPlugin {
     pub who: Identity,
     pub location: String,
     pub source: PluginSource,
+    /// SHA-256 (hex) of the component (`who.digest` is its first 12 digits, for logs).
+    wasm_digest: String,
     pub on_error: OnError,
     pub limits: PluginLimits,
     /// From the plugin's `registration` (see the WIT): hooks to call, the headers they read (`None`
@@ -103,6 +105,30 @@ pub struct LoadedPlugin {
     >,
 }
 
+/// A plugin's component bytes: embedded (a built-in) or read from its file.
+pub type Wasm = std::borrow::Cow<'static, [u8]>;
+
+/// The bytes of `cfg`'s component and their SHA-256 (hex): what a plugin is, before it is loaded.
+pub fn read_wasm(cfg: &PluginConfig) -> Result<(Wasm, String), String> {
+    let bytes: Wasm = match &cfg.source {
+        PluginSource::Builtin(name) => super::builtin::bytes(name)
+            .ok_or_else(|| format!("no built-in plugin `{name}`"))?
+            .into(),
+        // A tenant's wasm is opened beneath its directory (see `tenant_fs`).
+        PluginSource::Wasm(path) => match &cfg.confined {
+            Some(c) => c.read(path)?.into(),
+            None => std::fs::read(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .into(),
+        },
+    };
+    let digest = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((bytes, digest))
+}
+
 impl LoadedPlugin {
     /// Compile (or fetch from cache), link, instantiate once and `init` — so a plugin that cannot start
     /// is refused at load time, never on a request.
@@ -110,24 +136,9 @@ impl LoadedPlugin {
         cfg: &PluginConfig,
         owner: super::PluginOwner<'_>,
         host: &super::PluginHost,
+        (bytes, digest): (Wasm, String),
     ) -> Result<LoadedPlugin, String> {
         let metrics = &host.metrics;
-        let bytes: std::borrow::Cow<'static, [u8]> = match &cfg.source {
-            PluginSource::Builtin(name) => super::builtin::bytes(name)
-                .ok_or_else(|| format!("no built-in plugin `{name}`"))?
-                .into(),
-            // A tenant's wasm is opened beneath its directory (see `tenant_fs`).
-            PluginSource::Wasm(path) => match &cfg.confined {
-                Some(c) => c.read(path)?.into(),
-                None => std::fs::read(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-                    .into(),
-            },
-        };
-        let digest: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         let (engine, ticker) = host.engines.engine(cfg.limits.stack)?;
         let component = host.engines.component(
             &engine,
@@ -162,6 +173,7 @@ impl LoadedPlugin {
             who,
             location: cfg.location.clone(),
             source: cfg.source.clone(),
+            wasm_digest: digest.clone(),
             on_error: cfg.on_error,
             limits: cfg.limits,
             hooks: HookSet::empty(),
@@ -219,6 +231,43 @@ impl LoadedPlugin {
             .unwrap_or_else(|p| p.into_inner())
             .push(warm);
         Ok(plugin)
+    }
+
+    /// Can this plugin, warm instances and decision cache included, stand for `cfg` of `owner`
+    /// (whose wasm has `digest`) in a new runtime? Only if nothing that went into it changed: the
+    /// entry (apart from where it sits in the file), the wasm, the owner and its budgets, and every
+    /// file it read through `read-config-file`.
+    pub fn serves_as(
+        &self,
+        cfg: &PluginConfig,
+        owner: super::PluginOwner<'_>,
+        digest: &str,
+    ) -> bool {
+        // As `load` renders it for `init` (serde_json's output is canonical for equal values).
+        let config_json = cfg.config.to_string();
+        let same_budget = match (&self.cpu, owner.cpu) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.same_terms(b),
+            _ => false,
+        };
+        let same_quota = match (&self.quota, owner.quota) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.same_terms(b),
+            _ => false,
+        };
+        self.name == cfg.name
+            && self.source == cfg.source
+            && self.on_error == cfg.on_error
+            && self.limits == cfg.limits
+            && self.config_json == config_json
+            && self.files.scope == cfg.files
+            && self.files.confined == cfg.confined
+            && *self.who.site == *owner.site
+            && self.who.tenant.as_deref() == owner.tenant
+            && self.wasm_digest == digest
+            && same_budget
+            && same_quota
+            && self.files.unchanged()
     }
 
     /// The tenant's live instance quota (0 for the operator's plugins, which have none).
