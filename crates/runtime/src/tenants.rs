@@ -259,7 +259,18 @@ pub(super) fn build_all(
                         c.changed = false;
                         c.versions.push(p.clone());
                     }
-                    None => match load(config, b, name, dir, walked.digest, inputs, limits, room) {
+                    None => match load(
+                        config,
+                        b,
+                        name,
+                        dir,
+                        Digests {
+                            files: walked.digest,
+                            operator: inputs,
+                        },
+                        limits,
+                        room,
+                    ) {
                         Ok(t) => c.versions.push(t),
                         Err(why) => c.why.push(why),
                     },
@@ -454,13 +465,19 @@ fn operator_inputs(config: &Config, name: &str, limits: &TenantLimits) -> String
         .collect()
 }
 
+/// What a tenant version is built from, by digest: its directory's files, and the operator's
+/// settings for it (see [`operator_inputs`]).
+struct Digests {
+    files: String,
+    operator: String,
+}
+
 fn load(
     config: &Config,
     b: &Builders,
     name: &str,
     dir: &Path,
-    fingerprint: String,
-    inputs: String,
+    digests: Digests,
     limits: TenantLimits,
     room: usize,
 ) -> Result<Arc<TenantRuntime>, String> {
@@ -521,8 +538,8 @@ fn load(
         .map_err(|e| wasmgate_config::ConfigErrors(e).to_string())?;
     Ok(Arc::new(TenantRuntime {
         name: name.into(),
-        fingerprint,
-        inputs,
+        fingerprint: digests.files,
+        inputs: digests.operator,
         limits,
         sites,
         shared,

@@ -80,22 +80,7 @@ impl<'a> Validator<'a> {
             .enumerate()
             .filter_map(|(i, cidr)| self.cidr(cidr, &format!("trusted_proxies[{i}]")))
             .collect();
-        let client_address_header = match raw
-            .client_address_header
-            .as_ref()
-            .map(|h| (h.get_ref().to_ascii_lowercase(), h.span()))
-        {
-            None => ClientAddressHeader::XForwardedFor,
-            Some((h, _)) if h == "x-forwarded-for" => ClientAddressHeader::XForwardedFor,
-            Some((h, _)) if h == "forwarded" => ClientAddressHeader::Forwarded,
-            Some((other, span)) => self
-                .err(
-                    span,
-                    "client_address_header",
-                    format!("`{other}` is neither \"x-forwarded-for\" nor \"forwarded\""),
-                )
-                .unwrap_or_default(),
-        };
+        let client_address_header = self.client_address_header(&raw);
         let defaults = self.timeouts(&raw.timeout, &raw.timeouts, Timeouts::default(), "");
         let header_read_timeout = self
             .duration_opt(&raw.timeouts.header_read, "timeouts.header_read")
@@ -117,6 +102,66 @@ impl<'a> Validator<'a> {
             .duration_opt(&raw.shutdown_grace, "shutdown_grace")
             .unwrap_or(Duration::from_secs(30));
         let limits = self.limits(&raw.limits);
+        let sites = self.sites(&raw, &listeners, defaults, &limits);
+        let cache_dir = raw.cache_dir.as_ref().map(|d| self.base_dir.join(d));
+        let tenants = self.tenants(&raw);
+        let admin = self.admin(&raw, &listeners);
+        let (log_format, access_log_format) = self.log_formats(&raw);
+
+        Config {
+            path: self.loc.file.to_path_buf(),
+            listeners,
+            sites,
+            trusted_proxies,
+            client_address_header,
+            watch: raw.watch.unwrap_or(true),
+            limits,
+            header_read_timeout,
+            keepalive_timeout,
+            shutdown_grace,
+            cache_dir,
+            default_timeouts: defaults,
+            tenants,
+            admin,
+            io_timeout: if io_timeout.is_zero() {
+                Duration::from_secs(60)
+            } else {
+                io_timeout
+            },
+            log_format,
+            access_log_format,
+            workers: self.workers(&raw),
+        }
+    }
+
+    /// The header trusted proxies report the client in (`x-forwarded-for` unless set).
+    fn client_address_header(&mut self, raw: &RawConfig) -> ClientAddressHeader {
+        match raw
+            .client_address_header
+            .as_ref()
+            .map(|h| (h.get_ref().to_ascii_lowercase(), h.span()))
+        {
+            None => ClientAddressHeader::XForwardedFor,
+            Some((h, _)) if h == "x-forwarded-for" => ClientAddressHeader::XForwardedFor,
+            Some((h, _)) if h == "forwarded" => ClientAddressHeader::Forwarded,
+            Some((other, span)) => self
+                .err(
+                    span,
+                    "client_address_header",
+                    format!("`{other}` is neither \"x-forwarded-for\" nor \"forwarded\""),
+                )
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Every site, checked against the listeners, defaults and limits, and against each other.
+    fn sites(
+        &mut self,
+        raw: &RawConfig,
+        listeners: &[ListenerConfig],
+        defaults: Timeouts,
+        limits: &Limits,
+    ) -> Vec<SiteConfig> {
         let names: HashSet<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
         let tls_listeners: HashSet<&str> = listeners
             .iter()
@@ -132,14 +177,16 @@ impl<'a> Validator<'a> {
                 let s = site.get_ref().name.span();
                 self.err::<()>(s, &format!("{field}.name"), "duplicate site name");
             }
-            if let Some(s) = self.site(site, &field, &names, &tls_listeners, defaults, &limits) {
+            if let Some(s) = self.site(site, &field, &names, &tls_listeners, defaults, limits) {
                 sites.push(s);
             }
         }
         self.host_conflicts(&raw.sites, &sites);
-        let cache_dir = raw.cache_dir.as_ref().map(|d| self.base_dir.join(d));
-        let tenants = self.tenants(&raw);
-        let admin = self.admin(&raw, &listeners);
+        sites
+    }
+
+    /// `log_format` and `access_log_format` (which follows the first unless set).
+    fn log_formats(&mut self, raw: &RawConfig) -> (LogFormat, AccessLogFormat) {
         let log_format = match raw
             .log_format
             .as_ref()
@@ -178,37 +225,18 @@ impl<'a> Validator<'a> {
                 AccessLogFormat::Text
             }
         };
+        (log_format, access_log_format)
+    }
 
-        Config {
-            path: self.loc.file.to_path_buf(),
-            listeners,
-            sites,
-            trusted_proxies,
-            client_address_header,
-            watch: raw.watch.unwrap_or(true),
-            limits,
-            header_read_timeout,
-            keepalive_timeout,
-            shutdown_grace,
-            cache_dir,
-            default_timeouts: defaults,
-            tenants,
-            admin,
-            io_timeout: if io_timeout.is_zero() {
-                Duration::from_secs(60)
-            } else {
-                io_timeout
-            },
-            log_format,
-            access_log_format,
-            workers: match &raw.workers {
-                Some(n) if *n.get_ref() > 256 => {
-                    self.err::<()>(n.span(), "workers", "at most 256");
-                    1
-                }
-                Some(n) => *n.get_ref() as usize,
-                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            },
+    /// Worker threads: one per core unless set, at most 256.
+    fn workers(&mut self, raw: &RawConfig) -> usize {
+        match &raw.workers {
+            Some(n) if *n.get_ref() > 256 => {
+                self.err::<()>(n.span(), "workers", "at most 256");
+                1
+            }
+            Some(n) => *n.get_ref() as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
