@@ -125,6 +125,8 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A fresh registry: one per server, owned by whoever starts it and handed down to what counts.
+    /// Long on purpose: one flat list of every metric's name, help text and handle, read (and
+    /// grepped for a name) top to bottom; split up, it would only scatter the list.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("wasmgate");
         let m = Metrics {

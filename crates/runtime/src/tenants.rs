@@ -237,46 +237,8 @@ pub(super) fn build_all(
             .map(|(_, k)| k)
             .sum();
         let room = wasmgate_plugins::quota::TENANT_POOL.saturating_sub(others);
-        let limits = tc.limits_for(name);
-        let inputs = operator_inputs(config, name, &limits);
         let prev = previous.and_then(|p| p.tenant(name)).cloned();
-        let mut c = Contender {
-            name: name.clone(),
-            versions: Vec::new(),
-            choice: 0,
-            changed: true,
-            had_previous: prev.is_some(),
-            why: Vec::new(),
-        };
-        match tenant_fs::walk(dir, &limits.files) {
-            Err(why) => c.why.push(format!("{}: {why}", dir.display())),
-            Ok(walked) => {
-                let unchanged = prev
-                    .as_ref()
-                    .filter(|p| p.fingerprint == walked.digest && p.inputs == inputs);
-                match unchanged {
-                    Some(p) => {
-                        c.changed = false;
-                        c.versions.push(p.clone());
-                    }
-                    None => match load(
-                        config,
-                        b,
-                        name,
-                        dir,
-                        Digests {
-                            files: walked.digest,
-                            operator: inputs,
-                        },
-                        limits,
-                        room,
-                    ) {
-                        Ok(t) => c.versions.push(t),
-                        Err(why) => c.why.push(why),
-                    },
-                }
-            }
-        }
+        let mut c = contender(config, b, tc, (name, dir), room, prev.clone());
         if let Some(t) = c.versions.first() {
             held.insert(name.clone(), t.instances);
         }
@@ -288,19 +250,30 @@ pub(super) fn build_all(
         contenders.push(c);
     }
     settle(&mut contenders, operator, tc, &records);
+    report(&contenders, &dirs, &records, &mut out);
+    out
+}
 
+/// The settled versions as the runtime takes them: who serves, who owns which host (an owner whose
+/// directory is there but unserved keeps its hosts), and each refusal with its reason.
+fn report(
+    contenders: &[Contender],
+    dirs: &[(String, std::path::PathBuf)],
+    records: &Owners,
+    out: &mut Outcome,
+) {
     let served: std::collections::HashSet<&str> = contenders
         .iter()
         .filter(|c| c.chosen().is_some())
         .map(|c| c.name.as_str())
         .collect();
     let present: std::collections::HashSet<&str> = dirs.iter().map(|(n, _)| n.as_str()).collect();
-    for (host, owner) in &records {
+    for (host, owner) in records {
         if present.contains(owner.as_str()) && !served.contains(owner.as_str()) {
             out.owners.insert(host.clone(), owner.clone());
         }
     }
-    for c in &contenders {
+    for c in contenders {
         let took_new = c.changed && c.choice == 0 && c.why.is_empty();
         match c.chosen() {
             Some(t) if took_new => {
@@ -325,7 +298,58 @@ pub(super) fn build_all(
             out.live.push(t.clone());
         }
     }
-    out
+}
+
+/// One tenant's versions to choose from: the new one, if its directory changed and it loads (or
+/// why not), then the one serving now.
+fn contender(
+    config: &Config,
+    b: &Builders,
+    tc: &wasmgate_config::TenantsConfig,
+    (name, dir): (&String, &Path),
+    room: usize,
+    prev: Option<Arc<TenantRuntime>>,
+) -> Contender {
+    let limits = tc.limits_for(name);
+    let inputs = operator_inputs(config, name, &limits);
+    let mut c = Contender {
+        name: name.clone(),
+        versions: Vec::new(),
+        choice: 0,
+        changed: true,
+        had_previous: prev.is_some(),
+        why: Vec::new(),
+    };
+    match tenant_fs::walk(dir, &limits.files) {
+        Err(why) => c.why.push(format!("{}: {why}", dir.display())),
+        Ok(walked) => {
+            let unchanged = prev
+                .as_ref()
+                .filter(|p| p.fingerprint == walked.digest && p.inputs == inputs);
+            match unchanged {
+                Some(p) => {
+                    c.changed = false;
+                    c.versions.push(p.clone());
+                }
+                None => match load(
+                    config,
+                    b,
+                    name,
+                    dir,
+                    Digests {
+                        files: walked.digest,
+                        operator: inputs,
+                    },
+                    limits,
+                    room,
+                ) {
+                    Ok(t) => c.versions.push(t),
+                    Err(why) => c.why.push(why),
+                },
+            }
+        }
+    }
+    c
 }
 
 /// Choose each tenant's version so that no two claims overlap. Every conflict is judged on its own
