@@ -88,7 +88,7 @@ impl Reloader {
             .inc();
         let ok = match result {
             Ok((digest, pending)) => {
-                tracing::info!(config = %self.path.display(), digest = %&digest[..12], trigger = why, "configuration reloaded");
+                tracing::info!(config = %self.path.display(), digest = %digest.get(..12).unwrap_or("-"), trigger = why, "configuration reloaded");
                 if !pending.is_empty() {
                     tracing::warn!(
                         config = %self.path.display(),
@@ -133,7 +133,7 @@ impl Reloader {
         let mut watched = Watched::of(&self.path, &self.shared.serve.runtime.load());
         dirs.sync(&mut watcher, &watched);
         let mut last = self.fingerprint().await;
-        tracing::info!(digest = %&last[..12], dirs = dirs.0.len(), "watching configuration for changes");
+        tracing::info!(digest = %last.get(..12).unwrap_or("-"), dirs = dirs.0.len(), "watching configuration for changes");
         Ok(tokio::spawn(async move {
             let draining = self.shared.serve.draining.clone();
             loop {

@@ -4,7 +4,9 @@
 //!
 //! One map per worker thread (like the instance pools: no lock contention, no cache-line traffic),
 //! bounded: a full map is emptied rather than tracked per entry, which keeps a flood of distinct keys
-//! (random tokens) from costing more than a call each. A reload builds new plugins, so new caches.
+//! (random tokens) from costing more than a call each. A reload keeps a cache only with its plugin,
+//! when nothing that went into the plugin changed (`LoadedPlugin::serves_as`): a changed entry or
+//! a changed file it read gets a new plugin, so a new cache.
 //!
 //! What is never kept, because replaying it for a request equal only in the key would lie: an answer
 //! that rewrites the path (the new path is built from the request's path, which the key may not

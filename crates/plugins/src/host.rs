@@ -116,14 +116,18 @@ impl PluginHost {
         slot: Slot,
     ) -> Result<(Arc<LoadedPlugin>, bool), String> {
         let (bytes, digest) = crate::instance::read_wasm(c)?;
-        let kept = {
+        let candidates: Vec<Arc<LoadedPlugin>> = {
             let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
             live.retain(|(_, w)| w.strong_count() > 0);
             live.iter()
                 .filter(|(s, _)| *s == slot)
                 .filter_map(|(_, w)| w.upgrade())
-                .find(|p| p.serves_as(c, owner, &digest))
+                .collect()
         };
+        // Judged without the lock: `serves_as` reads the files the plugin read.
+        let kept = candidates
+            .into_iter()
+            .find(|p| p.serves_as(c, owner, &digest));
         if let Some(p) = kept {
             return Ok((p, true));
         }

@@ -106,17 +106,17 @@ impl ConfigFiles {
     /// Does every file the plugin read still read the same (same bytes, or the same refusal)?
     /// Blocking I/O: called while a runtime is built, off the async workers.
     pub fn unchanged(&self) -> bool {
-        let read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        // A copy, so the reads below do not hold the lock an instantiating worker may want.
+        let read = self.read.lock().unwrap_or_else(|p| p.into_inner()).clone();
         read.iter().all(|(path, before)| {
             let now = match &self.confined {
                 Some(c) => match path.strip_prefix(self.scope.dir()) {
                     Ok(name) => c.read(name),
                     Err(_) => return false,
                 },
-                None => match path.to_str() {
-                    Some(name) => self.scope.read(name).map(|(_, bytes)| bytes),
-                    None => return false,
-                },
+                // The key is the path as resolved then; read it as `FileScope::read` would.
+                None => std::fs::read(path)
+                    .map_err(|e| format!("cannot read `{}`: {e}", path.display())),
             };
             &now == before
         })
