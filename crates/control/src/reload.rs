@@ -57,11 +57,6 @@ impl Reloader {
 
     /// Reload and log the outcome (and count it for `/status` and `/metrics`).
     pub async fn reload_and_log(&self, why: &str) -> bool {
-        self.reload_judged(why).await.0
-    }
-
-    /// [`Reloader::reload_and_log`], also returning the digest of what was judged.
-    async fn reload_judged(&self, why: &str) -> (bool, String) {
         let (result, judged) = self.reload().await;
         let result = result.map(|pending| (judged.clone(), pending));
         self.shared
@@ -107,7 +102,7 @@ impl Reloader {
                 false
             }
         };
-        (ok, judged)
+        ok
     }
 
     /// The digest of the config and every file it names, read on a blocking thread.
@@ -147,9 +142,14 @@ impl Reloader {
                 }
                 // Debounce: wait until events stop for a moment.
                 while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-                if self.fingerprint().await != last {
-                    // Whether it loaded or not, this content has been judged; wait for the next change.
-                    last = self.reload_judged("file change").await.1;
+                let now = self.fingerprint().await;
+                if now != last {
+                    self.reload_and_log("file change").await;
+                    // Whether it loaded or not, this content has been judged; wait for the next
+                    // change. The digest taken *before* the build: a write landing while it runs
+                    // then differs from it and is reloaded too (a digest taken after the build
+                    // would fold that write in, unapplied).
+                    last = now;
                 }
                 // Even with the content unchanged, a `..data` swap moved the files' real location:
                 // watch where they are now.
