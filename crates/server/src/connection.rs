@@ -168,7 +168,13 @@ macro_rules! drive {
                         break;
                     }
                     tokio::select! {
-                        _ = conn.as_mut() => { done = true; break; }
+                        r = conn.as_mut() => {
+                            if let Err(e) = r {
+                                wasmgate_proxy::refused_by_codec(&$ctx.serve, &$info, &e);
+                            }
+                            done = true;
+                            break;
+                        }
                         why = &mut watchdog => {
                             tracing::debug!("closing the draining connection: {}", why.describe());
                             done = !$h2;
@@ -179,7 +185,9 @@ macro_rules! drive {
                 }
                 if !done {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    if let Err(e) = conn.await {
+                        wasmgate_proxy::refused_by_codec(&$ctx.serve, &$info, &e);
+                    }
                 }
             }
         }
