@@ -74,11 +74,14 @@ impl FileScope {
     /// Read the file `name` stands for: the path it was read from and its bytes, or a reason.
     pub fn read(&self, name: &str) -> Result<(PathBuf, Vec<u8>), String> {
         let path = self.resolve(name).map_err(|e| e.to_string())?;
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok((path, bytes)),
-            Err(e) => Err(format!("cannot read `{}`: {e}", path.display())),
-        }
+        let bytes = read_resolved(&path)?;
+        Ok((path, bytes))
     }
+}
+
+/// A path [`FileScope::resolve`] already judged, read; the error says which file.
+pub fn read_resolved(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))
 }
 
 #[cfg(test)]

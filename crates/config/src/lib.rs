@@ -17,7 +17,7 @@ pub mod units;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use files::{FileRefused, FileScope};
+pub use files::{read_resolved, FileRefused, FileScope};
 pub use model::*;
 pub use validate::check_name;
 

@@ -57,14 +57,12 @@ impl Reloader {
 
     /// Reload and log the outcome (and count it for `/status` and `/metrics`).
     pub async fn reload_and_log(&self, why: &str) -> bool {
-        let (result, judged) = self.reload().await;
-        let result = result.map(|pending| (judged.clone(), pending));
-        self.shared
-            .publish(result.as_ref().ok().map(|(digest, _)| digest.clone()));
+        let (result, digest) = self.reload().await;
+        self.shared.publish(result.is_ok().then(|| digest.clone()));
         {
             let mut st = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
             match &result {
-                Ok((_, pending)) => {
+                Ok(pending) => {
                     st.reloads_ok += 1;
                     st.restart_pending = pending.iter().map(|s| s.to_string()).collect();
                 }
@@ -81,8 +79,8 @@ impl Reloader {
             .reloads
             .get_or_create(&wasmgate_observe::metrics::ResultLabels { result: outcome })
             .inc();
-        let ok = match result {
-            Ok((digest, pending)) => {
+        match result {
+            Ok(pending) => {
                 tracing::info!(config = %self.path.display(), digest = %digest.get(..12).unwrap_or("-"), trigger = why, "configuration reloaded");
                 if !pending.is_empty() {
                     tracing::warn!(
@@ -101,8 +99,7 @@ impl Reloader {
                 );
                 false
             }
-        };
-        ok
+        }
     }
 
     /// The digest of the config and every file it names, read on a blocking thread.

@@ -153,8 +153,7 @@ enum Value<'a> {
 }
 
 impl AccessRecord {
-    /// The line by hand: `push_str` and integer formatting, no `fmt` machinery (which was half of
-    /// this function's cost with `write!` per field).
+    /// The one serializer: every access line, in the output's format, to the output.
     fn write(
         &self,
         now: Instant,
@@ -167,10 +166,25 @@ impl AccessRecord {
             return;
         }
         let out = output();
-        if let AccessLogFormat::Combined | AccessLogFormat::Common = out.format {
-            let line = self.ncsa(out.format == AccessLogFormat::Combined, bytes_out);
-            return (out.write)(line.as_bytes());
-        }
+        let line = match out.format {
+            AccessLogFormat::Combined => self.ncsa(true, bytes_out),
+            AccessLogFormat::Common => self.ncsa(false, bytes_out),
+            AccessLogFormat::Text => self.fields(false, now, tail_msg, (bytes_in, bytes_out), tail),
+            AccessLogFormat::Json => self.fields(true, now, tail_msg, (bytes_in, bytes_out), tail),
+        };
+        (out.write)(line.as_bytes());
+    }
+
+    /// The text or JSON line, every field named. By hand: `push_str` and integer formatting, no
+    /// `fmt` machinery (which was half of this function's cost with `write!` per field).
+    fn fields(
+        &self,
+        json: bool,
+        now: Instant,
+        tail_msg: &str,
+        (bytes_in, bytes_out): (u64, u64),
+        tail: &[(&str, Value<'_>)],
+    ) -> String {
         let mut nums = [0u8; 128];
         let mut at = 0;
         let mut num = |n: u64| {
@@ -185,7 +199,7 @@ impl AccessRecord {
         let client = ip(self.client, &mut client);
         let text = |r: std::ops::Range<usize>| std::str::from_utf8(&nums[r]).unwrap_or("0");
         let duration = [text(ms), ".", &text(frac)[1..]].concat();
-        // (name, value, is a number) in the order `emit`'s tracing event has them; absent ones skipped.
+        // (name, value, is a number), in the order the lines have always had them; absent ones skipped.
         let fields: [(&str, Option<&str>, bool); 17] = [
             ("id", Some(&self.request_id), false),
             ("client", Some(client), false),
@@ -215,51 +229,48 @@ impl AccessRecord {
             text(status),
             tail_msg,
         ];
-        match out.format {
-            AccessLogFormat::Text | AccessLogFormat::Combined | AccessLogFormat::Common => {
-                crate::log_sink::timestamp_at(&mut line, now);
-                line.push_str("  INFO wasmgate::access: ");
-                msg.iter().for_each(|m| line.push_str(&escaped(m)));
-                for (k, v, _) in fields {
-                    for part in [" ", k, "=", &escaped(v)] {
-                        line.push_str(part);
-                    }
-                }
-                for (k, v) in tail {
-                    for part in [" ", k, "=", &escaped(v.as_str())] {
-                        line.push_str(part);
-                    }
+        if !json {
+            crate::log_sink::timestamp_at(&mut line, now);
+            line.push_str("  INFO wasmgate::access: ");
+            msg.iter().for_each(|m| line.push_str(&escaped(m)));
+            for (k, v, _) in fields {
+                for part in [" ", k, "=", &escaped(v)] {
+                    line.push_str(part);
                 }
             }
-            AccessLogFormat::Json => {
-                line.push_str("{\"timestamp\":\"");
-                crate::log_sink::timestamp_at(&mut line, now);
-                line.push_str("\",\"level\":\"INFO\",\"message\":");
-                json_str(&mut line, &msg.concat());
-                for (k, v, number) in fields {
-                    for part in [",\"", k, "\":"] {
-                        line.push_str(part);
-                    }
-                    if number {
-                        line.push_str(v);
-                    } else {
-                        json_str(&mut line, v);
-                    }
+            for (k, v) in tail {
+                for part in [" ", k, "=", &escaped(v.as_str())] {
+                    line.push_str(part);
                 }
-                for (k, v) in tail {
-                    for part in [",\"", k, "\":"] {
-                        line.push_str(part);
-                    }
-                    match v {
-                        Value::Str(s) => json_str(&mut line, s),
-                        Value::Bool(_) => line.push_str(v.as_str()),
-                    }
-                }
-                line.push_str(",\"target\":\"wasmgate::access\"}");
             }
+        } else {
+            line.push_str("{\"timestamp\":\"");
+            crate::log_sink::timestamp_at(&mut line, now);
+            line.push_str("\",\"level\":\"INFO\",\"message\":");
+            json_str(&mut line, &msg.concat());
+            for (k, v, number) in fields {
+                for part in [",\"", k, "\":"] {
+                    line.push_str(part);
+                }
+                if number {
+                    line.push_str(v);
+                } else {
+                    json_str(&mut line, v);
+                }
+            }
+            for (k, v) in tail {
+                for part in [",\"", k, "\":"] {
+                    line.push_str(part);
+                }
+                match v {
+                    Value::Str(s) => json_str(&mut line, s),
+                    Value::Bool(_) => line.push_str(v.as_str()),
+                }
+            }
+            line.push_str(",\"target\":\"wasmgate::access\"}");
         }
         line.push('\n');
-        (out.write)(line.as_bytes());
+        line
     }
 
     /// Apache's `common` (`%h %l %u %t "%r" %>s %b`) or `combined` (`… "%{Referer}i"

@@ -105,9 +105,7 @@ impl PluginHost {
             Err(errors)
         }
     }
-}
 
-impl PluginHost {
     /// A live plugin that can stand for `c` unchanged (`true`), or a fresh load of it.
     async fn load_or_keep(
         &self,
@@ -159,8 +157,7 @@ impl PluginHost {
                 )
             });
             let Some(rt) = &loader.0 else {
-                let e = "cannot start the plugin loader runtime".to_string();
-                return configs.iter().map(|_| Err(e.clone())).collect();
+                return all_failed(configs, "cannot start the plugin loader runtime");
             };
             rt.block_on(async {
                 let mut out = Vec::with_capacity(configs.len());
@@ -173,15 +170,19 @@ impl PluginHost {
         };
         if tokio::runtime::Handle::try_current().is_ok() {
             std::thread::scope(|s| {
-                s.spawn(run).join().unwrap_or_else(|_| {
-                    let e = "plugin loader panicked".to_string();
-                    configs.iter().map(|_| Err(e.clone())).collect()
-                })
+                s.spawn(run)
+                    .join()
+                    .unwrap_or_else(|_| all_failed(configs, "plugin loader panicked"))
             })
         } else {
             run()
         }
     }
+}
+
+/// Every entry of `configs` refused for the same reason (the loader itself failed).
+fn all_failed<T>(configs: &[PluginConfig], why: &str) -> Vec<Result<T, String>> {
+    configs.iter().map(|_| Err(why.to_string())).collect()
 }
 
 fn describe(source: &PluginSource) -> String {

@@ -114,9 +114,8 @@ impl ConfigFiles {
                     Ok(name) => c.read(name),
                     Err(_) => return false,
                 },
-                // The key is the path as resolved then; read it as `FileScope::read` would.
-                None => std::fs::read(path)
-                    .map_err(|e| format!("cannot read `{}`: {e}", path.display())),
+                // The key is the path as `FileScope::read` resolved it then.
+                None => wasmgate_config::read_resolved(path),
             };
             &now == before
         })
