@@ -182,6 +182,18 @@ async fn unchanged_plugins_are_kept_across_a_reload_with_their_instances() {
     );
     assert_eq!(seen("a").await, "v#0", "the same decision cache");
 
+    // Lines added above its entry: still kept, and cited (logs, `/status`) where it now is.
+    let location = |p: &Proxy| p.server().runtime().sites[0].plugins.plugins()[0].location();
+    let was = location(&p);
+    p.reload(&format!("# moved down\n\n{}", cfg("v", "elsewhere")))
+        .unwrap();
+    // `file:line:column`
+    let mut at = was.rsplitn(3, ':');
+    let (column, line, file) = (at.next().unwrap(), at.next().unwrap(), at.next().unwrap());
+    let line: u32 = line.parse().unwrap();
+    assert_eq!(&*location(&p), format!("{file}:{}:{column}", line + 2));
+    assert_eq!(seen("a").await, "v#0", "kept: the same decision cache");
+
     // The tokens file changes: token-auth starts afresh with it, add-header is kept.
     std::fs::write(p.path("tokens.txt"), "second\n").unwrap();
     p.reload(&cfg("v", "elsewhere")).unwrap();

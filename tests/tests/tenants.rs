@@ -16,7 +16,9 @@ use wasmgate_tests::{capture_logs, fixture};
 const LOOPBACK: &str = "backends = [\"127.0.0.1/32\"]";
 
 fn operator(limits: &str) -> String {
-    let limits = if limits.contains("[tenant_limits.default]") {
+    let limits = if limits.contains("backends = ") {
+        limits.to_string()
+    } else if limits.contains("[tenant_limits.default]") {
         limits.replace(
             "[tenant_limits.default]",
             &format!("[tenant_limits.default]\n{LOOPBACK}"),
@@ -260,6 +262,85 @@ async fn a_change_under_one_tenant_reloads_that_tenant_only_and_drops_nothing() 
         (200, "slow".to_string()),
         "in flight across the reload"
     );
+}
+
+/// A tenant's unchanged plugin is kept when its tenant is rebuilt, warm instance and all; a change
+/// of what the tenant is granted (its egress allowances) gets it a fresh one; and a neighbour with
+/// the very same entry, on a site of the same name, never shares it.
+#[tokio::test]
+async fn a_tenants_unchanged_plugin_is_kept_across_a_reload_and_never_shared() {
+    let b = Backend::start().await;
+    let plugin = "[[site.plugin]]\nwasm = \"plugins/add-header.wasm\"\nconfig = { name = \"x-added\", value = \"v\", cache_on = \"x-key\" }\n";
+    // One worker: one instance per plugin, so its call count tells instances apart.
+    let limits = |extra_net: &str| {
+        format!("workers = 1\n[tenant_limits.default]\nbackends = [\"127.0.0.1/32\"{extra_net}]\n")
+    };
+    let p = start(
+        &b,
+        &limits(""),
+        &[
+            ("acme", tenant("acme.test", &b, plugin)),
+            ("globex", tenant("globex.test", &b, plugin)),
+        ],
+    )
+    .await;
+    for t in ["acme", "globex"] {
+        write(
+            p.dir.path(),
+            &format!("tenants/{t}/plugins/add-header.wasm"),
+            &std::fs::read(fixture("add-header")).unwrap(),
+        );
+    }
+    p.reload(&operator(&limits(""))).unwrap();
+    let addr = p.addr("web");
+    // A new cache key each time: every request is a real call.
+    let keys = std::sync::atomic::AtomicU32::new(0);
+    let seen = |host: &'static str| {
+        let (b, key) = (&b, keys.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        async move {
+            let req = Request::get("/")
+                .header("host", host)
+                .header("x-key", key.to_string())
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            assert_eq!(send(addr, req).await.status, 200, "{host}");
+            b.last().header("x-added").unwrap().to_owned()
+        }
+    };
+    assert_eq!(seen("acme.test").await, "v#0");
+    assert_eq!(seen("acme.test").await, "v#1");
+    assert_eq!(
+        seen("globex.test").await,
+        "v#0",
+        "globex has its own instance"
+    );
+
+    // acme's file changes elsewhere: acme is rebuilt, its plugin kept.
+    write(
+        p.dir.path(),
+        "tenants/acme/tenant.toml",
+        tenant("acme.test", &b, plugin)
+            .replace("acme.test\"]", "acme.test\", \"www.acme.test\"]")
+            .as_bytes(),
+    );
+    let before = p.server().runtime();
+    p.reload(&operator(&limits(""))).unwrap();
+    assert!(!Arc::ptr_eq(
+        before.tenant("acme").unwrap(),
+        p.server().runtime().tenant("acme").unwrap()
+    ));
+    assert_eq!(seen("www.acme.test").await, "v#2", "the same warm instance");
+    assert_eq!(seen("globex.test").await, "v#1");
+
+    // The tenants' egress allowances change: what their plugins were granted changed, so each
+    // gets a fresh plugin.
+    p.reload(&operator(&limits(", \"10.9.0.0/16\""))).unwrap();
+    assert_eq!(
+        seen("acme.test").await,
+        "v#0",
+        "a fresh plugin for a new grant"
+    );
+    assert_eq!(seen("globex.test").await, "v#0");
 }
 
 #[tokio::test]

@@ -263,6 +263,62 @@ ca = "wrong-ca.pem"
     );
 }
 
+/// A CA bundle is judged by its bytes, not its path: rotated in place, it takes effect at the next
+/// reload though the config text did not change. A bundle that is not a regular file (a symlink to
+/// `/dev/zero`, which would never end) is refused with its route, and the last good one serves.
+#[tokio::test]
+async fn a_ca_bundle_rotated_in_place_takes_effect_at_the_next_reload() {
+    let old_ca = TestCa::new("retiring CA");
+    let new_ca = TestCa::new("new CA");
+    let backend = Backend::start_tls(&new_ca.leaf(&["localhost"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    old_ca.write(&dir.path().join("backend-ca.pem"));
+    let port = backend.addr.port();
+    let config = format!(
+        r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+
+[[site]]
+name = "a"
+listeners = ["web"]
+hosts = ["a.test"]
+
+[[site.route]]
+path = "/"
+backend = "https://localhost:{port}/"
+ca = "backend-ca.pem"
+"#
+    );
+    let proxy = Proxy::start_in(dir, &config).await;
+    let addr = proxy.addr("web");
+    let r = wasmgate_tests::client::get(addr, "a.test", "/before").await;
+    assert_eq!(
+        r.status, 502,
+        "the backend's certificate is from the new CA"
+    );
+
+    new_ca.write(&proxy.path("backend-ca.pem"));
+    proxy.reload(&config).unwrap();
+    let r = wasmgate_tests::client::get(addr, "a.test", "/after").await;
+    assert_eq!(
+        r.status, 200,
+        "the rotated bundle is trusted after the reload"
+    );
+    assert_eq!(backend.last().uri, "/after");
+
+    std::fs::remove_file(proxy.path("backend-ca.pem")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", proxy.path("backend-ca.pem")).unwrap();
+    let err = proxy.reload(&config).unwrap_err().to_string();
+    assert!(
+        err.contains("route[0].ca") && err.contains("regular file"),
+        "{err}"
+    );
+    let r = wasmgate_tests::client::get(addr, "a.test", "/still").await;
+    assert_eq!(r.status, 200, "the last good bundle serves");
+}
+
 #[tokio::test]
 async fn certificates_rotate_on_reload_without_touching_open_connections() {
     let s = setup().await;

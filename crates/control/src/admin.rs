@@ -227,7 +227,7 @@ pub fn status(shared: &Shared) -> serde_json::Value {
                     "site": &*site.name,
                     "tenant": site.tenant.as_ref().map(|t| t.name.to_string()),
                     "digest": p.digest(),
-                    "config": p.location,
+                    "config": &*p.location(),
                     "warm_instances": p.warm_instances(),
                     // Lines of its files the plugin refused; the rest of each file applies.
                     "config_problems": p.problems.iter().map(|c| serde_json::json!({

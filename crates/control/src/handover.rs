@@ -18,6 +18,9 @@ use std::sync::Mutex;
 const ENV_FDS: &str = "WASMGATE_LISTEN_FDS";
 const ENV_PREDECESSOR: &str = "WASMGATE_HANDOVER_FROM";
 
+/// The sockets the predecessor passed. Process-wide on purpose: they are this process's file
+/// descriptors, named in its environment, and each may be adopted once — a per-server table would
+/// let two servers in one process adopt the same descriptor.
 static INHERITED: Mutex<Option<HashMap<String, std::net::TcpListener>>> = Mutex::new(None);
 
 /// Was this process started by a predecessor handing over (and has not yet released it)?

@@ -101,18 +101,27 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let metrics = Arc::new(wasmgate_observe::metrics::Metrics::new());
         let builders = Builders::new(config.cache_dir.clone(), metrics.clone());
-        let runtime = Runtime::build(config, &builders, None)?;
+        // Building reads files and compiles plugins: off the async workers, like a reload.
+        let (built, builders) = tokio::task::spawn_blocking(move || {
+            let built = Runtime::build(config, &builders, None);
+            (built, builders)
+        })
+        .await
+        .expect("building the first runtime panicked");
+        let runtime = built?;
         builders.remember_owners(&runtime);
         let started = runtime.config.clone();
         let shared = Arc::new(Shared {
             serve: Arc::new(ServeCtx::new(
                 Arc::new(ArcSwap::from_pointee(runtime)),
                 metrics,
+                &builders.life,
             )),
             started,
             builders,
             status: Default::default(),
             stopped: CancellationToken::new(),
+            building: Default::default(),
         });
         let digest = {
             // The inputs are read off the async workers.
@@ -199,13 +208,15 @@ impl Server {
     }
 
     pub async fn shutdown_with_grace(mut self, grace: Duration) {
+        // Closed before draining is signalled: a backend connection that comes back once its
+        // driver saw the signal must see the set closed, and not be pooled (`upstream::client`).
+        self.shared.serve.tasks.close();
         self.shared.serve.draining.cancel();
         for t in &self.accept_tasks {
             t.abort();
         }
         // Let go of the listening sockets now: new connections go to a successor, or are refused.
         self.held.clear();
-        self.shared.serve.tasks.close();
         if tokio::time::timeout(grace, self.shared.serve.tasks.wait())
             .await
             .is_err()

@@ -411,6 +411,10 @@ pub struct Shared {
     /// The config the process started with: restart-only settings are judged against it, not
     /// against the last reload (which carried them without applying them).
     pub started: Arc<Config>,
+    /// Held while a runtime is built and swapped in: a SIGHUP, the watcher and the admin endpoint
+    /// may ask at once, and each build starts from the runtime live when it began (incumbent
+    /// tenants, kept plugins), so two at once could store over each other's result.
+    pub building: std::sync::Mutex<()>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -476,6 +480,7 @@ impl Shared {
     /// Reload tenants against the running operator config (used when the operator's file is broken:
     /// tenants keep reloading on their own).
     pub fn reload_tenants(&self) -> Result<(), ConfigErrors> {
+        let _one_at_a_time = self.building.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.serve.runtime.load();
         let config = (*current.config).clone();
         let next = Runtime::build(config, &self.builders, Some(&current))?;
@@ -487,6 +492,7 @@ impl Shared {
     /// Swap in a runtime built from `config`; returns the restart-only settings it changes from
     /// the ones the process started with, which it does not apply.
     pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, ConfigErrors> {
+        let _one_at_a_time = self.building.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.serve.runtime.load();
         let sockets = |c: &Config| {
             c.listeners

@@ -89,10 +89,15 @@ pub enum ProxyError {
     NoRoute,
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
-    #[error("the request body is malformed: {0}")]
-    BadRequestBody(String),
-    #[error("the client was too slow sending its request body: {detail}")]
-    ClientTimeout { kind: &'static str, detail: String },
+    /// The cause is the exchange's error, whose chain holds the [`crate::body::ClientBodyError`].
+    #[error("the request body is malformed")]
+    BadRequestBody(#[source] BoxError),
+    #[error("the client was too slow sending its request body")]
+    ClientTimeout {
+        kind: &'static str,
+        #[source]
+        cause: BoxError,
+    },
     /// The cause keeps its type (an `io::Error`, a rustls or hyper error, a [`Violation`]): the
     /// log prints the whole chain ([`Chain`]), and code can downcast it.
     #[error("backend {backend} refused or reset the connection")]

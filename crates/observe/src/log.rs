@@ -121,6 +121,8 @@ struct Output {
 /// Takes one whole line, newline included.
 type LineWriter = dyn Fn(&[u8]) + Send + Sync;
 
+/// Process-wide on purpose, like `tracing`'s dispatcher that decides whether a line is written at
+/// all: the process has one stderr, and lines of two servers in one process interleave there anyway.
 static OUTPUT: OnceLock<Output> = OnceLock::new();
 
 /// Lay access lines out as `format` and hand each (with its newline) to `write`. The first call

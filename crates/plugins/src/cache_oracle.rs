@@ -122,6 +122,7 @@ fn chain_of(name: &str, config: serde_json::Value, site: &str) -> Chain {
         tenant: None,
         cpu: None,
         quota: None,
+        grants: &crate::caps::ClockOnly,
     };
     PluginHost::new(None, Default::default())
         .chain(&[cfg], owner, "")
@@ -337,6 +338,7 @@ fn basic_auth_declares_no_cache() {
                 tenant: None,
                 cpu: None,
                 quota: None,
+                grants: &crate::caps::ClockOnly,
             },
             "",
         )

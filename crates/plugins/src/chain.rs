@@ -246,7 +246,7 @@ fn log_failure(p: &LoadedPlugin, id: &str, hook: &str, f: &instance::Failure) {
         site = %p.who.site,
         tenant = %p.who.tenant.as_deref().unwrap_or("-"),
         digest = %p.digest(),
-        config = %p.location,
+        config = %p.location(),
         id = %id,
         hook = %hook,
         kind = %f.kind,

@@ -29,7 +29,9 @@ const MAX_PARK: Duration = Duration::from_millis(50);
 /// A stretch start that means "parked at a yield, not running".
 pub const PARKED: u64 = u64::MAX;
 
-/// Nanoseconds since the first use in this process, from the monotonic clock.
+/// Nanoseconds since the first use in this process, from the monotonic clock. A process-wide
+/// origin on purpose, like `Instant`'s own: it is a representation of the clock (so a stretch's
+/// start fits an atomic), not state, and every budget's readings must be comparable.
 pub fn now_ns() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::chain::Chain;
 use crate::instance::LoadedPlugin;
-use crate::{cpu, engine, quota};
+use crate::{caps, cpu, engine, quota};
 use wasmgate_config::{ConfigError, PluginConfig, PluginSource};
 
 /// Whose chain a plugin belongs to (for its log lines and its isolation).
@@ -18,6 +18,8 @@ pub struct PluginOwner<'a> {
     pub cpu: Option<&'a Arc<cpu::CpuBudget>>,
     /// The tenant's live instance quota, shared by all of its plugins.
     pub quota: Option<&'a Arc<quota::InstanceQuota>>,
+    /// What each of its chain entries may use beyond computing (see `caps`).
+    pub grants: &'a dyn caps::Grants,
 }
 
 /// Loads plugin chains. Lives as long as the server.
@@ -26,6 +28,8 @@ pub struct PluginHost {
     /// Where plugins' calls, latencies and failures are counted.
     pub(crate) metrics: Arc<wasmgate_observe::metrics::Metrics>,
     pub(crate) engines: engine::Engines,
+    /// `verify-password`'s hashing slots, shared by every plugin this host loads.
+    pub(crate) hashing: crate::password::HashingPool,
     /// Runs the async instantiate + `init` of plugins being loaded: one small runtime for the
     /// host's life, not one (and a thread) per plugin.
     loader: std::sync::OnceLock<Loader>,
@@ -60,6 +64,9 @@ impl PluginHost {
             cache_dir: cache_dir.or_else(engine::default_cache_dir),
             metrics,
             engines: engine::Engines::default(),
+            hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                crate::password::hashing_slots(),
+            )),
             loader: std::sync::OnceLock::new(),
             live: Default::default(),
         }
@@ -114,6 +121,7 @@ impl PluginHost {
         slot: Slot,
     ) -> Result<(Arc<LoadedPlugin>, bool), String> {
         let (bytes, digest) = crate::instance::read_wasm(c)?;
+        let caps = owner.grants.capabilities(c, &slot.1);
         let candidates: Vec<Arc<LoadedPlugin>> = {
             let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
             live.retain(|(_, w)| w.strong_count() > 0);
@@ -125,11 +133,12 @@ impl PluginHost {
         // Judged without the lock: `serves_as` reads the files the plugin read.
         let kept = candidates
             .into_iter()
-            .find(|p| p.serves_as(c, owner, &digest));
+            .find(|p| p.serves_as(c, owner, &digest, &caps.terms));
         if let Some(p) = kept {
+            p.relocate(&c.location);
             return Ok((p, true));
         }
-        let p = Arc::new(LoadedPlugin::load(c, owner, self, (bytes, digest)).await?);
+        let p = Arc::new(LoadedPlugin::load(c, owner, self, (bytes, digest), caps).await?);
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())

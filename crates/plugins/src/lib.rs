@@ -13,6 +13,8 @@
 //! (500) unless its `on_error = "allow"` — and then the identity headers it declared are removed
 //! before the request goes on, so a skipped auth plugin never passes on a client's own claim; either
 //! way it is logged with the plugin's name, digest and wasm backtrace, and its instance is discarded.
+//! - `caps`: what a plugin may use beyond computing (clock, key-value, outbound HTTP): traits here,
+//!   implemented by the runtime layer.
 //! - `password`: the host's `verify-password` (native hashing on a bounded pool, cache, throttle).
 
 mod bindings;
@@ -20,6 +22,7 @@ pub mod builtin;
 mod cache;
 #[cfg(test)]
 mod cache_oracle;
+pub mod caps;
 mod chain;
 mod convert;
 pub mod cpu;

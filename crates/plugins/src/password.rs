@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -39,14 +39,14 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// Addresses tracked per plugin; beyond it the expired ones are dropped, then the oldest window.
 const ADDRS_MAX: usize = 16_384;
 
-/// Hashes running at once in the whole process: one per core, at least two.
-fn pool() -> &'static Arc<Semaphore> {
-    static POOL: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let n = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-        Arc::new(Semaphore::new(n))
-    })
+/// How many hashes may run at once: one per core, at least two. The plugin host owns the one
+/// semaphore (see [`HashingPool`]) that every plugin's checks share.
+pub fn hashing_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
+
+/// The bounded pool of host threads' slots for hashing, shared by all of one host's plugins.
+pub type HashingPool = Arc<Semaphore>;
 
 /// A hash the host can check, recognised by its form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,8 +166,8 @@ fn check(kind: &Kind, hash: &str, password: &[u8]) -> bool {
 
 /// A plugin's memory of checks: successes to reuse and failures to throttle. One per loaded plugin,
 /// so a reload (new htpasswd) starts afresh and sites never see each other's clients.
-#[derive(Default)]
 pub struct Passwords {
+    pool: HashingPool,
     ok: Mutex<HashMap<[u8; 32], Instant>>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
 }
@@ -190,6 +190,14 @@ fn throttle_key(ip: IpAddr) -> IpAddr {
 }
 
 impl Passwords {
+    pub fn new(pool: HashingPool) -> Passwords {
+        Passwords {
+            pool,
+            ok: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+
     /// Check `password` against `hash` for a request from `client`.
     pub async fn verify(
         &self,
@@ -222,7 +230,8 @@ impl Passwords {
         }
         // The permit moves into the blocking task: a caller that gives up (its deadline passed)
         // does not free a slot while its hash still runs.
-        let permit = pool()
+        let permit = self
+            .pool
             .clone()
             .acquire_owned()
             .await
@@ -345,7 +354,7 @@ mod tests {
 
     #[tokio::test]
     async fn successes_are_remembered_and_failures_throttle_one_address() {
-        let p = Passwords::default();
+        let p = Passwords::new(Arc::new(Semaphore::new(hashing_slots())));
         let a: IpAddr = "192.0.2.7".parse().unwrap();
         let b: IpAddr = "192.0.2.8".parse().unwrap();
         let v = |pw: &str, c| p.verify(SHA1_PASSWORD.into(), pw.as_bytes().to_vec(), Some(c));

@@ -170,7 +170,9 @@ pub struct State {
     /// stretch of guest execution began (`cpu::now_ns`; written by the yield future on resumption).
     pub cpu: Option<Arc<super::cpu::CpuBudget>>,
     pub stretch: Arc<std::sync::atomic::AtomicU64>,
-    started: Instant,
+    /// What the plugin entry was granted: the clock its `monotonic-now`/`wall-now` read, and the
+    /// store and outbound client the coming host functions will use.
+    pub caps: super::caps::Capabilities,
 }
 
 impl State {
@@ -180,6 +182,7 @@ impl State {
         passwords: Arc<Passwords>,
         memory: u64,
         cpu: Option<Arc<super::cpu::CpuBudget>>,
+        caps: super::caps::Capabilities,
     ) -> State {
         let wasi = WasiCtx::builder()
             .stdout(LogOutput {
@@ -209,7 +212,7 @@ impl State {
             cpu,
             // Instantiation and `init` run guest code too: charged from here.
             stretch: Arc::new(super::cpu::now_ns().into()),
-            started: Instant::now(),
+            caps,
         }
     }
 }
@@ -253,14 +256,11 @@ impl bindings::wasmgate::plugin::host::Host for State {
     }
 
     fn monotonic_now(&mut self) -> u64 {
-        self.started.elapsed().as_nanos() as u64
+        self.caps.clock.monotonic().as_nanos() as u64
     }
 
     fn wall_now(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        self.caps.clock.wall().as_millis() as u64
     }
 
     fn read_config_file(&mut self, path: String) -> Result<Vec<u8>, String> {

@@ -28,20 +28,26 @@ pub struct ServeCtx {
     pub draining: CancellationToken,
     /// Fires when the grace period is over: open tunnels are closed.
     pub tunnels_cancel: CancellationToken,
-    /// Connections and tunnels, so shutdown can wait for them.
+    /// Connections, tunnels and backend connections, so shutdown can wait for them.
     pub tasks: TaskTracker,
 }
 
 impl ServeCtx {
-    pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>) -> ServeCtx {
+    /// `life` is the builders' ([`wasmgate_runtime::Builders::life`]): backend connections join the
+    /// same task set and see the same draining signal.
+    pub fn new(
+        runtime: SharedRuntime,
+        metrics: Arc<Metrics>,
+        life: &wasmgate_runtime::Lifecycle,
+    ) -> ServeCtx {
         ServeCtx {
             runtime,
             unrouted: Arc::new(RouteMetrics::new(&metrics, "-", "-", None)),
             metrics,
             ids: RequestIds::new(),
-            draining: CancellationToken::new(),
+            draining: life.draining.clone(),
             tunnels_cancel: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            tasks: life.tasks.clone(),
         }
     }
 }

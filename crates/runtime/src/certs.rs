@@ -2,7 +2,7 @@
 //! chains and keys loaded and checked to belong together, and the client configuration backends are
 //! reached with. Terminating TLS (the per-handshake certificate choice) is the server layer's `tls`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -53,27 +53,83 @@ pub fn certified_key_from_pem(
 }
 
 /// Client config for `https://`/`wss://` backends: the given CA bundle, or the web PKI roots.
+/// Why a backend client configuration could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read the CA bundle `{}`: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the CA bundle `{}` is not a regular file of at most {MAX_CA_BYTES} bytes", path.display())]
+    NotABundle { path: PathBuf },
+    #[error("{}: bad PEM: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: unusable CA certificate: {source}", path.display())]
+    Unusable {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("TLS client configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A CA bundle larger than this is refused (Mozilla's whole root store is about 200 KiB).
+pub const MAX_CA_BYTES: u64 = 4 << 20;
+
+/// Read a CA bundle: a regular file (not a FIFO that would block a build, not `/dev/zero`), bounded.
+pub fn read_ca(path: &Path) -> Result<Vec<u8>, CertError> {
+    use std::io::Read;
+    let read = |source| CertError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
+    if !meta.is_file() || meta.len() > MAX_CA_BYTES {
+        return Err(CertError::NotABundle {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut pem = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_CA_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(read)?;
+    if pem.len() as u64 > MAX_CA_BYTES {
+        return Err(CertError::NotABundle {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(pem)
+}
+
+/// The client side of TLS to backends: trusting `ca` (a bundle's path, for messages, and its
+/// bytes), or the web PKI roots; TLS 1.2+.
 pub fn client_config(
-    ca: Option<&Path>,
+    ca: Option<(&Path, &[u8])>,
     alpn_http1: bool,
-) -> Result<Arc<rustls::ClientConfig>, String> {
+) -> Result<Arc<rustls::ClientConfig>, CertError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
-        Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-            {
-                let cert = cert.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+        Some((path, pem)) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|source| CertError::Pem {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                roots.add(cert).map_err(|source| CertError::Unusable {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots)
         .with_no_client_auth();
     if alpn_http1 {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::sign::CertifiedKey;
 
+pub mod caps;
 pub mod certs;
 pub mod forwarded;
 mod owners;
@@ -182,11 +183,24 @@ impl Drop for TunnelSlot {
     }
 }
 
+/// What the process's shutdown sees: the set of tasks it waits for (connections, tunnels, backend
+/// connection drivers) and the signal that draining started. Made here, where the first tasks that
+/// need it (backend connections) are built; the serving layer shares the same two.
+#[derive(Clone, Debug, Default)]
+pub struct Lifecycle {
+    pub tasks: tokio_util::task::TaskTracker,
+    pub draining: tokio_util::sync::CancellationToken,
+}
+
 /// What outlives one runtime: connection pools, the plugin engine, tenants' counters.
 pub struct Builders {
     /// The server's metrics: every route, plugin and tenant built here counts into them.
     pub metrics: Arc<wasmgate_observe::metrics::Metrics>,
     pub upstreams: UpstreamCache,
+    /// The server's task set and shutdown signal, which backend connections join.
+    pub life: Lifecycle,
+    /// What plugins may use beyond computing: clock, local store, outbound client.
+    pub caps: caps::HostCaps,
     pub plugins: PluginHost,
     pub tenants: tenants::TenantCounters,
     /// The server's bound sockets, which no tenant backend may reach (filled in once bound).
@@ -201,8 +215,21 @@ impl Builders {
         cache_dir: Option<std::path::PathBuf>,
         metrics: Arc<wasmgate_observe::metrics::Metrics>,
     ) -> Builders {
+        let life = Lifecycle::default();
+        let upstreams = UpstreamCache::new(life.clone());
+        let clock: Arc<dyn wasmgate_plugins::caps::Clock> = Arc::new(caps::SystemClock::new());
+        let caps = caps::HostCaps {
+            kv: Arc::new(caps::kv::LocalKv::new(clock.clone(), Default::default())),
+            clock,
+            // Without a CA file nothing is read, and the web PKI roots always make a config.
+            client: upstreams
+                .get(caps::OUTBOUND_CONNECT_TIMEOUT, None)
+                .expect("the web PKI client config builds"),
+        };
         Builders {
-            upstreams: UpstreamCache::default(),
+            upstreams,
+            life,
+            caps,
             plugins: PluginHost::new(cache_dir, metrics.clone()),
             metrics,
             tenants: Default::default(),
@@ -285,15 +312,22 @@ pub fn build_sites(
             },
             None => None,
         };
+        let connector = match tenant {
+            Some(t) => crate::upstream::egress::Connector::Tenant(t.egress.clone()),
+            None => crate::upstream::egress::Connector::Operator,
+        };
+        let grants = caps::HostGrants {
+            caps: &b.caps,
+            site: &sc.name,
+            tenant: sc.tenant.as_deref(),
+            via: &connector,
+        };
         let owner = PluginOwner {
             site: &sc.name,
             tenant: sc.tenant.as_deref(),
             cpu: tenant.and_then(|t| t.cpu.as_ref()),
             quota: tenant.map(|t| &t.quota),
-        };
-        let connector = match tenant {
-            Some(t) => crate::upstream::egress::Connector::Tenant(t.egress.clone()),
-            None => crate::upstream::egress::Connector::Operator,
+            grants: &grants,
         };
         let site_plugins = b.plugins.chain(&sc.plugins, owner, "").unwrap_or_else(|e| {
             errors.extend(e);
@@ -301,10 +335,13 @@ pub fn build_sites(
         });
         let mut routes = Vec::new();
         for (ri, rc) in sc.routes.iter().enumerate() {
-            let upstream = match b.upstreams.get(rc.timeouts.connect, rc.backend.ca.as_ref()) {
+            let upstream = match b
+                .upstreams
+                .get(rc.timeouts.connect, rc.backend.ca.as_deref())
+            {
                 Ok(u) => u,
                 Err(m) => {
-                    errors.push(err(format!("site[{si}].route[{ri}].ca"), m));
+                    errors.push(err(format!("site[{si}].route[{ri}].ca"), m.to_string()));
                     continue;
                 }
             };

@@ -60,7 +60,9 @@ pub struct Failure {
 pub struct LoadedPlugin {
     pub name: String,
     pub who: Identity,
-    pub location: String,
+    /// The entry's `file:line`, for logs and `/status`; moved when a reload keeps the plugin for an
+    /// entry that now sits elsewhere in its file (see [`LoadedPlugin::relocate`]).
+    location: Mutex<Arc<str>>,
     pub source: PluginSource,
     /// SHA-256 (hex) of the component (`who.digest` is its first 12 digits, for logs).
     wasm_digest: String,
@@ -85,6 +87,8 @@ pub struct LoadedPlugin {
     /// The owning tenant's plugin CPU budget (`None`: the operator's, or unlimited).
     cpu: Option<Arc<super::cpu::CpuBudget>>,
     quota: Option<Arc<super::quota::InstanceQuota>>,
+    /// What this entry was granted (clock, store, outbound calls); each instance gets a copy.
+    caps: super::caps::Capabilities,
     engine: Engine,
     /// Held so the plugin host keeps it in memory while this plugin lives (see `engine::Engines`).
     _component: Arc<wasmtime::component::Component>,
@@ -137,6 +141,7 @@ impl LoadedPlugin {
         owner: super::PluginOwner<'_>,
         host: &super::PluginHost,
         (bytes, digest): (Wasm, String),
+        caps: super::caps::Capabilities,
     ) -> Result<LoadedPlugin, String> {
         let metrics = &host.metrics;
         let (engine, ticker) = host.engines.engine(cfg.limits.stack)?;
@@ -171,7 +176,7 @@ impl LoadedPlugin {
         let mut plugin = LoadedPlugin {
             name: cfg.name.clone(),
             who,
-            location: cfg.location.clone(),
+            location: Mutex::new(cfg.location.as_str().into()),
             source: cfg.source.clone(),
             wasm_digest: digest.clone(),
             on_error: cfg.on_error,
@@ -184,7 +189,7 @@ impl LoadedPlugin {
             identity_headers: Vec::new(),
             problems: Vec::new(),
             more_problems: 0,
-            passwords: Arc::default(),
+            passwords: Arc::new(Passwords::new(host.hashing.clone())),
             files: Arc::new(ConfigFiles {
                 scope: cfg.files.clone(),
                 confined: cfg.confined.clone(),
@@ -192,6 +197,7 @@ impl LoadedPlugin {
             }),
             cpu: owner.cpu.cloned(),
             quota: owner.quota.cloned(),
+            caps,
             engine,
             _component: component,
             ticker,
@@ -235,13 +241,15 @@ impl LoadedPlugin {
 
     /// Can this plugin, warm instances and decision cache included, stand for `cfg` of `owner`
     /// (whose wasm has `digest`) in a new runtime? Only if nothing that went into it changed: the
-    /// entry (apart from where it sits in the file), the wasm, the owner and its budgets, and every
-    /// file it read through `read-config-file`.
+    /// entry (apart from where it sits in the file), the wasm, the owner and its budgets, what it
+    /// was granted (`terms`, see [`super::caps::Capabilities`]), and every file it read through
+    /// `read-config-file`.
     pub fn serves_as(
         &self,
         cfg: &PluginConfig,
         owner: super::PluginOwner<'_>,
         digest: &str,
+        terms: &[u8; 32],
     ) -> bool {
         // As `load` renders it for `init` (serde_json's output is canonical for equal values).
         let config_json = cfg.config.to_string();
@@ -267,7 +275,24 @@ impl LoadedPlugin {
             && self.wasm_digest == digest
             && same_budget
             && same_quota
+            && self.caps.terms == *terms
             && self.files.unchanged()
+    }
+
+    pub fn location(&self) -> Arc<str> {
+        self.location
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Kept for an entry now at `location` (a line added above it, say): logs and `/status` cite
+    /// where it is, not where it was when it was loaded.
+    pub fn relocate(&self, location: &str) {
+        let mut at = self.location.lock().unwrap_or_else(|p| p.into_inner());
+        if **at != *location {
+            *at = location.into();
+        }
     }
 
     /// The tenant's live instance quota (0 for the operator's plugins, which have none).
@@ -296,6 +321,7 @@ impl LoadedPlugin {
                 self.passwords.clone(),
                 self.limits.memory,
                 self.cpu.clone(),
+                self.caps.clone(),
             ),
         );
         store.limiter(|s| &mut s.limits);

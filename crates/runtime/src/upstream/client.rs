@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -18,6 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::upstream::egress::{Connector, EgressError};
@@ -34,12 +35,15 @@ pub struct Upstream {
     /// be: a client dropped after a reload and a new one allocated in its place, with another CA,
     /// would inherit connections its TLS settings never vetted).
     id: u64,
+    /// Connection drivers join the process's task set; a draining process pools nothing.
+    life: crate::Lifecycle,
 }
 
 /// Upstream ids, process-wide so that two servers in one process never share one either.
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-type Key = (Duration, Option<PathBuf>);
+/// (connect timeout, SHA-256 of the CA bundle's bytes): a bundle rotated in place is a new key.
+type Key = (Duration, Option<[u8; 32]>);
 
 /// An idle keep-alive connection: hyper's handle to it (the connection itself is driven by a task),
 /// and the reaper generation it came back in.
@@ -87,8 +91,10 @@ fn checkout(key: PoolKey, authority: &str) -> Option<SendRequest<ProxyBody>> {
     })
 }
 
-fn checkin(key: PoolKey, authority: &str, tx: SendRequest<ProxyBody>) {
-    if tx.is_closed() {
+fn checkin(key: PoolKey, authority: &str, tx: SendRequest<ProxyBody>, life: &crate::Lifecycle) {
+    // Shutdown closes the task set before it signals draining, so a connection coming back after
+    // its driver cleared this worker's idle ones (see `handshake`) sees the set closed.
+    if tx.is_closed() || life.tasks.is_closed() {
         return;
     }
     start_reaper();
@@ -110,6 +116,11 @@ fn checkin(key: PoolKey, authority: &str, tx: SendRequest<ProxyBody>) {
             });
         }
     });
+}
+
+/// Drop this worker's idle connections of upstream `id`: their drivers see the handle go and end.
+fn forget_idle(id: u64) {
+    IDLE.with(|pools| pools.borrow_mut().retain(|key, _| key.0 != id));
 }
 
 /// Close idle connections past [`IDLE_TIMEOUT`] (and dead ones). One task per worker thread, started
@@ -141,7 +152,7 @@ impl Upstream {
     /// been read to its end; a request that a reused connection could not take (it closed meanwhile)
     /// is retried once on a fresh connection — it was never sent, so this is safe for any method.
     pub async fn send(
-        &self,
+        self: &Arc<Self>,
         backend: &Backend,
         via: &Connector,
         req: Request<ProxyBody>,
@@ -173,7 +184,12 @@ impl Upstream {
                     return Ok(resp.map(|body| PooledBody {
                         body,
                         ended: false,
-                        back: Some((key, backend.authority.clone(), tx)),
+                        back: Some(Back {
+                            key,
+                            authority: backend.authority.clone(),
+                            tx,
+                            upstream: self.clone(),
+                        }),
                         idle: None,
                         timer: None,
                         armed: false,
@@ -198,8 +214,21 @@ impl Upstream {
             .await
             .map_err(|e| classify(e, backend))?;
         let authority = backend.authority.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        let (id, draining) = (self.id, self.life.draining.clone());
+        // Tracked like every other task: shutdown waits for the exchange under way to finish.
+        self.life.tasks.spawn(async move {
+            let mut conn = conn;
+            let ended = tokio::select! {
+                biased;
+                ended = &mut conn => ended,
+                () = draining.cancelled() => {
+                    // Idle connections close now, so they do not hold the shutdown for their idle
+                    // timeout; one with an exchange under way finishes it and is not pooled again.
+                    forget_idle(id);
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(backend = %authority, "backend connection ended: {}", wasmgate_core::error::Chain(&e));
             }
         });
@@ -207,12 +236,20 @@ impl Upstream {
     }
 }
 
+/// Where a connection goes back to once its response is read.
+struct Back {
+    key: PoolKey,
+    authority: String,
+    tx: SendRequest<ProxyBody>,
+    upstream: Arc<Upstream>,
+}
+
 /// A backend response body that returns its connection to the pool once read to the end (when it is
 /// dropped; hyper drops it after the last byte went out, or never polls it when it is empty).
 pub struct PooledBody {
     body: Incoming,
     ended: bool,
-    back: Option<(PoolKey, String, SendRequest<ProxyBody>)>,
+    back: Option<Back>,
     /// See [`PooledBody::idle_timeout`].
     idle: Option<Duration>,
     /// Armed while the backend owes us bytes (allocated at the first wait only).
@@ -279,8 +316,8 @@ impl Body for PooledBody {
 impl Drop for PooledBody {
     fn drop(&mut self) {
         if self.ended || self.body.is_end_stream() {
-            if let Some((key, authority, tx)) = self.back.take() {
-                checkin(key, &authority, tx);
+            if let Some(b) = self.back.take() {
+                checkin(b.key, &b.authority, b.tx, &b.upstream.life);
             }
         }
         // Otherwise the body was abandoned mid-way: dropping the handle closes the connection.
@@ -291,24 +328,44 @@ impl Drop for PooledBody {
 #[derive(Default)]
 pub struct UpstreamCache {
     map: Mutex<HashMap<Key, Arc<Upstream>>>,
+    life: crate::Lifecycle,
 }
 
 impl UpstreamCache {
+    pub fn new(life: crate::Lifecycle) -> UpstreamCache {
+        UpstreamCache {
+            map: Default::default(),
+            life,
+        }
+    }
+
+    /// The client for `connect_timeout` and a CA bundle (`None`: the web PKI roots). The bundle is
+    /// read now and keys the cache by its bytes: a bundle rotated in place takes effect at the
+    /// next reload, and the clients that trusted the old one keep their own connections.
     pub fn get(
         &self,
         connect_timeout: Duration,
-        ca: Option<&PathBuf>,
-    ) -> Result<Arc<Upstream>, String> {
-        let key = (connect_timeout, ca.cloned());
+        ca: Option<&Path>,
+    ) -> Result<Arc<Upstream>, crate::certs::CertError> {
+        let pem = ca.map(crate::certs::read_ca).transpose()?;
+        let key = (
+            connect_timeout,
+            pem.as_deref().map(|p| Sha256::digest(p).into()),
+        );
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(u) = map.get(&key) {
             return Ok(u.clone());
         }
-        let tls = crate::certs::client_config(ca.map(PathBuf::as_path), true)?;
+        let roots = match (ca, &pem) {
+            (Some(path), Some(pem)) => Some((path, pem.as_slice())),
+            _ => None,
+        };
+        let tls = crate::certs::client_config(roots, true)?;
         let up = Arc::new(Upstream {
             connect_timeout,
             tls,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            life: self.life.clone(),
         });
         map.insert(key, up.clone());
         Ok(up)
@@ -371,14 +428,14 @@ fn classify(err: hyper::Error, backend: &Backend) -> ProxyError {
         }
         // The request body failed on the client's side: its fault, not the backend's.
         if let Some(c) = e.downcast_ref::<wasmgate_core::body::ClientBodyError>() {
-            return match c {
-                wasmgate_core::body::ClientBodyError::Broken(_) => {
-                    ProxyError::BadRequestBody(c.to_string())
-                }
-                _ => ProxyError::ClientTimeout {
-                    kind: c.kind(),
-                    detail: c.to_string(),
-                },
+            let timeout = match c {
+                wasmgate_core::body::ClientBodyError::Broken(_) => None,
+                _ => Some(c.kind()),
+            };
+            let cause = Box::new(err);
+            return match timeout {
+                None => ProxyError::BadRequestBody(cause),
+                Some(kind) => ProxyError::ClientTimeout { kind, cause },
             };
         }
         src = e.source();
