@@ -475,6 +475,15 @@ async fn hostile_files_are_refused_unread_and_the_rest_serves() {
                 "[[site.plugin]]\nwasm = \"fifo.pem\"",
                 "`fifo.pem` is not a regular file",
             ),
+            // A backend's CA bundle is one of its files too.
+            (
+                "[[site.route]]\npath = \"/tls\"\nbackend = \"https://localhost:1/\"\nca = \"tokens.txt\"",
+                "symbolic link",
+            ),
+            (
+                "[[site.route]]\npath = \"/tls\"\nbackend = \"https://localhost:1/\"\nca = \"fifo.pem\"",
+                "`fifo.pem` is not a regular file",
+            ),
         ] {
             let started = Instant::now();
             write(p.dir.path(), &format!("tenants/{attacker}/tenant.toml"), own(extra).as_bytes());

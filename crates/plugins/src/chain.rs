@@ -64,50 +64,8 @@ impl Chain {
                 ran.push(p.clone());
                 continue;
             }
-            // A plugin with a decision cache is called only for a request whose key it has not
-            // answered within the TTL (on this worker).
-            let cached = p.cache.as_ref().map(|c| (c, c.key(state, headers)));
-            let hit = cached
-                .as_ref()
-                .and_then(|(c, key)| c.get(instance::worker(), key, state.at));
-            let decision = match hit {
-                Some(decision) => {
-                    p.cache_hits.inc();
-                    decision
-                }
-                None => {
-                    let req = convert::request(state, headers, p.request_headers.as_deref());
-                    // Boxed: the call's future (wasmtime's fiber call, maybe an instantiation)
-                    // is kilobytes, and inline every request with a plugin — cache hit or not —
-                    // would allocate and move it.
-                    match Box::pin(p.on_request(&state.id, state.client, &req)).await {
-                        Ok((action, max_age)) => {
-                            let decision = Arc::new(Decision::check(action));
-                            if let Some((c, key)) = cached {
-                                let w = instance::worker();
-                                c.put(w, key, decision.clone(), state.at, max_age);
-                            }
-                            decision
-                        }
-                        Err(f) if f.kind == FailureKind::Throttled => return Err(throttled(p)),
-                        Err(f) if f.kind == FailureKind::Capacity => return Err(at_quota(p)),
-                        Err(f) => {
-                            log_failure(p, &state.id, "on-request", &f);
-                            if p.on_error == OnError::Deny {
-                                return Err(ProxyError::Plugin {
-                                    plugin: p.name.clone(),
-                                    cause: f.kind,
-                                });
-                            }
-                            // Skipped: what it would have said about the client's identity, it
-                            // did not say — and neither may the client, in its stead.
-                            for h in &p.identity_headers {
-                                headers.remove(h);
-                            }
-                            continue;
-                        }
-                    }
-                }
+            let Some(decision) = ask(p, state, headers).await? else {
+                continue;
             };
             complain(p, &state.id, decision.refused());
             ran.push(p.clone());
@@ -134,6 +92,54 @@ impl Chain {
             }
         }
         Ok(Flow::Continue)
+    }
+}
+
+/// `p`'s decision about this request: from its decision cache, or from a call. `None`: the plugin
+/// failed and is skipped (`on_error = "allow"`), its identity headers removed.
+async fn ask(
+    p: &Arc<LoadedPlugin>,
+    state: &RequestState,
+    headers: &mut HeaderMap,
+) -> Result<Option<Arc<Decision>>, ProxyError> {
+    // A plugin with a decision cache is called only for a request whose key it has not answered
+    // within the TTL (on this worker).
+    let cached = p.cache.as_ref().map(|c| (c, c.key(state, headers)));
+    let hit = cached
+        .as_ref()
+        .and_then(|(c, key)| c.get(instance::worker(), key, state.at));
+    if let Some(decision) = hit {
+        p.cache_hits.inc();
+        return Ok(Some(decision));
+    }
+    let req = convert::request(state, headers, p.request_headers.as_deref());
+    // Boxed: the call's future (wasmtime's fiber call, maybe an instantiation) is kilobytes, and
+    // inline every request with a plugin — cache hit or not — would allocate and move it.
+    match Box::pin(p.on_request(&state.id, state.client, &req)).await {
+        Ok((action, max_age)) => {
+            let decision = Arc::new(Decision::check(action));
+            if let Some((c, key)) = cached {
+                c.put(instance::worker(), key, decision.clone(), state.at, max_age);
+            }
+            Ok(Some(decision))
+        }
+        Err(f) if f.kind == FailureKind::Throttled => Err(throttled(p)),
+        Err(f) if f.kind == FailureKind::Capacity => Err(at_quota(p)),
+        Err(f) => {
+            log_failure(p, &state.id, "on-request", &f);
+            if p.on_error == OnError::Deny {
+                return Err(ProxyError::Plugin {
+                    plugin: p.name.clone(),
+                    cause: f.kind,
+                });
+            }
+            // Skipped: what it would have said about the client's identity, it did not say —
+            // and neither may the client, in its stead.
+            for h in &p.identity_headers {
+                headers.remove(h);
+            }
+            Ok(None)
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use super::headers::{has_token, strip_hop_by_hop};
 use super::Routed;
 use wasmgate_core::body::{empty, ProxyBody};
 use wasmgate_core::error::{ProxyError, Violation};
+use wasmgate_core::request::RequestState;
 use wasmgate_observe::log::AccessRecord;
 use wasmgate_runtime::{Route, TenantHandle, TenantSlot, TunnelSlot};
 
@@ -84,51 +85,11 @@ pub async fn handshake(
     route: &Route,
     mut req: Request<Incoming>,
 ) -> Result<Handshake, ProxyError> {
-    let (state, tenant) = (&routed.state, routed.site.tenant.as_ref());
-    if let Some(allowed) = &route.cfg.allowed_origins {
-        let origin = req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|o| o.to_str().ok())
-            .unwrap_or("")
-            .trim_end_matches('/')
-            .to_ascii_lowercase();
-        if !allowed.iter().any(|a| a == &origin) {
-            return Err(ProxyError::OriginRefused(origin));
-        }
-    }
-    if ctx.draining.is_cancelled() {
-        return Err(ProxyError::ShuttingDown);
-    }
-    let tenant_slot = tenant.map(TenantHandle::begin_tunnel).transpose()?;
-    let slot = route.try_open_tunnel().ok_or(ProxyError::TooManyTunnels(
-        route.cfg.max_tunnels.unwrap_or(0),
-    ))?;
+    let state = &routed.state;
+    let slots = admit(ctx, routed, route, &req)?;
     let h2 = req.version() == Version::HTTP_2;
     let client_upgrade = hyper::upgrade::on(&mut req);
-
-    // The backend always gets an RFC 6455 upgrade request.
-    let mut headers = std::mem::take(req.headers_mut());
-    upstream_headers(&mut headers, cx, route, state);
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let key = if h2 {
-        let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
-        headers.insert(
-            &SEC_WEBSOCKET_KEY,
-            HeaderValue::from_str(&key).expect("base64 is a valid header"),
-        );
-        headers
-            .entry(header::SEC_WEBSOCKET_VERSION)
-            .or_insert(HeaderValue::from_static("13"));
-        Some(key)
-    } else {
-        None
-    };
-    let mut breq = Request::new(Empty::<bytes::Bytes>::new());
-    *breq.method_mut() = Method::GET;
-    *breq.uri_mut() = backend_uri(route, state)?;
-    *breq.headers_mut() = headers;
+    let (breq, key) = backend_request(cx, route, state, std::mem::take(req.headers_mut()), h2)?;
 
     let backend = &route.cfg.backend;
     let io = route.upstream.connect(backend, &route.connector).await?;
@@ -156,13 +117,90 @@ pub async fn handshake(
         tracing::info!(id = %state.id, status = resp.status().as_u16(), "WebSocket upgrade refused by the backend; its answer is passed on");
         return Ok(Handshake::Answered(downstream_response(resp, route, state)));
     }
+    agreed(&resp, &backend.authority, key.as_deref())?;
+    let pending = PendingTunnel {
+        client: client_upgrade,
+        backend: hyper::upgrade::on(&mut resp),
+        slots,
+        idle: route.cfg.timeouts.idle,
+    };
+    Ok(Handshake::Agreed(client_answer(resp, h2), pending))
+}
+
+/// May this upgrade go ahead: an allowed origin, not draining, a tunnel slot of the route and of
+/// the tenant (held from here: the tunnel gives them back when it ends).
+fn admit(
+    ctx: &ServeCtx,
+    routed: &Routed,
+    route: &Route,
+    req: &Request<Incoming>,
+) -> Result<(TunnelSlot, Option<TenantSlot>), ProxyError> {
+    if let Some(allowed) = &route.cfg.allowed_origins {
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .unwrap_or("")
+            .trim_end_matches('/')
+            .to_ascii_lowercase();
+        if !allowed.iter().any(|a| a == &origin) {
+            return Err(ProxyError::OriginRefused(origin));
+        }
+    }
+    if ctx.draining.is_cancelled() {
+        return Err(ProxyError::ShuttingDown);
+    }
+    let tenant_slot = (routed.site.tenant.as_ref())
+        .map(TenantHandle::begin_tunnel)
+        .transpose()?;
+    let slot = route.try_open_tunnel().ok_or(ProxyError::TooManyTunnels(
+        route.cfg.max_tunnels.unwrap_or(0),
+    ))?;
+    Ok((slot, tenant_slot))
+}
+
+/// The backend always gets an RFC 6455 upgrade request; for a client's HTTP/2 extended CONNECT,
+/// with a key of ours, whose answer [`agreed`] checks.
+fn backend_request(
+    cx: &RequestCtx,
+    route: &Route,
+    state: &RequestState,
+    mut headers: http::HeaderMap,
+    h2: bool,
+) -> Result<(Request<Empty<bytes::Bytes>>, Option<String>), ProxyError> {
+    upstream_headers(&mut headers, cx, route, state);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let key = if h2 {
+        let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+        headers.insert(
+            &SEC_WEBSOCKET_KEY,
+            HeaderValue::from_str(&key).expect("base64 is a valid header"),
+        );
+        headers
+            .entry(header::SEC_WEBSOCKET_VERSION)
+            .or_insert(HeaderValue::from_static("13"));
+        Some(key)
+    } else {
+        None
+    };
+    let mut breq = Request::new(Empty::<bytes::Bytes>::new());
+    *breq.method_mut() = Method::GET;
+    *breq.uri_mut() = backend_uri(route, state)?;
+    *breq.headers_mut() = headers;
+    Ok((breq, key))
+}
+
+/// A 101 is a WebSocket agreement only with `Upgrade: websocket` and, for our own key, the
+/// accept value derived from it.
+fn agreed<B>(resp: &Response<B>, authority: &str, key: Option<&str>) -> Result<(), ProxyError> {
     if !has_token(resp.headers(), &header::UPGRADE, "websocket") {
         return Err(ProxyError::upstream_protocol(
-            &backend.authority,
+            authority,
             Violation("101 Switching Protocols without Upgrade: websocket"),
         ));
     }
-    if let Some(key) = &key {
+    if let Some(key) = key {
         let expected = derive_accept_key(key.as_bytes());
         let got = resp
             .headers()
@@ -170,13 +208,16 @@ pub async fn handshake(
             .and_then(|v| v.to_str().ok());
         if got != Some(expected.as_str()) {
             return Err(ProxyError::upstream_protocol(
-                &backend.authority,
+                authority,
                 Violation("101 with a wrong Sec-WebSocket-Accept"),
             ));
         }
     }
-    let backend_upgrade = hyper::upgrade::on(&mut resp);
+    Ok(())
+}
 
+/// The client's side of the agreement: a 101 over HTTP/1.1, a 200 to an HTTP/2 CONNECT.
+fn client_answer<B>(mut resp: Response<B>, h2: bool) -> Response<ProxyBody> {
     let mut out_headers = std::mem::take(resp.headers_mut());
     strip_hop_by_hop(&mut out_headers);
     let mut client_resp = Response::new(empty());
@@ -189,13 +230,7 @@ pub async fn handshake(
         *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     }
     *client_resp.headers_mut() = out_headers;
-    let pending = PendingTunnel {
-        client: client_upgrade,
-        backend: backend_upgrade,
-        slots: (slot, tenant_slot),
-        idle: route.cfg.timeouts.idle,
-    };
-    Ok(Handshake::Agreed(client_resp, pending))
+    client_resp
 }
 
 /// How a tunnel ended.

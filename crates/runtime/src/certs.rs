@@ -14,15 +14,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Load a PEM certificate chain and its private key, and check that they belong together.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
-    let read =
-        |p: &Path| std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()));
-    certified_key_from_pem(&read(cert)?, cert, &read(key)?, key)
-}
-
-/// [`load_certified_key`] from bytes already read (a tenant's, opened through `tenant_fs`); the
-/// paths are for messages.
+/// A PEM certificate chain and its private key, read by the caller (as the operator's file, or a
+/// tenant's through `tenant_fs`), checked to belong together; the paths are for messages.
 pub fn certified_key_from_pem(
     cert_pem: &[u8],
     cert: &Path,

@@ -277,47 +277,75 @@ pub fn build_sites(
     file: &std::path::Path,
     tenant: Option<&TenantHandle>,
 ) -> Result<Vec<BuiltSite>, Vec<ConfigError>> {
-    let mut errors = Vec::new();
-    let err = |field: String, message: String| ConfigError {
-        file: file.to_path_buf(),
-        position: None,
-        field,
-        message,
-    };
-    let mut built = Vec::new();
-    for (si, sc) in configs.iter().enumerate() {
-        // A tenant's certificate and key are opened beneath its directory, like all its files.
-        let confined = tenant.and_then(|t| {
+    let mut sb = SiteBuild {
+        b,
+        file,
+        tenant,
+        // A tenant's files (certificate, key, CA bundle) are opened beneath its directory.
+        confined: tenant.and_then(|t| {
             Some(wasmgate_config::tenant_fs::Confined {
                 root: file.parent()?.to_path_buf(),
                 max_file_bytes: t.limits.files.max_file_bytes,
             })
+        }),
+        errors: Vec::new(),
+    };
+    let built: Vec<BuiltSite> = configs
+        .iter()
+        .enumerate()
+        .map(|(si, sc)| sb.site(si, sc))
+        .collect();
+    if sb.errors.is_empty() {
+        Ok(built)
+    } else {
+        Err(sb.errors)
+    }
+}
+
+/// One file's sites being built, and the errors found so far.
+struct SiteBuild<'a> {
+    b: &'a Builders,
+    file: &'a std::path::Path,
+    tenant: Option<&'a TenantHandle>,
+    confined: Option<wasmgate_config::tenant_fs::Confined>,
+    errors: Vec<ConfigError>,
+}
+
+impl SiteBuild<'_> {
+    fn fail(&mut self, field: String, message: String) {
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            position: None,
+            field,
+            message,
         });
-        let load_key = |t: &wasmgate_config::TlsFiles| match &confined {
-            None => crate::certs::load_certified_key(&t.cert, &t.key),
-            Some(c) => crate::certs::certified_key_from_pem(
-                &c.read(&t.cert)?,
-                &t.cert,
-                &c.read(&t.key)?,
-                &t.key,
-            ),
-        };
-        let cert = match &sc.tls {
-            Some(t) => match load_key(t) {
-                Ok(ck) => Some(Arc::new(ck)),
-                Err(m) => {
-                    errors.push(err(format!("site[{si}].tls"), m));
-                    None
-                }
-            },
-            None => None,
-        };
-        let connector = match tenant {
+    }
+
+    /// A file the config names: beneath the tenant's directory for a tenant.
+    fn read(&self, path: &std::path::Path) -> Result<Vec<u8>, String> {
+        match &self.confined {
+            Some(c) => c.read(path),
+            None => {
+                std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+            }
+        }
+    }
+
+    fn site(&mut self, si: usize, sc: &SiteConfig) -> BuiltSite {
+        let cert = sc.tls.as_ref().and_then(|t| {
+            let pair = self.read(&t.cert).and_then(|cert| {
+                crate::certs::certified_key_from_pem(&cert, &t.cert, &self.read(&t.key)?, &t.key)
+            });
+            pair.map_err(|m| self.fail(format!("site[{si}].tls"), m))
+                .ok()
+                .map(Arc::new)
+        });
+        let connector = match self.tenant {
             Some(t) => crate::upstream::egress::Connector::Tenant(t.egress.clone()),
             None => crate::upstream::egress::Connector::Operator,
         };
         let grants = caps::HostGrants {
-            caps: &b.caps,
+            caps: &self.b.caps,
             site: &sc.name,
             tenant: sc.tenant.as_deref(),
             via: &connector,
@@ -325,71 +353,98 @@ pub fn build_sites(
         let owner = PluginOwner {
             site: &sc.name,
             tenant: sc.tenant.as_deref(),
-            cpu: tenant.and_then(|t| t.cpu.as_ref()),
-            quota: tenant.map(|t| &t.quota),
+            cpu: self.tenant.and_then(|t| t.cpu.as_ref()),
+            quota: self.tenant.map(|t| &t.quota),
             grants: &grants,
         };
-        let site_plugins = b.plugins.chain(&sc.plugins, owner, "").unwrap_or_else(|e| {
-            errors.extend(e);
-            Chain::default()
-        });
-        let mut routes = Vec::new();
-        for (ri, rc) in sc.routes.iter().enumerate() {
-            let upstream = match b
-                .upstreams
-                .get(rc.timeouts.connect, rc.backend.ca.as_deref())
-            {
-                Ok(u) => u,
-                Err(m) => {
-                    errors.push(err(format!("site[{si}].route[{ri}].ca"), m.to_string()));
-                    continue;
-                }
-            };
-            let plugins = b
-                .plugins
-                .chain(&rc.plugins, owner, &rc.path)
-                .unwrap_or_else(|e| {
-                    errors.extend(e);
-                    Chain::default()
-                });
-            routes.push(Arc::new(Route {
-                name: rc.path.as_str().into(),
-                cfg: rc.clone(),
-                upstream,
-                connector: connector.clone(),
-                plugins,
-                tunnels: Arc::new(AtomicUsize::new(0)),
-                metrics: Arc::new(wasmgate_observe::metrics::RouteMetrics::new(
-                    &b.metrics,
-                    &sc.name,
-                    &rc.path,
-                    sc.tenant.as_deref(),
-                )),
-            }));
-        }
-        let metrics = Arc::new(wasmgate_observe::metrics::RouteMetrics::new(
-            &b.metrics,
-            &sc.name,
-            "-",
-            sc.tenant.as_deref(),
-        ));
-        let site = Arc::new(Site::new(
-            &sc.name,
-            tenant.cloned(),
-            routes,
-            site_plugins,
-            metrics,
-        ));
-        built.push(BuiltSite {
+        let site_plugins = self.chain(&sc.plugins, owner, "");
+        let routes = (sc.routes.iter().enumerate())
+            .filter_map(|(ri, rc)| self.route(si, ri, sc, rc, owner, &connector))
+            .collect();
+        let metrics = self.metrics(sc, "-");
+        BuiltSite {
             cfg: sc.clone(),
-            site,
+            site: Arc::new(Site::new(
+                &sc.name,
+                self.tenant.cloned(),
+                routes,
+                site_plugins,
+                metrics,
+            )),
             cert,
-        });
+        }
     }
-    if errors.is_empty() {
-        Ok(built)
-    } else {
-        Err(errors)
+
+    fn route(
+        &mut self,
+        si: usize,
+        ri: usize,
+        sc: &SiteConfig,
+        rc: &RouteConfig,
+        owner: PluginOwner<'_>,
+        connector: &crate::upstream::egress::Connector,
+    ) -> Option<Arc<Route>> {
+        let upstream = self
+            .upstream(rc)
+            .map_err(|m| self.fail(format!("site[{si}].route[{ri}].ca"), m));
+        let plugins = self.chain(&rc.plugins, owner, &rc.path);
+        Some(Arc::new(Route {
+            name: rc.path.as_str().into(),
+            cfg: rc.clone(),
+            upstream: upstream.ok()?,
+            connector: connector.clone(),
+            plugins,
+            tunnels: Arc::new(AtomicUsize::new(0)),
+            metrics: self.metrics(sc, &rc.path),
+        }))
+    }
+
+    /// The route's client: for its connect timeout and the bytes of its CA bundle (read as the
+    /// operator's, or beneath the tenant's directory, within its file-size cap).
+    fn upstream(&self, rc: &RouteConfig) -> Result<Arc<Upstream>, String> {
+        let ca = match (&rc.backend.ca, &self.confined) {
+            (None, _) => None,
+            (Some(path), None) => Some((
+                path,
+                crate::certs::read_ca(path).map_err(|e| e.to_string())?,
+            )),
+            (Some(path), Some(c)) => Some((path, c.read(path)?)),
+        };
+        let ca = ca
+            .as_ref()
+            .map(|(path, pem)| (path.as_path(), pem.as_slice()));
+        self.b
+            .upstreams
+            .get(rc.timeouts.connect, ca)
+            .map_err(|e| e.to_string())
+    }
+
+    fn chain(
+        &mut self,
+        configs: &[wasmgate_config::PluginConfig],
+        owner: PluginOwner<'_>,
+        chain: &str,
+    ) -> Chain {
+        self.b
+            .plugins
+            .chain(configs, owner, chain)
+            .unwrap_or_else(|e| {
+                self.errors.extend(e);
+                Chain::default()
+            })
+    }
+
+    fn metrics(
+        &self,
+        sc: &SiteConfig,
+        route: &str,
+    ) -> Arc<wasmgate_observe::metrics::RouteMetrics> {
+        Arc::new(wasmgate_observe::metrics::RouteMetrics::new(
+            &self.b.metrics,
+            &sc.name,
+            route,
+            sc.tenant.as_deref(),
+        ))
     }
 }
 

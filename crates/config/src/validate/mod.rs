@@ -290,14 +290,19 @@ impl<'a> Validator<'a> {
             Ok(path) => path,
             Err(refused) => return self.err(raw.span(), field, refused.to_string()),
         };
-        if path.is_file() {
-            Some(path)
-        } else {
-            self.err(
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Some(path),
+            // A device or FIFO would never end, or block the build that reads it.
+            Ok(_) => self.err(
+                raw.span(),
+                field,
+                format!("`{}` is not a regular file", path.display()),
+            ),
+            Err(_) => self.err(
                 raw.span(),
                 field,
                 format!("file `{}` does not exist", path.display()),
-            )
+            ),
         }
     }
 }

@@ -133,6 +133,47 @@ pub fn read_wasm(cfg: &PluginConfig) -> Result<(Wasm, String), String> {
     Ok((bytes, digest))
 }
 
+/// A component compiled (or fetched from the cache) for its stack class, linked against WASI and
+/// the host interface, and checked to be a `plugin` world.
+struct Linked {
+    engine: Engine,
+    ticker: Arc<engine::Ticker>,
+    component: Arc<wasmtime::component::Component>,
+    pre: PluginPre<State>,
+}
+
+fn link(
+    cfg: &PluginConfig,
+    host: &super::PluginHost,
+    digest: &str,
+    bytes: &[u8],
+) -> Result<Linked, String> {
+    let (engine, ticker) = host.engines.engine(cfg.limits.stack)?;
+    let component = host.engines.component(
+        &engine,
+        cfg.limits.stack,
+        digest,
+        bytes,
+        host.cache_dir.as_deref(),
+    )?;
+    let mut linker: Linker<State> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| format!("linking WASI: {e}"))?;
+    bindings::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+        .map_err(|e| format!("linking the host interface: {e}"))?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| format!("does not link against wasmgate:plugin@0.2: {e:#}"))?;
+    let pre = PluginPre::new(pre)
+        .map_err(|e| format!("is not a wasmgate plugin (world `plugin`): {e:#}"))?;
+    Ok(Linked {
+        engine,
+        ticker,
+        component,
+        pre,
+    })
+}
+
 impl LoadedPlugin {
     /// Compile (or fetch from cache), link, instantiate once and `init` — so a plugin that cannot start
     /// is refused at load time, never on a request.
@@ -144,24 +185,12 @@ impl LoadedPlugin {
         caps: super::caps::Capabilities,
     ) -> Result<LoadedPlugin, String> {
         let metrics = &host.metrics;
-        let (engine, ticker) = host.engines.engine(cfg.limits.stack)?;
-        let component = host.engines.component(
-            &engine,
-            cfg.limits.stack,
-            &digest,
-            &bytes,
-            host.cache_dir.as_deref(),
-        )?;
-        let mut linker: Linker<State> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| format!("linking WASI: {e}"))?;
-        bindings::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-            .map_err(|e| format!("linking the host interface: {e}"))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| format!("does not link against wasmgate:plugin@0.2: {e:#}"))?;
-        let pre = PluginPre::new(pre)
-            .map_err(|e| format!("is not a wasmgate plugin (world `plugin`): {e:#}"))?;
+        let Linked {
+            engine,
+            ticker,
+            component,
+            pre,
+        } = link(cfg, host, &digest, &bytes)?;
         let labels = wasmgate_observe::metrics::PluginLabels {
             plugin: cfg.name.clone(),
             site: owner.site.to_string(),
@@ -210,33 +239,40 @@ impl LoadedPlugin {
             errors: metrics.plugin_errors.clone(),
         };
         let (warm, reg, declared) = plugin.instantiate().await.map_err(|f| f.detail)?;
+        plugin.adopt(reg, declared, owner.site)?;
+        plugin.pool[0]
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(warm);
+        Ok(plugin)
+    }
+
+    /// Take in what the first instance's `registration` and `init` said: hooks, header lists,
+    /// fixed edits, the decision cache, identity headers and refused lines.
+    fn adopt(&mut self, reg: Registration, declared: Declared, site: &str) -> Result<(), String> {
         if let Some(bad) = declared.bad_identity_headers.first() {
             return Err(format!(
                 "declares identity header `{bad}`, which is not a header name a plugin may change"
             ));
         }
         for p in &declared.problems {
-            tracing::warn!(target: "wasmgate::plugin", plugin = %cfg.name, site = owner.site, config = %cfg.location, "line refused, the rest applies: {p}");
+            tracing::warn!(target: "wasmgate::plugin", plugin = %self.name, site = site, config = %self.location(), "line refused, the rest applies: {p}");
         }
         if declared.more_problems > 0 {
-            tracing::warn!(target: "wasmgate::plugin", plugin = %cfg.name, site = owner.site, "{} more refused lines not listed", declared.more_problems);
+            tracing::warn!(target: "wasmgate::plugin", plugin = %self.name, site = site, "{} more refused lines not listed", declared.more_problems);
         }
-        plugin.identity_headers = declared.identity_headers;
-        plugin.problems = declared.problems;
-        plugin.more_problems = declared.more_problems;
-        plugin.hooks = reg.hooks;
-        plugin.request_headers = convert::declared_names(reg.request_headers)?;
-        plugin.response_headers = convert::declared_names(reg.response_headers)?;
-        plugin.fixed_response = FixedEdits::new(reg.fixed_response_edits)?;
-        plugin.cache = reg
+        self.identity_headers = declared.identity_headers;
+        self.problems = declared.problems;
+        self.more_problems = declared.more_problems;
+        self.hooks = reg.hooks;
+        self.request_headers = convert::declared_names(reg.request_headers)?;
+        self.response_headers = convert::declared_names(reg.response_headers)?;
+        self.fixed_response = FixedEdits::new(reg.fixed_response_edits)?;
+        self.cache = reg
             .decision_cache
             .map(|c| super::cache::DecisionCache::new(c, shards()))
             .transpose()?;
-        plugin.pool[0]
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(warm);
-        Ok(plugin)
+        Ok(())
     }
 
     /// Can this plugin, warm instances and decision cache included, stand for `cfg` of `owner`

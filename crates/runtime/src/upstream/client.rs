@@ -324,10 +324,12 @@ impl Drop for PooledBody {
     }
 }
 
-/// Upstreams by key; lives as long as the server, across reloads.
+/// Upstreams by key; lives as long as the server, across reloads. Held weakly: a client lives
+/// while a runtime's route (or a response in flight) uses it, so the bundles of past reloads, each
+/// a key of its own, do not pile up.
 #[derive(Default)]
 pub struct UpstreamCache {
-    map: Mutex<HashMap<Key, Arc<Upstream>>>,
+    map: Mutex<HashMap<Key, std::sync::Weak<Upstream>>>,
     life: crate::Lifecycle,
 }
 
@@ -339,35 +341,32 @@ impl UpstreamCache {
         }
     }
 
-    /// The client for `connect_timeout` and a CA bundle (`None`: the web PKI roots). The bundle is
-    /// read now and keys the cache by its bytes: a bundle rotated in place takes effect at the
-    /// next reload, and the clients that trusted the old one keep their own connections.
+    /// The client for `connect_timeout` and a CA bundle, as its path (for errors) and the bytes
+    /// read from it (`None`: the web PKI roots). Keyed by the bytes: a bundle rotated in place takes
+    /// effect at the next reload, and the clients that trusted the old one keep their own
+    /// connections.
     pub fn get(
         &self,
         connect_timeout: Duration,
-        ca: Option<&Path>,
+        ca: Option<(&Path, &[u8])>,
     ) -> Result<Arc<Upstream>, crate::certs::CertError> {
-        let pem = ca.map(crate::certs::read_ca).transpose()?;
         let key = (
             connect_timeout,
-            pem.as_deref().map(|p| Sha256::digest(p).into()),
+            ca.map(|(_, pem)| Sha256::digest(pem).into()),
         );
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(u) = map.get(&key) {
-            return Ok(u.clone());
+        map.retain(|_, u| u.strong_count() > 0);
+        if let Some(u) = map.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(u);
         }
-        let roots = match (ca, &pem) {
-            (Some(path), Some(pem)) => Some((path, pem.as_slice())),
-            _ => None,
-        };
-        let tls = crate::certs::client_config(roots, true)?;
+        let tls = crate::certs::client_config(ca, true)?;
         let up = Arc::new(Upstream {
             connect_timeout,
             tls,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             life: self.life.clone(),
         });
-        map.insert(key, up.clone());
+        map.insert(key, Arc::downgrade(&up));
         Ok(up)
     }
 }
