@@ -10,8 +10,41 @@
 use crate::Config;
 
 /// The restart-only settings that `new` changes from `old`, by the names a config file uses.
+///
+/// Every field is named, reloadable or not (no `..`): a setting added to the model does not
+/// compile until it is put on one side or the other here.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let Config {
+        // Reloaded: the whole serving snapshot is rebuilt from these.
+        path: _,
+        sites: _,
+        trusted_proxies: _,
+        client_address_header: _,
+        shutdown_grace: _,
+        default_timeouts: _,
+        tenants: _,
+        // Refused whole when they change (see the module's comment).
+        listeners: _,
+        // Restart-only, compared below.
+        watch: _,
+        limits: _,
+        header_read_timeout: _,
+        keepalive_timeout: _,
+        cache_dir: _,
+        admin: _,
+        io_timeout: _,
+        log_format: _,
+        access_log_format: _,
+        workers: _,
+    } = old;
     let (a, b) = (&old.limits, &new.limits);
+    let crate::Limits {
+        max_body_bytes: _, // reloaded: judged per request
+        max_header_bytes: _,
+        max_connections: _,
+        max_connections_per_ip: _,
+        min_rate: _,
+    } = a;
     let changed = [
         ("workers", old.workers != new.workers),
         ("admin", old.admin != new.admin),

@@ -222,7 +222,6 @@ impl AccessRecord {
             ("proxy_peer", self.proxy_peer.as_deref(), false),
         ];
         let fields = fields.iter().filter_map(|(k, v, n)| Some((*k, (*v)?, *n)));
-        let mut line = String::with_capacity(384);
         let msg = [
             self.method.as_str(),
             " ",
@@ -231,45 +230,11 @@ impl AccessRecord {
             text(status),
             tail_msg,
         ];
-        if !json {
-            crate::log_sink::timestamp_at(&mut line, now);
-            line.push_str("  INFO wasmgate::access: ");
-            msg.iter().for_each(|m| line.push_str(&escaped(m)));
-            for (k, v, _) in fields {
-                for part in [" ", k, "=", &escaped(v)] {
-                    line.push_str(part);
-                }
-            }
-            for (k, v) in tail {
-                for part in [" ", k, "=", &escaped(v.as_str())] {
-                    line.push_str(part);
-                }
-            }
+        let mut line = String::with_capacity(384);
+        if json {
+            json_line(&mut line, now, &msg, fields, tail);
         } else {
-            line.push_str("{\"timestamp\":\"");
-            crate::log_sink::timestamp_at(&mut line, now);
-            line.push_str("\",\"level\":\"INFO\",\"message\":");
-            json_str(&mut line, &msg.concat());
-            for (k, v, number) in fields {
-                for part in [",\"", k, "\":"] {
-                    line.push_str(part);
-                }
-                if number {
-                    line.push_str(v);
-                } else {
-                    json_str(&mut line, v);
-                }
-            }
-            for (k, v) in tail {
-                for part in [",\"", k, "\":"] {
-                    line.push_str(part);
-                }
-                match v {
-                    Value::Str(s) => json_str(&mut line, s),
-                    Value::Bool(_) => line.push_str(v.as_str()),
-                }
-            }
-            line.push_str(",\"target\":\"wasmgate::access\"}");
+            text_line(&mut line, now, &msg, fields, tail);
         }
         line.push('\n');
         line
@@ -347,6 +312,59 @@ impl Value<'_> {
             Value::Bool(false) => "false",
         }
     }
+}
+
+/// `timestamp  INFO wasmgate::access: <message> k=v…`, values escaped.
+fn text_line<'a>(
+    line: &mut String,
+    now: Instant,
+    msg: &[&str],
+    fields: impl Iterator<Item = (&'a str, &'a str, bool)>,
+    tail: &[(&str, Value<'_>)],
+) {
+    crate::log_sink::timestamp_at(line, now);
+    line.push_str("  INFO wasmgate::access: ");
+    msg.iter().for_each(|m| line.push_str(&escaped(m)));
+    let tail = tail.iter().map(|(k, v)| (*k, v.as_str()));
+    for (k, v) in fields.map(|(k, v, _)| (k, v)).chain(tail) {
+        for part in [" ", k, "=", &escaped(v)] {
+            line.push_str(part);
+        }
+    }
+}
+
+/// One JSON object, the numbers unquoted, in the shape `tracing`'s JSON layer gives.
+fn json_line<'a>(
+    line: &mut String,
+    now: Instant,
+    msg: &[&str],
+    fields: impl Iterator<Item = (&'a str, &'a str, bool)>,
+    tail: &[(&str, Value<'_>)],
+) {
+    line.push_str("{\"timestamp\":\"");
+    crate::log_sink::timestamp_at(line, now);
+    line.push_str("\",\"level\":\"INFO\",\"message\":");
+    json_str(line, &msg.concat());
+    for (k, v, number) in fields {
+        for part in [",\"", k, "\":"] {
+            line.push_str(part);
+        }
+        if number {
+            line.push_str(v);
+        } else {
+            json_str(line, v);
+        }
+    }
+    for (k, v) in tail {
+        for part in [",\"", k, "\":"] {
+            line.push_str(part);
+        }
+        match v {
+            Value::Str(s) => json_str(line, s),
+            Value::Bool(_) => line.push_str(v.as_str()),
+        }
+    }
+    line.push_str(",\"target\":\"wasmgate::access\"}");
 }
 
 fn json_str(out: &mut String, s: &str) {

@@ -362,102 +362,143 @@ fn settle(
     tc: &wasmgate_config::TenantsConfig,
     records: &Owners,
 ) {
-    let granted = |tenant: &str, claim: &str| {
-        tc.grants
-            .get(tenant)
-            .is_some_and(|g| g.iter().any(|p| covers(p, claim)))
-    };
-    let present: std::collections::HashSet<String> =
-        contenders.iter().map(|c| c.name.clone()).collect();
-    // A grant outranks a record; a record is one of an incumbent.
-    let rank = |tenant: &str, claim: &str| {
-        2 * u8::from(granted(tenant, claim))
-            + u8::from(records.get(claim).is_some_and(|o| o == tenant))
-    };
-    let why_rank = |tenant: &str, claim: &str| match (
-        granted(tenant, claim),
-        records.get(claim).is_some_and(|o| o == tenant),
-    ) {
-        (true, _) => "the operator granted it",
-        (false, true) => "it already owns it",
-        _ => "",
+    let judge = Judge {
+        operator,
+        tc,
+        records,
+        present: contenders.iter().map(|c| c.name.clone()).collect(),
     };
     loop {
-        let mut losers: Vec<(usize, String)> = Vec::new();
-        for (i, c) in contenders.iter().enumerate() {
-            let Some(v) = c.chosen() else { continue };
-            'claims: for claim in v.claims() {
-                // The operator's hosts, on any listener.
-                for o in operator.iter().flat_map(|s| s.cfg.hosts.iter()) {
-                    let wider = o.starts_with("*.") && o != claim;
-                    if overlap(claim, o) && !(wider && granted(&c.name, claim)) {
-                        losers.push((i, format!("host `{claim}` belongs to the operator (`{o}`)")));
-                        break 'claims;
-                    }
-                }
-                // Recorded owners that are not served now but still have their directory.
-                for (host, owner) in records {
-                    let absent = !contenders
-                        .iter()
-                        .any(|o| &o.name == owner && o.chosen().is_some());
-                    if owner != &c.name
-                        && absent
-                        && present.contains(owner)
-                        && overlap(claim, host)
-                        && rank(&c.name, claim) <= rank(owner, host)
-                    {
-                        losers.push((i, format!("host `{claim}` belongs to tenant `{owner}` (recorded owner of `{host}`)")));
-                        break 'claims;
-                    }
-                }
-                // Other tenants' chosen versions.
-                for (j, other) in contenders.iter().enumerate() {
-                    let Some(ov) = other.chosen().filter(|_| j != i) else {
-                        continue;
-                    };
-                    for theirs in ov.claims() {
-                        if !overlap(claim, theirs) {
-                            continue;
-                        }
-                        let (mine, their) = (rank(&c.name, claim), rank(&other.name, theirs));
-                        if mine > their {
-                            continue;
-                        }
-                        let why = if mine < their {
-                            format!(
-                                "host `{claim}` belongs to tenant `{}` ({}: `{theirs}`)",
-                                other.name,
-                                why_rank(&other.name, theirs)
-                            )
-                        } else {
-                            format!(
-                                "host `{claim}` is also claimed by tenant `{}` (`{theirs}`); neither {}, so it goes to neither",
-                                other.name,
-                                if mine == 0 { "has a grant nor owns it" } else { "outranks the other" }
-                            )
-                        };
-                        losers.push((i, why));
-                        break 'claims;
-                    }
-                }
-            }
-        }
+        let losers: Vec<(usize, String, String)> = (0..contenders.len())
+            .filter_map(|i| judge.first_conflict(i, contenders).map(|(c, w)| (i, c, w)))
+            .collect();
         if losers.is_empty() {
             return;
         }
-        for (i, why) in losers {
+        for (i, claim, why) in losers {
             let c = &mut contenders[i];
             let which = if c.changed && c.choice == 0 {
                 "its new version"
             } else {
                 "its previous version"
             };
-            // `why` starts with "host `x`": say where x is written.
-            let claim = why.split('`').nth(1).unwrap_or_default();
-            let at = c.chosen().map(|v| v.location(claim)).unwrap_or_default();
+            let at = c.chosen().map(|v| v.location(&claim)).unwrap_or_default();
             c.why.push(format!("{at}: {which}: {why}"));
             c.choice += 1;
         }
+    }
+}
+
+/// Who a contested host goes to: the operator's hosts are the operator's; between tenants a grant
+/// outranks a record, and a record is one of an incumbent.
+struct Judge<'a> {
+    operator: &'a [BuiltSite],
+    tc: &'a wasmgate_config::TenantsConfig,
+    records: &'a Owners,
+    /// Tenants with a directory now.
+    present: std::collections::HashSet<String>,
+}
+
+impl Judge<'_> {
+    fn granted(&self, tenant: &str, claim: &str) -> bool {
+        self.tc
+            .grants
+            .get(tenant)
+            .is_some_and(|g| g.iter().any(|p| covers(p, claim)))
+    }
+
+    fn owns(&self, tenant: &str, claim: &str) -> bool {
+        self.records.get(claim).is_some_and(|o| o == tenant)
+    }
+
+    fn rank(&self, tenant: &str, claim: &str) -> u8 {
+        2 * u8::from(self.granted(tenant, claim)) + u8::from(self.owns(tenant, claim))
+    }
+
+    fn why_rank(&self, tenant: &str, claim: &str) -> &'static str {
+        match (self.granted(tenant, claim), self.owns(tenant, claim)) {
+            (true, _) => "the operator granted it",
+            (false, true) => "it already owns it",
+            _ => "",
+        }
+    }
+
+    /// The first claim of contender `i`'s chosen version that it may not have, and why.
+    fn first_conflict(&self, i: usize, contenders: &[Contender]) -> Option<(String, String)> {
+        let c = &contenders[i];
+        let v = c.chosen()?;
+        v.claims().into_iter().find_map(|claim| {
+            let why = self
+                .operator_conflict(&c.name, claim)
+                .or_else(|| self.record_conflict(&c.name, claim, contenders))
+                .or_else(|| self.tenant_conflict(i, claim, contenders))?;
+            Some((claim.to_string(), why))
+        })
+    }
+
+    /// The operator's hosts, on any listener (a wider wildcard yields to a grant).
+    fn operator_conflict(&self, tenant: &str, claim: &str) -> Option<String> {
+        let o = self
+            .operator
+            .iter()
+            .flat_map(|s| s.cfg.hosts.iter())
+            .find(|o| {
+                let wider = o.starts_with("*.") && *o != claim;
+                overlap(claim, o) && !(wider && self.granted(tenant, claim))
+            })?;
+        Some(format!("host `{claim}` belongs to the operator (`{o}`)"))
+    }
+
+    /// Recorded owners that are not served now but still have their directory.
+    fn record_conflict(
+        &self,
+        tenant: &str,
+        claim: &str,
+        contenders: &[Contender],
+    ) -> Option<String> {
+        let (host, owner) = self.records.iter().find(|(host, owner)| {
+            let absent = !contenders
+                .iter()
+                .any(|o| &o.name == *owner && o.chosen().is_some());
+            *owner != tenant
+                && absent
+                && self.present.contains(*owner)
+                && overlap(claim, host)
+                && self.rank(tenant, claim) <= self.rank(owner, host)
+        })?;
+        Some(format!(
+            "host `{claim}` belongs to tenant `{owner}` (recorded owner of `{host}`)"
+        ))
+    }
+
+    /// Other tenants' chosen versions.
+    fn tenant_conflict(&self, i: usize, claim: &str, contenders: &[Contender]) -> Option<String> {
+        let me = &contenders[i].name;
+        for (j, other) in contenders.iter().enumerate() {
+            let Some(ov) = other.chosen().filter(|_| j != i) else {
+                continue;
+            };
+            for theirs in ov.claims().into_iter().filter(|t| overlap(claim, t)) {
+                let (mine, their) = (self.rank(me, claim), self.rank(&other.name, theirs));
+                if mine > their {
+                    continue;
+                }
+                return Some(if mine < their {
+                    format!(
+                        "host `{claim}` belongs to tenant `{}` ({}: `{theirs}`)",
+                        other.name,
+                        self.why_rank(&other.name, theirs)
+                    )
+                } else {
+                    format!(
+                        "host `{claim}` is also claimed by tenant `{}` (`{theirs}`); neither {}, so it goes to neither",
+                        other.name,
+                        if mine == 0 { "has a grant nor owns it" } else { "outranks the other" }
+                    )
+                });
+            }
+        }
+        None
     }
 }
 

@@ -37,26 +37,8 @@ impl Drop for OpenConnection {
 pub(super) async fn serve_connection(stream: TcpStream, tcp_peer: SocketAddr, ctx: &ListenerCtx) {
     let _open = OpenConnection::new(&ctx.serve.metrics);
     let _ = stream.set_nodelay(true);
-    // The PROXY protocol header comes first, before TLS; its address is the client's from here on.
-    let proxy_from = ctx.serve.runtime.load().config.listeners[ctx.idx]
-        .proxy_protocol
-        .clone();
-    let (stream, peer) = match proxy_from {
-        None => (Rewind::plain(stream), tcp_peer),
-        Some(from) => {
-            let read = crate::proxy_protocol::accept(stream, tcp_peer, &from);
-            match tokio::time::timeout(ctx.limits.header_read, read).await {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => {
-                    tracing::info!(listener = %ctx.name, peer = %tcp_peer, "connection closed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %tcp_peer, "PROXY header timed out");
-                    return;
-                }
-            }
-        }
+    let Some((stream, peer)) = proxy_header(stream, tcp_peer, ctx).await else {
+        return;
     };
     let _per_ip = match &ctx.per_ip {
         None => None,
@@ -68,51 +50,66 @@ pub(super) async fn serve_connection(stream: TcpStream, tcp_peer: SocketAddr, ct
             }
         },
     };
-    match &ctx.tls {
-        None => {
-            let info = ConnInfo {
-                peer,
-                tcp_peer,
-                listener: ctx.idx,
-                listener_name: ctx.name.clone(),
-                tls: None,
-            };
-            serve_http(stream, info, false, ctx).await;
+    let info = |tls| ConnInfo {
+        peer,
+        tcp_peer,
+        listener: ctx.idx,
+        listener_name: ctx.name.clone(),
+        tls,
+    };
+    let Some(acceptor) = &ctx.tls else {
+        return serve_http(stream, info(None), false, ctx).await;
+    };
+    let tls = match tokio::time::timeout(ctx.limits.header_read, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            return;
         }
-        Some(acceptor) => {
-            let tls =
-                match tokio::time::timeout(ctx.limits.header_read, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, "TLS handshake failed: {e}");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let session = tls.get_ref().1;
-            let alpn = session
-                .alpn_protocol()
-                .map(|p| String::from_utf8_lossy(p).into_owned());
-            let h2 = alpn.as_deref() == Some("h2");
-            let tls_info = TlsConn {
-                sni: session.server_name().map(str::to_string),
-                alpn,
-                version: match session.protocol_version() {
-                    Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                    _ => "TLSv1.2",
-                },
-            };
-            let info = ConnInfo {
-                peer,
-                tcp_peer,
-                listener: ctx.idx,
-                listener_name: ctx.name.clone(),
-                tls: Some(tls_info),
-            };
-            serve_http(tls, info, h2, ctx).await;
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let session = tls.get_ref().1;
+    let alpn = session
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let h2 = alpn.as_deref() == Some("h2");
+    let tls_info = TlsConn {
+        sni: session.server_name().map(str::to_string),
+        alpn,
+        version: match session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            _ => "TLSv1.2",
+        },
+    };
+    serve_http(tls, info(Some(tls_info)), h2, ctx).await;
+}
+
+/// The PROXY protocol header comes first, before TLS; its address is the client's from here on.
+/// `None`: the connection is closed (a bad or late header).
+async fn proxy_header(
+    stream: TcpStream,
+    tcp_peer: SocketAddr,
+    ctx: &ListenerCtx,
+) -> Option<(Rewind<TcpStream>, SocketAddr)> {
+    let proxy_from = ctx.serve.runtime.load().config.listeners[ctx.idx]
+        .proxy_protocol
+        .clone();
+    let Some(from) = proxy_from else {
+        return Some((Rewind::plain(stream), tcp_peer));
+    };
+    let read = crate::proxy_protocol::accept(stream, tcp_peer, &from);
+    match tokio::time::timeout(ctx.limits.header_read, read).await {
+        Ok(Ok(pair)) => Some(pair),
+        Ok(Err(e)) => {
+            tracing::info!(listener = %ctx.name, peer = %tcp_peer, "connection closed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %tcp_peer, "PROXY header timed out");
+            None
         }
     }
 }

@@ -53,32 +53,7 @@ impl<'a> Validator<'a> {
                 Some(r) => *r.get_ref(),
                 None => false,
             };
-            let from: Vec<IpNet> = l
-                .proxy_protocol_from
-                .iter()
-                .enumerate()
-                .filter_map(|(j, c)| self.cidr(c, &format!("{field}.proxy_protocol_from[{j}]")))
-                .collect();
-            let proxy_protocol = match (l.proxy_protocol, from.is_empty()) {
-                (true, false) => Some(from),
-                (true, true) => {
-                    self.err::<()>(
-                        l.name.span(),
-                        &format!("{field}.proxy_protocol"),
-                        "proxy_protocol = true needs proxy_protocol_from = [\"CIDR of the load balancers\", ...]: a PROXY header from anyone else would let them pick their own address",
-                    );
-                    None
-                }
-                (false, false) => {
-                    self.err::<()>(
-                        l.proxy_protocol_from[0].span(),
-                        &format!("{field}.proxy_protocol_from"),
-                        "proxy_protocol_from without proxy_protocol = true",
-                    );
-                    None
-                }
-                (false, true) => None,
-            };
+            let proxy_protocol = self.proxy_protocol(l, &field);
             out.push(ListenerConfig {
                 name: l.name.get_ref().clone(),
                 bind,
@@ -96,6 +71,37 @@ impl<'a> Validator<'a> {
             });
         }
         out
+    }
+
+    /// The PROXY protocol's trusted sources: both settings or neither (a header from anyone would
+    /// let them pick their own address).
+    fn proxy_protocol(&mut self, l: &RawListener, field: &str) -> Option<Vec<IpNet>> {
+        let from: Vec<IpNet> = l
+            .proxy_protocol_from
+            .iter()
+            .enumerate()
+            .filter_map(|(j, c)| self.cidr(c, &format!("{field}.proxy_protocol_from[{j}]")))
+            .collect();
+        match (l.proxy_protocol, from.is_empty()) {
+            (true, false) => Some(from),
+            (true, true) => {
+                self.err::<()>(
+                    l.name.span(),
+                    &format!("{field}.proxy_protocol"),
+                    "proxy_protocol = true needs proxy_protocol_from = [\"CIDR of the load balancers\", ...]: a PROXY header from anyone else would let them pick their own address",
+                );
+                None
+            }
+            (false, false) => {
+                self.err::<()>(
+                    l.proxy_protocol_from[0].span(),
+                    &format!("{field}.proxy_protocol_from"),
+                    "proxy_protocol_from without proxy_protocol = true",
+                );
+                None
+            }
+            (false, true) => None,
+        }
     }
 
     pub(super) fn admin(

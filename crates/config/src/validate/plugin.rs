@@ -19,30 +19,7 @@ impl<'a> Validator<'a> {
 
     pub(super) fn plugin(&mut self, raw: &Spanned<RawPlugin>, field: &str) -> Option<PluginConfig> {
         let p = raw.get_ref();
-        let source = match (&p.builtin, &p.wasm) {
-            (Some(b), None) => {
-                if !crate::builtins::exists(b.get_ref()) {
-                    return self.err(
-                        b.span(),
-                        &format!("{field}.builtin"),
-                        format!(
-                            "no built-in plugin is named `{}` (there are: {})",
-                            b.get_ref(),
-                            crate::builtins::NAMES.join(", ")
-                        ),
-                    );
-                }
-                PluginSource::Builtin(b.get_ref().clone())
-            }
-            (None, Some(w)) => PluginSource::Wasm(self.existing_file(w, &format!("{field}.wasm"))?),
-            _ => {
-                return self.err(
-                    raw.span(),
-                    field,
-                    "a plugin needs exactly one of builtin = \"…\" or wasm = \"…\"",
-                )
-            }
-        };
+        let source = self.plugin_source(raw, field)?;
         if let Some(n) = &p.name {
             if let Err(m) = check_name(n) {
                 return self.err(raw.span(), &format!("{field}.name"), m);
@@ -73,6 +50,57 @@ impl<'a> Validator<'a> {
             }
         };
         self.fail_open(p, &source, on_error, field);
+        let limits = self.plugin_limits(raw, field);
+        let config = match &p.config {
+            Some(table) => serde_json::to_value(table).unwrap_or(serde_json::Value::Null),
+            None => serde_json::json!({}),
+        };
+        let (line, col) = self.loc.position(raw.span().start);
+        Some(PluginConfig {
+            name,
+            source,
+            config,
+            on_error,
+            limits,
+            files: self.files.clone(),
+            confined: self.confine.clone(),
+            location: format!("{}:{line}:{col}", self.loc.file.display()),
+        })
+    }
+
+    /// A built-in that exists, or a wasm file that does (beneath a tenant's directory for a tenant).
+    fn plugin_source(&mut self, raw: &Spanned<RawPlugin>, field: &str) -> Option<PluginSource> {
+        let p = raw.get_ref();
+        let source = match (&p.builtin, &p.wasm) {
+            (Some(b), None) => {
+                if !crate::builtins::exists(b.get_ref()) {
+                    return self.err(
+                        b.span(),
+                        &format!("{field}.builtin"),
+                        format!(
+                            "no built-in plugin is named `{}` (there are: {})",
+                            b.get_ref(),
+                            crate::builtins::NAMES.join(", ")
+                        ),
+                    );
+                }
+                PluginSource::Builtin(b.get_ref().clone())
+            }
+            (None, Some(w)) => PluginSource::Wasm(self.existing_file(w, &format!("{field}.wasm"))?),
+            _ => {
+                return self.err(
+                    raw.span(),
+                    field,
+                    "a plugin needs exactly one of builtin = \"…\" or wasm = \"…\"",
+                )
+            }
+        };
+        Some(source)
+    }
+
+    /// The plugin's limits, each within its bounds (an error names the one that is not).
+    fn plugin_limits(&mut self, raw: &Spanned<RawPlugin>, field: &str) -> PluginLimits {
+        let p = raw.get_ref();
         let d = PluginLimits::default();
         let limits = PluginLimits {
             time: self
@@ -124,21 +152,7 @@ impl<'a> Validator<'a> {
                 "must be between 1 and 64",
             );
         }
-        let config = match &p.config {
-            Some(table) => serde_json::to_value(table).unwrap_or(serde_json::Value::Null),
-            None => serde_json::json!({}),
-        };
-        let (line, col) = self.loc.position(raw.span().start);
-        Some(PluginConfig {
-            name,
-            source,
-            config,
-            on_error,
-            limits,
-            files: self.files.clone(),
-            confined: self.confine.clone(),
-            location: format!("{}:{line}:{col}", self.loc.file.display()),
-        })
+        limits
     }
 
     /// `on_error = "allow"` on an access-control built-in is a bypass any client that can make the

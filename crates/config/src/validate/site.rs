@@ -33,54 +33,9 @@ impl<'a> Validator<'a> {
             ok = false;
             self.err::<()>(s.name.span(), &format!("{field}.name"), m);
         }
-        for l in s.listeners.get_ref() {
-            if !listeners.contains(l.as_str()) {
-                ok = false;
-                self.err::<()>(
-                    s.listeners.span(),
-                    &format!("{field}.listeners"),
-                    format!("no listener is named `{l}`"),
-                );
-            } else if tls_listeners.contains(l.as_str()) && s.tls.is_none() {
-                ok = false;
-                self.err::<()>(
-                    raw.span(),
-                    &format!("{field}.tls"),
-                    format!(
-                        "site `{name}` is on TLS listener `{l}` but has no tls = {{ cert, key }}"
-                    ),
-                );
-            }
-        }
-        if s.listeners.get_ref().is_empty() {
-            self.err::<()>(
-                s.listeners.span(),
-                &format!("{field}.listeners"),
-                "a site needs at least one listener",
-            );
-        }
-        let mut hosts = Vec::new();
-        let mut host_locations = Vec::new();
-        for (i, h) in s.hosts.iter().enumerate() {
-            match hosts::normalise(h.get_ref()) {
-                Ok(n) => {
-                    let (line, col) = self.loc.position(h.span().start);
-                    host_locations.push(format!("{}:{line}:{col}", self.loc.file.display()));
-                    hosts.push(n);
-                }
-                Err(m) => {
-                    ok = false;
-                    self.err::<()>(h.span(), &format!("{field}.hosts[{i}]"), m);
-                }
-            }
-        }
-        if hosts.is_empty() && !s.default {
-            self.err::<()>(
-                raw.span(),
-                &format!("{field}.hosts"),
-                "a site needs hosts = [...] or default = true",
-            );
-        }
+        ok &= self.site_listeners(raw, field, listeners, tls_listeners);
+        let (hosts, host_locations, hosts_ok) = self.site_hosts(raw, field);
+        ok &= hosts_ok;
         let tls = s.tls.as_ref().and_then(|t| {
             let cert = self.existing_file(&t.cert, &format!("{field}.tls.cert"));
             let key = self.existing_file(&t.key, &format!("{field}.tls.key"));
@@ -107,41 +62,7 @@ impl<'a> Validator<'a> {
             .size_opt(&s.max_body_bytes, &format!("{field}.max_body_bytes"))
             .unwrap_or(limits.max_body_bytes);
         let plugins = self.plugins(&s.plugins, &format!("{field}.plugin"));
-
-        let mut routes: Vec<RouteConfig> = Vec::new();
-        for (i, r) in s.routes.iter().enumerate() {
-            let rfield = format!("{field}.route[{i}]");
-            if let Some(route) = self.route(r, &rfield, s.preserve_host, timeouts, max_body) {
-                if routes.iter().any(|o| o.path == route.path) {
-                    self.err::<()>(
-                        r.get_ref().path.span(),
-                        &format!("{rfield}.path"),
-                        "duplicate route path in this site",
-                    );
-                } else if let Some(o) = routes.iter().find(|o| {
-                    (o.case_insensitive || route.case_insensitive)
-                        && o.path.eq_ignore_ascii_case(&route.path)
-                }) {
-                    // Which of the two would `/API/x` belong to? Neither answer is right.
-                    self.err::<()>(
-                        r.get_ref().path.span(),
-                        &format!("{rfield}.path"),
-                        format!(
-                            "`{}` and `{}` differ only in case, and case_insensitive makes them the same route",
-                            route.path, o.path
-                        ),
-                    );
-                }
-                routes.push(route);
-            }
-        }
-        if s.routes.is_empty() && s.plugins.is_empty() {
-            self.err::<()>(
-                raw.span(),
-                &format!("{field}.route"),
-                "a site needs at least one [[site.route]] or a [[site.plugin]] that answers",
-            );
-        }
+        let routes = self.site_routes(raw, field, timeouts, max_body);
         ok.then_some(SiteConfig {
             name,
             listeners: s.listeners.get_ref().clone(),
@@ -153,6 +74,125 @@ impl<'a> Validator<'a> {
             plugins,
             tenant: self.tenant.clone(),
         })
+    }
+
+    /// Each listener named exists, and a site on a TLS listener has a certificate.
+    fn site_listeners(
+        &mut self,
+        raw: &Spanned<RawSite>,
+        field: &str,
+        listeners: &HashSet<&str>,
+        tls_listeners: &HashSet<&str>,
+    ) -> bool {
+        let s = raw.get_ref();
+        let mut ok = true;
+        for l in s.listeners.get_ref() {
+            if !listeners.contains(l.as_str()) {
+                ok = false;
+                self.err::<()>(
+                    s.listeners.span(),
+                    &format!("{field}.listeners"),
+                    format!("no listener is named `{l}`"),
+                );
+            } else if tls_listeners.contains(l.as_str()) && s.tls.is_none() {
+                ok = false;
+                self.err::<()>(
+                    raw.span(),
+                    &format!("{field}.tls"),
+                    format!(
+                        "site `{}` is on TLS listener `{l}` but has no tls = {{ cert, key }}",
+                        s.name.get_ref()
+                    ),
+                );
+            }
+        }
+        if s.listeners.get_ref().is_empty() {
+            self.err::<()>(
+                s.listeners.span(),
+                &format!("{field}.listeners"),
+                "a site needs at least one listener",
+            );
+        }
+        ok
+    }
+
+    /// The site's hosts, normalised, with where each is written (for conflicts between files);
+    /// whether all of them were valid.
+    fn site_hosts(
+        &mut self,
+        raw: &Spanned<RawSite>,
+        field: &str,
+    ) -> (Vec<String>, Vec<String>, bool) {
+        let s = raw.get_ref();
+        let (mut hosts, mut locations, mut ok) = (Vec::new(), Vec::new(), true);
+        for (i, h) in s.hosts.iter().enumerate() {
+            match hosts::normalise(h.get_ref()) {
+                Ok(n) => {
+                    let (line, col) = self.loc.position(h.span().start);
+                    locations.push(format!("{}:{line}:{col}", self.loc.file.display()));
+                    hosts.push(n);
+                }
+                Err(m) => {
+                    ok = false;
+                    self.err::<()>(h.span(), &format!("{field}.hosts[{i}]"), m);
+                }
+            }
+        }
+        if hosts.is_empty() && !s.default {
+            self.err::<()>(
+                raw.span(),
+                &format!("{field}.hosts"),
+                "a site needs hosts = [...] or default = true",
+            );
+        }
+        (hosts, locations, ok)
+    }
+
+    /// The site's routes; two routes one path could belong to are refused.
+    fn site_routes(
+        &mut self,
+        raw: &Spanned<RawSite>,
+        field: &str,
+        timeouts: Timeouts,
+        max_body: u64,
+    ) -> Vec<RouteConfig> {
+        let s = raw.get_ref();
+        let mut routes: Vec<RouteConfig> = Vec::new();
+        for (i, r) in s.routes.iter().enumerate() {
+            let rfield = format!("{field}.route[{i}]");
+            let Some(route) = self.route(r, &rfield, s.preserve_host, timeouts, max_body) else {
+                continue;
+            };
+            if routes.iter().any(|o| o.path == route.path) {
+                self.err::<()>(
+                    r.get_ref().path.span(),
+                    &format!("{rfield}.path"),
+                    "duplicate route path in this site",
+                );
+            } else if let Some(o) = routes.iter().find(|o| {
+                (o.case_insensitive || route.case_insensitive)
+                    && o.path.eq_ignore_ascii_case(&route.path)
+            }) {
+                // Which of the two would `/API/x` belong to? Neither answer is right.
+                self.err::<()>(
+                    r.get_ref().path.span(),
+                    &format!("{rfield}.path"),
+                    format!(
+                        "`{}` and `{}` differ only in case, and case_insensitive makes them the same route",
+                        route.path, o.path
+                    ),
+                );
+            }
+            routes.push(route);
+        }
+        if s.routes.is_empty() && s.plugins.is_empty() {
+            self.err::<()>(
+                raw.span(),
+                &format!("{field}.route"),
+                "a site needs at least one [[site.route]] or a [[site.plugin]] that answers",
+            );
+        }
+        routes
     }
 
     pub(super) fn route(
