@@ -107,7 +107,7 @@ impl Server {
             (built, builders)
         })
         .await
-        .expect("building the first runtime panicked");
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let runtime = built?;
         builders.remember_owners(&runtime);
         let started = runtime.config.clone();

@@ -142,9 +142,11 @@ pub struct Capabilities {
 }
 
 /// Hands out capabilities for the entries of one owner's chains (made by the layer that builds
-/// them, which knows the owner's egress policy and stores).
+/// them, which knows the owner's egress policy and stores). An entry is `entry`, the `index`-th
+/// of chain `chain` (a route's path, `""` for the site's own): two entries of one chain are two
+/// grantees even when they are the same plugin with the same name.
 pub trait Grants: Send + Sync {
-    fn capabilities(&self, entry: &PluginConfig, chain: &str) -> Capabilities;
+    fn capabilities(&self, entry: &PluginConfig, chain: &str, index: usize) -> Capabilities;
 }
 
 /// For this crate's tests: the system's clock, and nothing else granted.
@@ -164,7 +166,7 @@ impl Clock for ClockOnly {
 
 #[cfg(test)]
 impl Grants for ClockOnly {
-    fn capabilities(&self, _: &PluginConfig, _: &str) -> Capabilities {
+    fn capabilities(&self, _: &PluginConfig, _: &str, _: usize) -> Capabilities {
         Capabilities {
             clock: Arc::new(ClockOnly),
             kv: None,

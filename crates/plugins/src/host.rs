@@ -121,7 +121,7 @@ impl PluginHost {
         slot: Slot,
     ) -> Result<(Arc<LoadedPlugin>, bool), String> {
         let (bytes, digest) = crate::instance::read_wasm(c)?;
-        let caps = owner.grants.capabilities(c, &slot.1);
+        let caps = owner.grants.capabilities(c, &slot.1, slot.2);
         let candidates: Vec<Arc<LoadedPlugin>> = {
             let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
             live.retain(|(_, w)| w.strong_count() > 0);

@@ -185,7 +185,7 @@ fn log_error(err: &ProxyError, access: &AccessRecord) {
             tracing::info!(id = %access.request_id, site = access.site.as_deref().unwrap_or("-"), kind = err.kind(), "refused: {err}")
         }
         wasmgate_core::error::Side::Downstream => {
-            tracing::debug!(id = %access.request_id, kind = err.kind(), "{}", wasmgate_core::text::escaped(&err.to_string()))
+            tracing::debug!(id = %access.request_id, kind = err.kind(), "{}", wasmgate_core::text::escaped(&wasmgate_core::error::Chain(err).to_string()))
         }
         _ => tracing::warn!(
             id = %access.request_id,

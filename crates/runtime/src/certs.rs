@@ -45,7 +45,6 @@ pub fn certified_key_from_pem(
     Ok(ck)
 }
 
-/// Client config for `https://`/`wss://` backends: the given CA bundle, or the web PKI roots.
 /// Why a backend client configuration could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -76,11 +75,18 @@ pub const MAX_CA_BYTES: u64 = 4 << 20;
 /// Read a CA bundle: a regular file (not a FIFO that would block a build, not `/dev/zero`), bounded.
 pub fn read_ca(path: &Path) -> Result<Vec<u8>, CertError> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let read = |source| CertError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(read)?;
+    // Opened without blocking: a FIFO put in the bundle's place would block a plain open until
+    // someone wrote to it, and the build with it.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read)?;
     let meta = file.metadata().map_err(read)?;
     if !meta.is_file() || meta.len() > MAX_CA_BYTES {
         return Err(CertError::NotABundle {

@@ -384,14 +384,16 @@ impl SiteBuild<'_> {
         owner: PluginOwner<'_>,
         connector: &crate::upstream::egress::Connector,
     ) -> Option<Arc<Route>> {
+        // Without its client the build fails: its plugins are not loaded for nothing.
         let upstream = self
             .upstream(rc)
-            .map_err(|m| self.fail(format!("site[{si}].route[{ri}].ca"), m));
+            .map_err(|m| self.fail(format!("site[{si}].route[{ri}].ca"), m))
+            .ok()?;
         let plugins = self.chain(&rc.plugins, owner, &rc.path);
         Some(Arc::new(Route {
             name: rc.path.as_str().into(),
             cfg: rc.clone(),
-            upstream: upstream.ok()?,
+            upstream,
             connector: connector.clone(),
             plugins,
             tunnels: Arc::new(AtomicUsize::new(0)),

@@ -20,6 +20,9 @@ pub struct NamespaceId {
     pub site: String,
     /// The route's path, `""` for the site's own chain.
     pub chain: String,
+    /// The entry's place in its chain: two entries of one name never share keys. (Moving an
+    /// entry within its chain starts its namespace afresh, as it does its warm instances.)
+    pub index: usize,
     pub plugin: String,
 }
 
@@ -337,6 +340,7 @@ mod tests {
             tenant: tenant.map(str::to_string),
             site: "s".into(),
             chain: "".into(),
+            index: 0,
             plugin: plugin.into(),
         }
     }

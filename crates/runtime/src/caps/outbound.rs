@@ -103,10 +103,7 @@ impl HttpOutbound {
             .map_or("/", |p| p.as_str())
             .to_string();
         let mut headers = req.headers;
-        // The host's own framing and routing: a plugin names neither.
-        for h in [header::HOST, header::CONNECTION, header::TRANSFER_ENCODING] {
-            headers.remove(h);
-        }
+        hop_by_hop(&mut headers);
         let mut builder = Request::builder().method(req.method).uri(target);
         if let Some(h) = builder.headers_mut() {
             *h = headers;
@@ -172,6 +169,37 @@ impl OutboundHttp for HttpOutbound {
     }
 }
 
+/// The host frames and routes the call itself: a plugin names neither the connection's headers
+/// (RFC 9110 §7.6.1, and those `Connection` lists) nor the body's length nor the `Host`.
+fn hop_by_hop(headers: &mut http::HeaderMap) {
+    let listed: Vec<http::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for h in listed {
+        headers.remove(h);
+    }
+    for h in [
+        header::HOST,
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_LENGTH,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(h);
+    }
+    for h in ["keep-alive", "proxy-connection"] {
+        headers.remove(h);
+    }
+}
+
 fn backend_for(origin: &Origin, url: &str) -> Backend {
     // As `config::validate` writes a backend: the host as the URL has it (IPv6 in brackets).
     let authority = format!("{}:{}", origin.host, origin.port);
@@ -221,16 +249,25 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// Request heads a test backend received, lower-cased.
+    type Heads = Arc<std::sync::Mutex<Vec<String>>>;
+
     /// A loopback backend answering every request with `body` after `delay`; counts connections.
     async fn backend(body: Vec<u8>, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+        let (addr, conns, _) = recording(body, delay).await;
+        (addr, conns)
+    }
+
+    async fn recording(body: Vec<u8>, delay: Duration) -> (SocketAddr, Arc<AtomicUsize>, Heads) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
-        let seen = conns.clone();
+        let heads: Heads = Arc::default();
+        let (seen, record) = (conns.clone(), heads.clone());
         tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
                 seen.fetch_add(1, Ordering::SeqCst);
-                let body = body.clone();
+                let (body, record) = (body.clone(), record.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0; 4096];
                     let mut got = Vec::new();
@@ -240,6 +277,8 @@ mod tests {
                             Ok(n) => got.extend_from_slice(&buf[..n]),
                         }
                     }
+                    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                    record.lock().unwrap().push(head);
                     tokio::time::sleep(delay).await;
                     let first = String::from_utf8_lossy(&got)
                         .lines()
@@ -255,7 +294,7 @@ mod tests {
                 });
             }
         });
-        (addr, conns)
+        (addr, conns, heads)
     }
 
     fn client() -> Arc<Upstream> {
@@ -294,6 +333,49 @@ mod tests {
             resp.headers["x-saw"], "GET /check?u=1 HTTP/1.1",
             "origin-form target"
         );
+    }
+
+    /// The host frames the call: a plugin's `Host`, length and connection headers (and those its
+    /// `Connection` names) never reach the far side; its own headers do.
+    #[tokio::test]
+    async fn the_plugin_names_no_connection_level_header() {
+        let (addr, _, heads) = recording(b"ok".to_vec(), Duration::ZERO).await;
+        let out = HttpOutbound::new(client(), Connector::Operator, vec![origin(addr)], 1024);
+        let mut req = get(&format!("http://{addr}/h"));
+        for (k, v) in [
+            ("host", "victim.internal"),
+            ("connection", "x-secret, close"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=999"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("content-length", "999"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("x-ok", "yes"),
+        ] {
+            req.headers.insert(k, v.parse().unwrap());
+        }
+        req.body = Bytes::from_static(b"abc");
+        let resp = out.send(req, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(&resp.body[..], b"ok");
+        let head = heads.lock().unwrap()[0].clone();
+        assert!(head.contains("x-ok: yes"), "{head}");
+        assert!(head.contains(&format!("host: {addr}")), "{head}");
+        assert!(
+            head.contains("content-length: 3"),
+            "the body's own length: {head}"
+        );
+        for gone in [
+            "victim",
+            "x-secret",
+            "keep-alive",
+            "te:",
+            "upgrade",
+            "999",
+            "proxy-auth",
+        ] {
+            assert!(!head.contains(gone), "{gone} passed: {head}");
+        }
     }
 
     #[tokio::test]

@@ -136,11 +136,15 @@ fn start_reaper() {
             let now = GENERATION.get() + 1;
             GENERATION.set(now);
             IDLE.with(|pools| {
-                for by_host in pools.borrow_mut().values_mut() {
-                    for list in by_host.values_mut() {
+                // Emptied lists and pools go too: clients come and go with reloads (a rotated CA
+                // is a new one), and their keys must not pile up on every worker.
+                pools.borrow_mut().retain(|_, by_host| {
+                    by_host.retain(|_, list| {
                         list.retain(|c| !c.tx.is_closed() && now - c.generation < IDLE_ROUNDS);
-                    }
-                }
+                        !list.is_empty()
+                    });
+                    !by_host.is_empty()
+                });
             });
         }
     });
@@ -327,7 +331,6 @@ impl Drop for PooledBody {
 /// Upstreams by key; lives as long as the server, across reloads. Held weakly: a client lives
 /// while a runtime's route (or a response in flight) uses it, so the bundles of past reloads, each
 /// a key of its own, do not pile up.
-#[derive(Default)]
 pub struct UpstreamCache {
     map: Mutex<HashMap<Key, std::sync::Weak<Upstream>>>,
     life: crate::Lifecycle,
