@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::owners::Owners;
-use super::{build_sites, Builders, BuiltSite, Runtime};
+use super::sites::{build_sites, BuiltSite};
+use super::{Builders, Runtime};
 use wasmgate_config::hosts::{covers, overlap};
 use wasmgate_config::tenant_fs::{self, FileCaps};
 use wasmgate_config::{Config, TenantLimits};
