@@ -411,7 +411,7 @@ pub struct Shared {
     /// The config the process started with: restart-only settings are judged against it, not
     /// against the last reload (which carried them without applying them).
     pub started: Arc<Config>,
-    /// Held while a runtime is built and swapped in: a SIGHUP, the watcher and the admin endpoint
+    /// Held while a runtime is built and swapped in: a SIGHUP, the watcher and `Server::reload`
     /// may ask at once, and each build starts from the runtime live when it began (incumbent
     /// tenants, kept plugins), so two at once could store over each other's result.
     pub building: std::sync::Mutex<()>,

@@ -39,6 +39,7 @@ pub fn build_sites(
             })
         }),
         errors: Vec::new(),
+        cas: Default::default(),
     };
     let built: Vec<BuiltSite> = configs
         .iter()
@@ -59,6 +60,9 @@ struct SiteBuild<'a> {
     tenant: Option<&'a TenantHandle>,
     confined: Option<wasmgate_config::tenant_fs::Confined>,
     errors: Vec<ConfigError>,
+    /// CA bundles read so far: routes naming the same file share one read (and so one version of
+    /// it, even if it is rotated while the build runs).
+    cas: std::collections::HashMap<std::path::PathBuf, Vec<u8>>,
 }
 
 impl SiteBuild<'_> {
@@ -153,18 +157,18 @@ impl SiteBuild<'_> {
 
     /// The route's client: for its connect timeout and the bytes of its CA bundle (read as the
     /// operator's, or beneath the tenant's directory, within its file-size cap).
-    fn upstream(&self, rc: &RouteConfig) -> Result<Arc<Upstream>, String> {
-        let ca = match (&rc.backend.ca, &self.confined) {
-            (None, _) => None,
-            (Some(path), None) => Some((
-                path,
-                crate::certs::read_ca(path).map_err(|e| e.to_string())?,
-            )),
-            (Some(path), Some(c)) => Some((path, c.read(path)?)),
+    fn upstream(&mut self, rc: &RouteConfig) -> Result<Arc<Upstream>, String> {
+        let Some(path) = &rc.backend.ca else {
+            return (self.b.upstreams.get(rc.timeouts.connect, None)).map_err(|e| e.to_string());
         };
-        let ca = ca
-            .as_ref()
-            .map(|(path, pem)| (path.as_path(), pem.as_slice()));
+        if !self.cas.contains_key(path) {
+            let pem = match &self.confined {
+                None => crate::certs::read_ca(path).map_err(|e| e.to_string())?,
+                Some(c) => c.read(path)?,
+            };
+            self.cas.insert(path.clone(), pem);
+        }
+        let ca = Some((path.as_path(), self.cas[path].as_slice()));
         self.b
             .upstreams
             .get(rc.timeouts.connect, ca)

@@ -53,8 +53,16 @@ impl Origin {
         Ok(Origin {
             tls,
             host: auth.host().to_ascii_lowercase(),
-            port: auth.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            port: auth.port_u16().unwrap_or(default_port(tls)),
         })
+    }
+}
+
+fn default_port(tls: bool) -> u16 {
+    if tls {
+        443
+    } else {
+        80
     }
 }
 
@@ -107,12 +115,13 @@ impl HttpOutbound {
         let mut builder = Request::builder().method(req.method).uri(target);
         if let Some(h) = builder.headers_mut() {
             *h = headers;
-            let host = if origin.port == if origin.tls { 443 } else { 80 } {
-                origin.host.clone()
+            // The port is named only when it is not the scheme's own (RFC 9110 §7.2).
+            let host = if origin.port == default_port(origin.tls) {
+                &origin.host
             } else {
-                backend.authority.clone()
+                &backend.authority
             };
-            if let Ok(v) = http::HeaderValue::from_str(&host) {
+            if let Ok(v) = http::HeaderValue::from_str(host) {
                 h.insert(header::HOST, v);
             }
         }
