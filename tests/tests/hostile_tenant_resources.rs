@@ -540,7 +540,109 @@ plugin_cpu = "5%"
             &["tenant=\"cpu-b\""]
         ),
         0.0,
-        "B is never throttled"
+        "B is never throttled (nor sent to the lane)"
+    );
+}
+
+/// A tenant whose guest ran a long stretch is *heavy*: for the next second its calls run on the
+/// background lane, threads at `SCHED_IDLE`, so they never hold a worker its neighbours' requests
+/// wait on. There a call still gets its whole time limit of CPU (a preempted lane thread's ticks do
+/// not count against it), its neighbour's calls stay on the workers, and once it is quiet for a
+/// second its calls come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heavy_tenants_calls_run_at_idle_priority_and_still_get_their_time() {
+    let b = Backend::start().await;
+    let spin = "[[site.plugin]]\nwasm = \"plugins/spin.wasm\"\nlimits = { time = \"20ms\" }\n";
+    let limits = r#"
+[tenant_limits.default]
+backends = ["127.0.0.1/32"]
+plugin_time = "20ms"
+plugin_cpu = "100%"
+"#;
+    let p = start(
+        &b,
+        limits,
+        &[
+            ("lane-a", tenant("a.test", &[("/", b.url())], spin)),
+            ("lane-b", tenant("b.test", &[("/", b.url())], spin)),
+        ],
+    )
+    .await;
+    let web = p.addr("web");
+    let on_lane = |t: &str| {
+        metric(
+            &p,
+            "wasmgate_tenant_plugin_throttled_total",
+            &[&format!("tenant=\"{t}\""), "what=\"background\""],
+        )
+    };
+    let charged = || {
+        metric(
+            &p,
+            "wasmgate_tenant_plugin_cpu_seconds_total",
+            &["tenant=\"lane-a\""],
+        )
+    };
+    // Warm both tenants' instances (a first call in a debug build can run for a while), then let
+    // any heaviness that made expire.
+    for _ in 0..3 {
+        assert_eq!(get(web, "a.test", "/a").await.status, 200);
+        assert_eq!(get(web, "b.test", "/b").await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (base_a, base_b) = (on_lane("lane-a"), on_lane("lane-b"));
+    // Cheap calls make no one heavy.
+    assert_eq!(get(web, "a.test", "/a").await.status, 200);
+    assert_eq!(on_lane("lane-a"), base_a, "a cheap call went to the lane");
+    // A spins once on a worker: from now on it is heavy.
+    assert_eq!(get(web, "a.test", "/spin").await.status, 500);
+    assert_eq!(on_lane("lane-a"), base_a);
+    let before = charged();
+    assert_eq!(get(web, "a.test", "/spin").await.status, 500);
+    assert_eq!(
+        on_lane("lane-a"),
+        base_a + 1.0,
+        "A's second spin ran off the lane"
+    );
+    let ran = charged() - before;
+    assert!(
+        (0.019..0.5).contains(&ran),
+        "a call on the lane ran {ran}s of CPU before its 20 ms limit stopped it"
+    );
+    // The lane's threads exist, and the one that ran A's call is at the kernel's lowest priority
+    // (its idle workers and its blocking threads, where hashes run, are not).
+    let lane_policies: Vec<u64> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            comm.starts_with("wasmgate-lane").then(|| {
+                let stat = std::fs::read_to_string(t.join("stat")).unwrap();
+                // Field 41, `policy`, counted after the `(comm)` field 2.
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+            })
+        })
+        .collect();
+    assert!(!lane_policies.is_empty(), "no lane threads");
+    assert!(
+        lane_policies.contains(&(libc::SCHED_IDLE as u64)),
+        "lane thread policies {lane_policies:?}"
+    );
+    // A heavy tenant's cheap calls go to the lane too, and are answered; B's never do.
+    assert_eq!(get(web, "a.test", "/a").await.status, 200);
+    assert_eq!(on_lane("lane-a"), base_a + 2.0);
+    for _ in 0..20 {
+        assert_eq!(get(web, "b.test", "/b").await.status, 200);
+    }
+    assert_eq!(on_lane("lane-b"), base_b, "B was sent to the lane");
+    // Quiet for a second: A is back on the workers.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(web, "a.test", "/a").await.status, 200);
+    assert_eq!(
+        on_lane("lane-a"),
+        base_a + 2.0,
+        "A stayed heavy after a quiet second"
     );
 }
 

@@ -102,8 +102,9 @@ pub struct Metrics {
     pub tenant_egress_refused: Family<TenantOnlyLabels, Counter>,
     /// Guest CPU time charged to each tenant's plugin budget.
     pub tenant_plugin_cpu: Family<TenantOnlyLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
-    /// Plugin calls of a tenant over its CPU budget: `what` = `delayed` (waited, then ran) or
-    /// `refused` (503 without running).
+    /// Plugin calls of a tenant over its CPU budget: `what` = `delayed` (waited, then ran),
+    /// `parked` (a stretch parked at an epoch yield), `refused` (503 without running), or
+    /// `background` (a heavy tenant's call, run on the idle-priority lane).
     pub tenant_plugin_throttled: Family<TenantLabels, Counter>,
 }
 
@@ -245,7 +246,7 @@ impl Metrics {
         );
         registry.register(
             "tenant_plugin_throttled",
-            "Plugin calls of a tenant over its CPU budget, delayed or refused",
+            "Plugin calls of a tenant throttled for CPU: delayed, parked, refused, or run in the background",
             m.tenant_plugin_throttled.clone(),
         );
         Metrics { registry, ..m }

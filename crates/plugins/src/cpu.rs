@@ -10,8 +10,10 @@
 //! entry or its last resumption to its next epoch yield or its return — time parked in a yield, queued
 //! for a worker, or waiting for the budget is never charged. What is charged is the worker's time, not
 //! the thread's CPU time: a worker the kernel descheduled mid-guest stalls its other connections just
-//! the same, and the monotonic clock costs no syscall per call. The allowance of an idle tenant is capped
-//! at one `plugin_time` of guest CPU, so a burst after a quiet spell cannot exceed one full call.
+//! the same, and the monotonic clock costs no syscall per call. (A heavy tenant's calls run on the
+//! background lane instead, where a stretch is the thread's CPU time: see `lane.rs`.) The allowance
+//! of an idle tenant is capped at one `plugin_time` of guest CPU, so a burst after a quiet spell
+//! cannot exceed one full call.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -37,9 +39,24 @@ pub fn now_ns() -> u64 {
     BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// A tenant's virtual clock; lives as long as the tenant's counters, across reloads.
+/// Where the current stretch is measured from: the monotonic clock on a request worker, the
+/// thread's CPU time on the background lane (see `lane.rs`). A stretch starts and ends within one
+/// poll of its call, so on one thread.
+pub fn stretch_now() -> u64 {
+    if crate::lane::on_lane() {
+        crate::lane::thread_cpu_ns()
+    } else {
+        now_ns()
+    }
+}
+
+/// A tenant's virtual clock, and until when it is heavy (`now_ns`); lives as long as the tenant's
+/// counters, across reloads.
 #[derive(Debug, Default)]
-pub struct CpuClock(AtomicU64);
+pub struct CpuClock {
+    clock: AtomicU64,
+    heavy_until: AtomicU64,
+}
 
 /// The budget of one tenant's plugins, as the operator set it when the tenant was loaded.
 #[derive(Debug)]
@@ -54,6 +71,8 @@ pub struct CpuBudget {
     /// Stretches of a running call parked at an epoch yield because the tenant ran out of budget.
     parked: Counter,
     refused: Counter,
+    /// Calls run on the background lane because the tenant is heavy.
+    background: Counter,
 }
 
 /// The tenant is too far over its budget to wait.
@@ -99,6 +118,7 @@ impl CpuBudget {
             delayed: throttled("delayed"),
             parked: throttled("parked"),
             refused: throttled("refused"),
+            background: throttled("background"),
         }
     }
 
@@ -108,7 +128,7 @@ impl CpuBudget {
         let floor = now.saturating_sub(self.credit_ns);
         let _ = self
             .clock
-            .0
+            .clock
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
                 Some(t.max(floor) + cost)
             });
@@ -117,7 +137,7 @@ impl CpuBudget {
 
     /// How long until the tenant is out of debt (`None`: it is not in debt).
     pub fn debt(&self, now: u64) -> Option<Duration> {
-        let t = self.clock.0.load(Ordering::Acquire);
+        let t = self.clock.clock.load(Ordering::Acquire);
         (t > now).then(|| Duration::from_nanos(t - now))
     }
 
@@ -148,18 +168,41 @@ impl CpuBudget {
         }
     }
 
-    /// At an epoch yield of a running call whose stretch began at `since`: charge it, and return how
-    /// long to park the call before it resumes (`None`: just yield).
-    pub fn at_yield(&self, since: u64) -> (u64, Option<Duration>) {
-        let now = now_ns();
-        if since != PARKED {
-            self.charge(now.saturating_sub(since), now);
+    /// End the stretch that began at `since` (`stretch_now`; [`PARKED`]: none was running):
+    /// charge it, and mark the tenant heavy if it ran long enough to hold up a worker (`serving`: it
+    /// is a hook's, for a request; instantiation and `init` run at load or before a call, and their
+    /// stretch includes the host's own instantiation work). Returns the nanoseconds it ran.
+    pub fn end_stretch(&self, since: u64, serving: bool) -> u64 {
+        if since == PARKED {
+            return 0;
         }
-        let park = self.debt(now).map(|d| d.min(MAX_PARK));
+        let now = now_ns();
+        let ran = stretch_now().saturating_sub(since);
+        self.charge(ran, now);
+        if serving && ran >= crate::lane::HEAVY_STRETCH.as_nanos() as u64 {
+            let until = now + crate::lane::HEAVY_FOR.as_nanos() as u64;
+            self.clock.heavy_until.fetch_max(until, Ordering::Relaxed);
+        }
+        ran
+    }
+
+    /// Whether the tenant's calls go to the background lane now (counted when they do).
+    pub fn heavy(&self) -> bool {
+        let heavy = self.clock.heavy_until.load(Ordering::Relaxed) > now_ns();
+        if heavy {
+            self.background.inc();
+        }
+        heavy
+    }
+
+    /// At an epoch yield of a running call (its stretch ended): how long to park it before it
+    /// resumes (`None`: just yield).
+    pub fn park(&self) -> Option<Duration> {
+        let park = self.debt(now_ns()).map(|d| d.min(MAX_PARK));
         if park.is_some() {
             self.parked.inc();
         }
-        (now, park)
+        park
     }
 }
 

@@ -33,6 +33,8 @@ pub struct PluginHost {
     /// Runs the async instantiate + `init` of plugins being loaded: one small runtime for the
     /// host's life, not one (and a thread) per plugin.
     loader: std::sync::OnceLock<Loader>,
+    /// Where heavy tenants' calls run (see `lane.rs`); its threads start at the first such call.
+    pub(crate) lane: Arc<crate::lane::Lane>,
     /// Plugins this host loaded, while some runtime still uses them: a reload reuses an entry that
     /// did not change (see [`LoadedPlugin::serves_as`]) with its warm instances and decision cache.
     live: std::sync::Mutex<Vec<(Slot, std::sync::Weak<LoadedPlugin>)>>,
@@ -68,6 +70,7 @@ impl PluginHost {
                 crate::password::hashing_slots(),
             )),
             loader: std::sync::OnceLock::new(),
+            lane: Arc::default(),
             live: Default::default(),
         }
     }

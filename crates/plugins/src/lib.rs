@@ -29,6 +29,7 @@ pub mod cpu;
 mod engine;
 mod host;
 mod instance;
+mod lane;
 mod memory;
 mod password;
 pub mod quota;

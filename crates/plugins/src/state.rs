@@ -166,8 +166,11 @@ pub struct State {
     /// charged for the wait.
     pub ticks_used: u64,
     pub ticks_allowed: u64,
+    /// A tenant's call: the nanoseconds its stretches ran so far, and its limit (`limits.time`).
+    pub ran_ns: u64,
+    pub limit_ns: u64,
     /// The tenant's plugin CPU budget (`None` for the operator's plugins), and when the current
-    /// stretch of guest execution began (`cpu::now_ns`; written by the yield future on resumption).
+    /// stretch of guest execution began (`cpu::stretch_now`; written by the yield future on resumption).
     pub cpu: Option<Arc<super::cpu::CpuBudget>>,
     pub stretch: Arc<std::sync::atomic::AtomicU64>,
     /// What the plugin entry was granted: the clock its `monotonic-now`/`wall-now` read, and the
@@ -209,9 +212,11 @@ impl State {
             host_wait: Arc::default(),
             ticks_used: 0,
             ticks_allowed: 1000,
+            ran_ns: 0,
+            limit_ns: u64::MAX,
             cpu,
             // Instantiation and `init` run guest code too: charged from here.
-            stretch: Arc::new(super::cpu::now_ns().into()),
+            stretch: Arc::new(super::cpu::stretch_now().into()),
             caps,
         }
     }

@@ -39,15 +39,11 @@ impl LoadedPlugin {
         let data = warm.store.data_mut();
         data.client = Some(client);
         data.max_age = None;
-        let wait = data.host_wait.clone();
-        let _running = self.ticker.running();
-        self.begin_stretch(&warm);
-        let call = warm
-            .plugin
-            .wasmgate_plugin_hooks()
-            .call_on_request(&mut warm.store, req);
-        let result = within(self.wall_limit(), &wait, call).await;
-        self.end_stretch(&warm);
+        let job = self.job();
+        let (warm, result) = match self.lane_now() {
+            Some(lane) => lane.run(request_job(job, warm, req.clone())).await?,
+            None => request_job(job, warm, req).await,
+        };
         let max_age = warm.store.data().max_age;
         self.finish(warm, result, started).map(|a| (a, max_age))
     }
@@ -60,17 +56,31 @@ impl LoadedPlugin {
     ) -> Result<Vec<bindings::HeaderOp>, Failure> {
         let started = std::time::Instant::now();
         self.admit().await?;
-        let mut warm = self.checkout(request_id).await?;
-        let wait = warm.store.data().host_wait.clone();
-        let _running = self.ticker.running();
-        self.begin_stretch(&warm);
-        let call =
-            warm.plugin
-                .wasmgate_plugin_hooks()
-                .call_on_response(&mut warm.store, info, head);
-        let result = within(self.wall_limit(), &wait, call).await;
-        self.end_stretch(&warm);
+        let warm = self.checkout(request_id).await?;
+        let job = self.job();
+        let (warm, result) = match self.lane_now() {
+            Some(lane) => {
+                let parts = (info.clone(), head.clone());
+                lane.run(response_job(job, warm, parts)).await?
+            }
+            None => response_job(job, warm, (info, head)).await,
+        };
         self.finish(warm, result, started)
+    }
+
+    /// What a call needs besides its instance, owned, so that it can run on the lane.
+    fn job(&self) -> Job {
+        Job {
+            ticker: self.ticker.clone(),
+            limit: self.wall_limit(),
+            cpu: self.cpu.clone(),
+        }
+    }
+
+    /// The background lane, if the tenant is heavy right now (see `lane.rs`).
+    fn lane_now(&self) -> Option<&crate::lane::Lane> {
+        let heavy = self.cpu.as_ref().is_some_and(|c| c.heavy());
+        self.lane.as_deref().filter(|_| heavy)
     }
 
     /// Wait for the tenant's CPU budget, or refuse the call (kind `throttled`, answered 503 whatever
@@ -84,27 +94,6 @@ impl LoadedPlugin {
                 o.debt.as_millis()
             ),
         })
-    }
-
-    pub(super) fn begin_stretch(&self, warm: &Warm) {
-        if self.cpu.is_some() {
-            warm.store
-                .data()
-                .stretch
-                .store(crate::cpu::now_ns(), Relaxed);
-        }
-    }
-
-    /// Charge the last stretch of a call (most calls end before their first tick, so this is the
-    /// only charge they get).
-    pub(super) fn end_stretch(&self, warm: &Warm) {
-        if let Some(cpu) = &self.cpu {
-            let since = warm.store.data().stretch.load(Relaxed);
-            if since != crate::cpu::PARKED {
-                let now = crate::cpu::now_ns();
-                cpu.charge(now.saturating_sub(since), now);
-            }
-        }
     }
 
     pub(super) fn finish<R>(
@@ -136,6 +125,83 @@ impl LoadedPlugin {
             self.errors.get_or_create(&labels).inc();
         }
         result
+    }
+}
+
+/// A call's supervision, owned (see [`LoadedPlugin::job`]).
+struct Job {
+    ticker: std::sync::Arc<engine::Ticker>,
+    limit: std::time::Duration,
+    cpu: Option<std::sync::Arc<crate::cpu::CpuBudget>>,
+}
+
+type Outcome<R> = (Warm, Option<wasmtime::Result<R>>);
+
+impl Job {
+    fn begin_stretch(&self, warm: &Warm) {
+        if self.cpu.is_some() {
+            let now = crate::cpu::stretch_now();
+            warm.store.data().stretch.store(now, Relaxed);
+        }
+    }
+
+    /// Charge the last stretch of a call (most calls end before their first tick, so this is the
+    /// only charge they get).
+    fn end_stretch(&self, warm: &Warm) {
+        if let Some(cpu) = &self.cpu {
+            cpu.end_stretch(warm.store.data().stretch.load(Relaxed), true);
+        }
+    }
+}
+
+// A stretch begins and ends within one poll of the job (no await between `begin_stretch` and the
+// call's first poll, nor between its last poll and `end_stretch`), so on one thread: what
+// `stretch_now` needs on the lane.
+async fn request_job(
+    job: Job,
+    mut warm: Warm,
+    req: impl std::borrow::Borrow<bindings::Request>,
+) -> Outcome<RequestAction> {
+    let wait = warm.store.data().host_wait.clone();
+    let _running = job.ticker.running();
+    job.begin_stretch(&warm);
+    let call = warm
+        .plugin
+        .wasmgate_plugin_hooks()
+        .call_on_request(&mut warm.store, req.borrow());
+    let result = within(job.limit, &wait, call).await;
+    job.end_stretch(&warm);
+    (warm, result)
+}
+
+async fn response_job<I, H>(
+    job: Job,
+    mut warm: Warm,
+    (info, head): (I, H),
+) -> Outcome<Vec<bindings::HeaderOp>>
+where
+    I: std::borrow::Borrow<bindings::RequestInfo>,
+    H: std::borrow::Borrow<bindings::ResponseHead>,
+{
+    let wait = warm.store.data().host_wait.clone();
+    let _running = job.ticker.running();
+    job.begin_stretch(&warm);
+    let call = warm.plugin.wasmgate_plugin_hooks().call_on_response(
+        &mut warm.store,
+        info.borrow(),
+        head.borrow(),
+    );
+    let result = within(job.limit, &wait, call).await;
+    job.end_stretch(&warm);
+    (warm, result)
+}
+
+impl From<crate::lane::LaneGone> for Failure {
+    fn from(_: crate::lane::LaneGone) -> Failure {
+        Failure {
+            kind: FailureKind::Trap,
+            detail: "the call was lost on the background lane (the host is shutting down)".into(),
+        }
     }
 }
 
@@ -183,6 +249,8 @@ pub(super) fn arm(store: &mut Store<State>, limit: std::time::Duration) {
     let data = store.data_mut();
     data.ticks_used = 0;
     data.ticks_allowed = (limit.as_micros() / engine::TICK.as_micros()).max(1) as u64 + 1;
+    data.ran_ns = 0;
+    data.limit_ns = limit.as_nanos() as u64;
     store.set_epoch_deadline(1);
 }
 

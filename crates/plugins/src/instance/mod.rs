@@ -31,7 +31,7 @@ mod call;
 mod pool;
 
 use call::{arm, failure};
-use pool::shards;
+pub(crate) use pool::shards;
 pub use pool::{set_worker, warm_bound, worker};
 
 /// Calls after which a warm instance is replaced by a fresh one.
@@ -86,6 +86,8 @@ pub struct LoadedPlugin {
     passwords: Arc<Passwords>,
     /// The owning tenant's plugin CPU budget (`None`: the operator's, or unlimited).
     cpu: Option<Arc<super::cpu::CpuBudget>>,
+    /// Where its calls run while its tenant is heavy (tenants' plugins only; see `lane.rs`).
+    lane: Option<Arc<super::lane::Lane>>,
     quota: Option<Arc<super::quota::InstanceQuota>>,
     /// What this entry was granted (clock, store, outbound calls); each instance gets a copy.
     caps: super::caps::Capabilities,
@@ -225,6 +227,7 @@ impl LoadedPlugin {
                 read: Default::default(),
             }),
             cpu: owner.cpu.cloned(),
+            lane: owner.cpu.map(|_| host.lane.clone()),
             quota: owner.quota.cloned(),
             caps,
             engine,
@@ -366,17 +369,23 @@ impl LoadedPlugin {
             // arrive as one when it resumes), so this counts running time, not queueing.
             let s = ctx.data_mut();
             s.ticks_used += 1;
-            if s.ticks_used >= s.ticks_allowed {
-                return Ok(UpdateDeadline::Interrupt);
-            }
             let Some(cpu) = &s.cpu else {
+                if s.ticks_used >= s.ticks_allowed {
+                    return Ok(UpdateDeadline::Interrupt);
+                }
                 return Ok(UpdateDeadline::Yield(1));
             };
-            // A tenant's guest: charge the stretch that ends here, park the call while the tenant
-            // is over budget, and restart the stretch when it resumes (the wait is not charged).
-            let (_, park) = cpu.at_yield(s.stretch.load(Relaxed));
-            // Parked: a call dropped (wall limit) before it resumes is not charged for the wait.
-            s.stretch.store(super::cpu::PARKED, Relaxed);
+            // A tenant's guest: charge the stretch that ends here, and hold the call to its time
+            // limit by the stretches it ran (on the lane, CPU time: ticks that found a preempted
+            // lane thread running would cut it short). Then park it while the tenant is over
+            // budget, and restart the stretch when it resumes (the wait is not charged; a call
+            // dropped before it resumes is not charged for it either).
+            let serving = s.request_id.is_some();
+            s.ran_ns += cpu.end_stretch(s.stretch.swap(super::cpu::PARKED, Relaxed), serving);
+            if s.ran_ns >= s.limit_ns {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            let park = cpu.park();
             let stretch = s.stretch.clone();
             Ok(UpdateDeadline::YieldCustom(
                 1,
@@ -385,7 +394,7 @@ impl LoadedPlugin {
                         Some(d) => tokio::time::sleep(d).await,
                         None => tokio::task::yield_now().await,
                     }
-                    stretch.store(super::cpu::now_ns(), Relaxed);
+                    stretch.store(super::cpu::stretch_now(), Relaxed);
                 }),
             ))
         });

@@ -68,7 +68,7 @@ pub fn warm_bound(n: usize) -> usize {
 }
 
 /// Pools per plugin: one per core, the default number of workers (more workers share them).
-pub(super) fn shards() -> usize {
+pub(crate) fn shards() -> usize {
     // Asked once: `available_parallelism` reads cgroup files, and every plugin load needs it.
     static SHARDS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *SHARDS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(16)))
