@@ -53,7 +53,9 @@ pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
         c.is_control()
             || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
     }
-    if !s.chars().any(unsafe_char) {
+    // Printable ASCII, the usual case, is checked a byte at a time (vectorised); only other text
+    // pays for the per-character Unicode test.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) || !s.chars().any(unsafe_char) {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);

@@ -1,7 +1,7 @@
-//! Connections to backends: per-worker pools of keep-alive HTTP/1.1 connections (hyper's connection
-//! API with a pool of our own — checkout and checkin are a `Vec` pop and push on the worker's
-//! thread), shared across reloads so a config change does not throw away warm connections; and
-//! one-off connections for WebSocket upgrades, which leave the pool for good once upgraded.
+//! Connections to backends: per-worker pools of keep-alive HTTP/1.1 connections (wasmgate's own
+//! codec, `h1`, polled in the request's task — checkout and checkin are a `Vec` pop and push on the
+//! worker's thread), shared across reloads so a config change does not throw away warm connections;
+//! and one-off connections for WebSocket upgrades, which leave the pool for good once upgraded.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,16 +15,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::upstream::egress::{Connector, EgressError};
+use crate::upstream::h1::{self, H1Error};
 use wasmgate_config::Backend;
 use wasmgate_core::body::ProxyBody;
-use wasmgate_core::error::{ProxyError, Violation};
+use wasmgate_core::error::ProxyError;
 
 /// How to reach the backends of one route: connect timeout and TLS settings. Requests go out on
 /// keep-alive connections from the pool of the worker thread they run on (see [`Upstream::send`]).
@@ -35,7 +35,7 @@ pub struct Upstream {
     /// be: a client dropped after a reload and a new one allocated in its place, with another CA,
     /// would inherit connections its TLS settings never vetted).
     id: u64,
-    /// Connection drivers join the process's task set; a draining process pools nothing.
+    /// A draining process pools nothing.
     life: crate::Lifecycle,
 }
 
@@ -45,10 +45,9 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 /// (connect timeout, SHA-256 of the CA bundle's bytes): a bundle rotated in place is a new key.
 type Key = (Duration, Option<[u8; 32]>);
 
-/// An idle keep-alive connection: hyper's handle to it (the connection itself is driven by a task),
-/// and the reaper generation it came back in.
+/// An idle keep-alive connection, and the reaper generation it came back in.
 struct Idle {
-    tx: SendRequest<ProxyBody>,
+    conn: h1::Conn,
     generation: u64,
 }
 
@@ -68,33 +67,34 @@ const MAX_IDLE: usize = 256;
 type PoolKey = (u64, bool, u128);
 
 thread_local! {
-    /// This worker thread's idle connections. A connection's task runs on the runtime that opened it,
-    /// so sharing a pool between workers would make every request wake another thread; like nginx's
-    /// workers, each keeps its own. No lock: one thread, and checkout/checkin never `.await`.
+    /// This worker thread's idle connections. A connection's socket is registered with the reactor of
+    /// the runtime that opened it, so sharing a pool between workers would make every request wake
+    /// another thread; like nginx's workers, each keeps its own. No lock: one thread, and
+    /// checkout/checkin never `.await`.
     static IDLE: RefCell<HashMap<PoolKey, HashMap<String, Vec<Idle>>>> = Default::default();
     static REAPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Reaper rounds so far on this worker.
     static GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-fn checkout(key: PoolKey, authority: &str) -> Option<SendRequest<ProxyBody>> {
+fn checkout(key: PoolKey, authority: &str) -> Option<h1::Conn> {
     IDLE.with(|pools| {
         let mut pools = pools.borrow_mut();
         let list = pools.get_mut(&key)?.get_mut(authority)?;
-        // Most recently used first: its socket is warm, and stale ones sink to the front.
-        while let Some(c) = list.pop() {
-            if !c.tx.is_closed() {
-                return Some(c.tx);
+        // Most recently used first: its socket is warm, and stale ones sink to the front. One the
+        // backend closed (or wrote to) while it was idle is dropped here.
+        while let Some(mut c) = list.pop() {
+            if c.conn.is_reusable() {
+                return Some(c.conn);
             }
         }
         None
     })
 }
 
-fn checkin(key: PoolKey, authority: &str, tx: SendRequest<ProxyBody>, life: &crate::Lifecycle) {
-    // Shutdown closes the task set before it signals draining, so a connection coming back after
-    // its driver cleared this worker's idle ones (see `handshake`) sees the set closed.
-    if tx.is_closed() || life.tasks.is_closed() {
+fn checkin(key: PoolKey, authority: &str, conn: h1::Conn, life: &crate::Lifecycle) {
+    // Shutdown closes the task set: a draining process keeps no connection.
+    if life.tasks.is_closed() {
         return;
     }
     start_reaper();
@@ -105,26 +105,17 @@ fn checkin(key: PoolKey, authority: &str, tx: SendRequest<ProxyBody>, life: &cra
             Some(list) => list,
             None => by_host.entry(authority.to_owned()).or_default(),
         };
-        // Amortised pruning: the oldest entry goes if it is dead.
-        if list.first().is_some_and(|c| c.tx.is_closed()) {
-            list.remove(0);
-        }
         if list.len() < MAX_IDLE {
             list.push(Idle {
-                tx,
+                conn,
                 generation: GENERATION.get(),
             });
         }
     });
 }
 
-/// Drop this worker's idle connections of upstream `id`: their drivers see the handle go and end.
-fn forget_idle(id: u64) {
-    IDLE.with(|pools| pools.borrow_mut().retain(|key, _| key.0 != id));
-}
-
-/// Close idle connections past [`IDLE_TIMEOUT`] (and dead ones). One task per worker thread, started
-/// with its first pooled connection.
+/// Close idle connections past [`IDLE_TIMEOUT`] (and ones the backend closed). One task per worker
+/// thread, started with its first pooled connection.
 fn start_reaper() {
     if REAPER.get() || tokio::runtime::Handle::try_current().is_err() {
         return;
@@ -140,7 +131,9 @@ fn start_reaper() {
                 // is a new one), and their keys must not pile up on every worker.
                 pools.borrow_mut().retain(|_, by_host| {
                     by_host.retain(|_, list| {
-                        list.retain(|c| !c.tx.is_closed() && now - c.generation < IDLE_ROUNDS);
+                        list.retain_mut(|c| {
+                            now - c.generation < IDLE_ROUNDS && c.conn.is_reusable()
+                        });
                         !list.is_empty()
                     });
                     !by_host.is_empty()
@@ -153,8 +146,9 @@ fn start_reaper() {
 impl Upstream {
     /// Send `req` (origin-form target, `Host` set) to `backend` on an idle keep-alive connection of
     /// this worker, or on a new one. The connection goes back to the pool when the response body has
-    /// been read to its end; a request that a reused connection could not take (it closed meanwhile)
-    /// is retried once on a fresh connection — it was never sent, so this is safe for any method.
+    /// been read to its end. A request that a reused connection failed before any answer is sent
+    /// again on another connection when that is safe (see `h1::SendError`): nothing of it went out,
+    /// or it has no body and an idempotent method.
     pub async fn send(
         self: &Arc<Self>,
         backend: &Backend,
@@ -162,81 +156,52 @@ impl Upstream {
         req: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let key = (self.id, backend.tls, via.scope());
-        let mut req = req;
-        let mut pooled = checkout(key, &backend.authority);
+        let mut out = h1::Outgoing::new(req);
         loop {
+            let pooled = checkout(key, &backend.authority);
             let reused = pooled.is_some();
-            let mut tx = match pooled.take() {
-                Some(tx) => tx,
+            let mut conn = match pooled {
+                Some(conn) => conn,
                 // Boxed: rare, and connecting (TCP, maybe TLS) makes a large future; inline, every
                 // request's future would carry (and move) it.
-                None => Box::pin(self.handshake(backend, via)).await?,
+                None => h1::Conn::new(Box::pin(self.open(backend, via)).await?),
             };
-            // A pooled connection may still be finishing the previous exchange for a moment.
-            let ready = tokio::time::timeout(self.connect_timeout, tx.ready()).await;
-            if !matches!(ready, Ok(Ok(()))) {
-                if reused {
-                    continue;
+            match conn.send(&mut out).await {
+                Ok((parsed, whole)) => {
+                    if let Some((rest, _)) = out.body.take() {
+                        // The backend answered before the upload ended. The rest of the client's
+                        // body is read and dropped (bounded by its own timeouts and size limit), not
+                        // dropped unread: the client's connection would close at once, and a close
+                        // with unread bytes is a reset that can destroy the answer before the client
+                        // reads it.
+                        self.life.tasks.spawn(async move {
+                            let mut rest = rest;
+                            while let Some(Ok(_)) = rest.frame().await {}
+                        });
+                    }
+                    let body =
+                        h1::ResponseBody::new(conn, parsed.framing, parsed.keep_alive && whole);
+                    return Ok(h1::response(
+                        parsed,
+                        PooledBody {
+                            body,
+                            back: Some(Back {
+                                key,
+                                authority: backend.authority.clone(),
+                                upstream: self.clone(),
+                            }),
+                            idle: None,
+                            timer: None,
+                            armed: false,
+                        },
+                    ));
                 }
-                return Err(ProxyError::upstream_connect(
-                    &backend.authority,
-                    Violation("the new connection was closed before it could take the request"),
-                ));
-            }
-            match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    return Ok(resp.map(|body| PooledBody {
-                        body,
-                        ended: false,
-                        back: Some(Back {
-                            key,
-                            authority: backend.authority.clone(),
-                            tx,
-                            upstream: self.clone(),
-                        }),
-                        idle: None,
-                        timer: None,
-                        armed: false,
-                    }))
+                Err(e) if reused && e.replayable => {
+                    tracing::debug!(backend = %backend.authority, "pooled connection failed before an answer, sending again: {}", e.error);
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(classify(e.into_error(), backend)),
-                },
+                Err(e) => return Err(classify(e.error, backend)),
             }
         }
-    }
-
-    async fn handshake(
-        &self,
-        backend: &Backend,
-        via: &Connector,
-    ) -> Result<SendRequest<ProxyBody>, ProxyError> {
-        let io = self.connect(backend, via).await?;
-        let (tx, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| classify(e, backend))?;
-        let authority = backend.authority.clone();
-        let (id, draining) = (self.id, self.life.draining.clone());
-        // Tracked like every other task: shutdown waits for the exchange under way to finish.
-        self.life.tasks.spawn(async move {
-            let mut conn = conn;
-            let ended = tokio::select! {
-                biased;
-                ended = &mut conn => ended,
-                () = draining.cancelled() => {
-                    // Idle connections close now, so they do not hold the shutdown for their idle
-                    // timeout; one with an exchange under way finishes it and is not pooled again.
-                    forget_idle(id);
-                    conn.await
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(backend = %authority, "backend connection ended: {}", wasmgate_core::error::Chain(&e));
-            }
-        });
-        Ok(tx)
     }
 }
 
@@ -244,15 +209,13 @@ impl Upstream {
 struct Back {
     key: PoolKey,
     authority: String,
-    tx: SendRequest<ProxyBody>,
     upstream: Arc<Upstream>,
 }
 
 /// A backend response body that returns its connection to the pool once read to the end (when it is
 /// dropped; hyper drops it after the last byte went out, or never polls it when it is empty).
 pub struct PooledBody {
-    body: Incoming,
-    ended: bool,
+    body: h1::ResponseBody,
     back: Option<Back>,
     /// See [`PooledBody::idle_timeout`].
     idle: Option<Duration>,
@@ -283,9 +246,6 @@ impl Body for PooledBody {
             Poll::Pending => {}
             Poll::Ready(polled) => {
                 this.armed = false;
-                if polled.is_none() {
-                    this.ended = true;
-                }
                 return Poll::Ready(polled.map(|r| r.map_err(Into::into)));
             }
         }
@@ -301,7 +261,7 @@ impl Body for PooledBody {
         }
         match timer.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
-            // The connection is dropped with the body (not `ended`): it goes, not back to the pool.
+            // The connection is dropped with the body (it did not end): it goes, not back to the pool.
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(
                 wasmgate_core::body::BackendBodyIdle(idle),
             )))),
@@ -319,12 +279,10 @@ impl Body for PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if self.ended || self.body.is_end_stream() {
-            if let Some(b) = self.back.take() {
-                checkin(b.key, &b.authority, b.tx, &b.upstream.life);
-            }
+        // A body abandoned mid-way (or broken) keeps its connection, which closes with it.
+        if let (Some(conn), Some(b)) = (self.body.take_reusable(), self.back.take()) {
+            checkin(b.key, &b.authority, conn, &b.upstream.life);
         }
-        // Otherwise the body was abandoned mid-way: dropping the handle closes the connection.
     }
 }
 
@@ -386,6 +344,12 @@ impl Upstream {
         backend: &Backend,
         via: &Connector,
     ) -> Result<TokioIo<Box<dyn Stream>>, ProxyError> {
+        let io = self.open(backend, via).await?;
+        Ok(TokioIo::new(Box::new(io) as Box<dyn Stream>))
+    }
+
+    /// A new connection to `backend` (TCP, then TLS if it wants it) within the connect timeout.
+    async fn open(&self, backend: &Backend, via: &Connector) -> Result<h1::Io, ProxyError> {
         let attempt = async {
             let tcp = via
                 .connect(&backend.authority, &backend.host)
@@ -401,7 +365,7 @@ impl Upstream {
                 })?;
             let _ = tcp.set_nodelay(true);
             if !backend.tls {
-                return Ok(TokioIo::new(Box::new(tcp) as Box<dyn Stream>));
+                return Ok(h1::Io::Plain(tcp));
             }
             let name = rustls::pki_types::ServerName::try_from(backend.host.clone())
                 .map_err(|e| ProxyError::upstream_connect(&backend.authority, e))?;
@@ -409,7 +373,7 @@ impl Upstream {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| ProxyError::upstream_connect(&backend.authority, e))?;
-            Ok(TokioIo::new(Box::new(tls) as Box<dyn Stream>))
+            Ok(h1::Io::Tls(Box::new(tls)))
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(r) => r,
@@ -421,26 +385,22 @@ impl Upstream {
     }
 }
 
-/// Classify a backend exchange error: our body limit → 413, anything else → 502.
-fn classify(err: hyper::Error, backend: &Backend) -> ProxyError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-    while let Some(e) = src {
-        if let Some(t) = e.downcast_ref::<wasmgate_core::body::TooLarge>() {
-            return ProxyError::BodyTooLarge { limit: t.0 };
-        }
-        // The request body failed on the client's side: its fault, not the backend's.
-        if let Some(c) = e.downcast_ref::<wasmgate_core::body::ClientBodyError>() {
-            let timeout = match c {
-                wasmgate_core::body::ClientBodyError::Broken(_) => None,
-                _ => Some(c.kind()),
-            };
-            let cause = Box::new(err);
-            return match timeout {
-                None => ProxyError::BadRequestBody(cause),
-                Some(kind) => ProxyError::ClientTimeout { kind, cause },
-            };
-        }
-        src = e.source();
+/// Classify a failed exchange: the request body's own failure is the client's (413, 400, 408),
+/// anything else the backend's (502).
+fn classify(err: H1Error, backend: &Backend) -> ProxyError {
+    let H1Error::Body(cause) = err else {
+        return ProxyError::upstream_protocol(&backend.authority, err);
+    };
+    if let Some(t) = cause.downcast_ref::<wasmgate_core::body::TooLarge>() {
+        return ProxyError::BodyTooLarge { limit: t.0 };
     }
-    ProxyError::upstream_protocol(&backend.authority, err)
+    match cause.downcast_ref::<wasmgate_core::body::ClientBodyError>() {
+        Some(wasmgate_core::body::ClientBodyError::Broken(_)) | None => {
+            ProxyError::BadRequestBody(cause)
+        }
+        Some(c) => ProxyError::ClientTimeout {
+            kind: c.kind(),
+            cause,
+        },
+    }
 }
