@@ -55,6 +55,8 @@ pub fn upstream_headers(
     state: &RequestState,
 ) {
     let (conn, client) = (&cx.conn, &cx.client);
+    // Room for the forwarding headers added below, so the map grows once (not once per insert).
+    headers.reserve(6);
     super::headers::strip_hop_by_hop(headers);
     headers.remove(header::EXPECT);
     super::headers::join_cookies(headers);

@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -71,10 +72,39 @@ thread_local! {
     /// the runtime that opened it, so sharing a pool between workers would make every request wake
     /// another thread; like nginx's workers, each keeps its own. No lock: one thread, and
     /// checkout/checkin never `.await`.
-    static IDLE: RefCell<HashMap<PoolKey, HashMap<String, Vec<Idle>>>> = Default::default();
+    static IDLE: RefCell<FastMap<PoolKey, FastMap<String, Vec<Idle>>>> = Default::default();
     static REAPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Reaper rounds so far on this worker.
     static GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The pools' maps, looked up twice per request: keyed by what the config and the process chose
+/// (upstream ids, backend authorities), never by what a client sends, so a fast unkeyed hash is
+/// safe where SipHash's flooding resistance would only cost time.
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// The Fx hash (rustc's): a multiply and a rotate per word.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+        }
+        for &b in chunks.remainder() {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 fn checkout(key: PoolKey, authority: &str) -> Option<h1::Conn> {

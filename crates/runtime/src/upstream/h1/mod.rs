@@ -236,13 +236,15 @@ impl Conn {
                 return Poll::Pending;
             }
             loop {
-                match head::parse_response(&mut self.buf, &req.method) {
-                    Ok(Some(parsed)) => {
-                        let whole = req.body.is_none() && queued.is_empty();
-                        return Poll::Ready(Ok((parsed, whole)));
+                if !self.buf.is_empty() {
+                    match head::parse_response(&mut self.buf, &req.method) {
+                        Ok(Some(parsed)) => {
+                            let whole = req.body.is_none() && queued.is_empty();
+                            return Poll::Ready(Ok((parsed, whole)));
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(Err(fail(e, written, true))),
                     }
-                    Ok(None) => {}
-                    Err(e) => return Poll::Ready(Err(fail(e, written, true))),
                 }
                 let received = !self.buf.is_empty();
                 match self.io.poll_read_buf(cx, &mut self.buf) {
