@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
                 let (start, end) = ("<!-- latest:start -->", "<!-- latest:end -->");
                 if let (Some(a), Some(b)) = (text.find(start), text.find(end)) {
                     let body = table
-                        .replacen("## wasmgate vs nginx vs Apache httpd\n", "", 1)
+                        .replacen("## wasmgate vs nginx, HAProxy and Apache httpd\n", "", 1)
                         .replace("\n### ", "\n#### ");
                     let new = format!(
                         "{}{start}\n{}\n![latest run, ratios to nginx](results/latest.svg)\n\n{}",
@@ -137,10 +137,11 @@ fn parse_wrk(text: &str, kind: &str, target: &str) -> anyhow::Result<Value> {
 }
 
 /// Display order and labels of the targets.
-const TARGETS: [(&str, &str); 5] = [
+const TARGETS: [(&str, &str); 6] = [
     ("direct", "direct"),
     ("apache", "Apache 2.4 event"),
     ("nginx", "nginx"),
+    ("haproxy", "HAProxy"),
     ("wasmgate", "wasmgate"),
     ("wasmgate-seed", "wasmgate + seed plugins"),
 ];
@@ -328,7 +329,7 @@ impl Report {
 
     fn markdown(&self, machine: &str) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "## wasmgate vs nginx vs Apache httpd\n");
+        let _ = writeln!(s, "## wasmgate vs nginx, HAProxy and Apache httpd\n");
         let _ = writeln!(s, "{}\n", machine.trim());
         let _ = writeln!(
             s,
@@ -497,6 +498,21 @@ impl Report {
                 yes(ok)
             );
         }
+        // Issue 24: proxy CPU per request (its cores over its requests/s) at or below both peers'.
+        let cpu_per_req = |t: &str| {
+            Some(r("http", t, "server_cores")? / r("http", t, "rps").filter(|v| *v > 0.0)? * 1e6)
+        };
+        if let (Some(w), Some(n), Some(h)) = (
+            cpu_per_req("wasmgate"),
+            cpu_per_req("nginx"),
+            cpu_per_req("haproxy"),
+        ) {
+            let _ = writeln!(
+                s,
+                "| proxy CPU per HTTP request ≤ nginx's and HAProxy's | {w:.1} µs vs nginx {n:.1}, HAProxy {h:.1} | {} |",
+                yes(w <= n && w <= h)
+            );
+        }
         if let (Some(w), Some(p)) = (
             r("http", "wasmgate", "rps"),
             r("http", "wasmgate-seed", "rps"),
@@ -614,7 +630,7 @@ impl Report {
                     || f.label == "WS RTT p99"
             })
             .collect();
-        let colors = ["#8c8c8c", "#c0392b", "#27ae60", "#2471a3", "#7d3c98"];
+        let colors = ["#8c8c8c", "#c0392b", "#27ae60", "#d68910", "#2471a3", "#7d3c98"];
         let (w, h) = (1300.0, 540.0);
         let (left, top, bottom) = (60.0, 70.0, 120.0);
         let plot_h = h - top - bottom;
@@ -640,7 +656,7 @@ impl Report {
         let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="white"/>"##);
         let _ = writeln!(
             s,
-            r##"<text x="{left}" y="24" font-size="16" font-weight="bold">wasmgate vs nginx vs Apache httpd — ratio to nginx (same run)</text>"##
+            r##"<text x="{left}" y="24" font-size="16" font-weight="bold">wasmgate vs nginx, HAProxy and Apache httpd — ratio to nginx (same run)</text>"##
         );
         let first = machine
             .lines()
