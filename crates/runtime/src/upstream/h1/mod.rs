@@ -380,3 +380,101 @@ pub fn response<B>(parsed: Parsed, body: B) -> Response<B> {
     *resp.headers_mut() = parsed.headers;
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+    use http_body_util::BodyExt;
+    use std::collections::VecDeque;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A body of unknown length, frame by frame.
+    struct Frames(VecDeque<&'static str>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(|s| Ok(Frame::data(Bytes::from(s)))))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_exchange_streams_both_bodies_and_the_connection_is_kept_until_the_backend_closes() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let (mut got, mut b) = (Vec::new(), [0u8; 1024]);
+            while !got.ends_with(b"0\r\n\r\n") {
+                let n = s.read(&mut b).await.unwrap();
+                assert!(
+                    n > 0,
+                    "closed mid-request: {:?}",
+                    String::from_utf8_lossy(&got)
+                );
+                got.extend_from_slice(&b[..n]);
+            }
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let n = s.read(&mut b).await.unwrap();
+            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+            (
+                String::from_utf8(got).unwrap(),
+                String::from_utf8_lossy(&b[..n]).into_owned(),
+            )
+        });
+        let mut conn = Conn::new(Io::Plain(TcpStream::connect(addr).await.unwrap()));
+        let req = http::Request::post("/up")
+            .header("host", "b")
+            .body(Frames(VecDeque::from(["he", "llo"])).boxed_unsync())
+            .unwrap();
+        let mut out = Outgoing::new(req);
+        let (parsed, whole) = conn.send(&mut out).await.unwrap();
+        assert!(whole && parsed.keep_alive);
+        assert_eq!(
+            (parsed.status, parsed.framing),
+            (StatusCode::OK, Framing::Chunked)
+        );
+        let mut body = ResponseBody::new(conn, parsed.framing, true);
+        let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&data[..], b"abc");
+        assert!(
+            body.is_end_stream(),
+            "the last chunk came with the data: known at once"
+        );
+        let mut conn = body
+            .take_reusable()
+            .expect("a clean end keeps the connection");
+        assert!(conn.is_reusable());
+        let get = http::Request::get("/again")
+            .header("host", "b")
+            .body(wasmgate_core::body::full(Bytes::new()))
+            .unwrap();
+        let (parsed, _) = conn.send(&mut Outgoing::new(get)).await.unwrap();
+        assert_eq!(
+            (parsed.status, parsed.framing),
+            (StatusCode::NO_CONTENT, Framing::Empty)
+        );
+        let (first, second) = server.await.unwrap();
+        assert_eq!(
+            first,
+            "POST /up HTTP/1.1\r\nhost: b\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n"
+        );
+        assert_eq!(second, "GET /again HTTP/1.1\r\nhost: b\r\n\r\n");
+        // The backend has closed its end: once the reactor has seen it, the idle connection is not
+        // handed out again.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!conn.is_reusable());
+    }
+}
