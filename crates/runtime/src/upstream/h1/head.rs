@@ -126,16 +126,20 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Pars
             })
             .collect::<Result<_, H1Error>>()?;
         let head: Bytes = buf.split_to(len).freeze();
+        let delimiters = fields
+            .iter()
+            .map(|(name, start, end)| (name, &head[*start..*end]));
+        let (framing, keep_alive) = framing(status, version, delimiters, method)?;
+        // With another delimitation, a stale length would mislead the next hop: it is dropped.
+        let drop_length = matches!(framing, Framing::Chunked | Framing::Close);
         let mut headers = HeaderMap::with_capacity(fields.len());
         for (name, start, end) in fields {
+            if drop_length && name == header::CONTENT_LENGTH {
+                continue;
+            }
             let value = HeaderValue::from_maybe_shared(head.slice(start..end))
                 .map_err(|_| H1Error::Invalid("header value"))?;
             headers.append(name, value);
-        }
-        let (framing, keep_alive) = framing(status, version, &headers, method)?;
-        if framing == Framing::Chunked || framing == Framing::Close {
-            // The body is delimited otherwise; a stale length would mislead the next hop.
-            headers.remove(header::CONTENT_LENGTH);
         }
         return Ok(Some(Parsed {
             status,
@@ -148,17 +152,43 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Pars
 }
 
 /// RFC 9112 §6.3, for a response: the body's delimitation, and whether the connection survives it.
-fn framing(
+/// Read from the head's fields in one pass (comparing standard names is cheap; a map lookup per
+/// header is not).
+fn framing<'a>(
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    fields: impl Iterator<Item = (&'a HeaderName, &'a [u8])>,
     method: &Method,
 ) -> Result<(Framing, bool), H1Error> {
-    let persistent = match version {
-        Version::HTTP_11 => !has_token(headers, &header::CONNECTION, "close"),
-        // A 1.0 backend keeps a connection only when it says so; not worth the ambiguity.
-        _ => false,
+    let list = |v: &'a [u8]| {
+        v.split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
     };
+    let (mut close, mut coding, mut chunked_last) = (false, false, false);
+    // A bad or conflicting length is an error only where the length is what frames the body.
+    let mut length: Result<Option<u64>, &'static str> = Ok(None);
+    for (name, value) in fields {
+        if name == header::CONNECTION {
+            close |= list(value).any(|t| t.eq_ignore_ascii_case(b"close"));
+        } else if name == header::TRANSFER_ENCODING {
+            coding = true;
+            if let Some(last) = list(value).last() {
+                chunked_last = last.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name == header::CONTENT_LENGTH {
+            for part in value.split(|&b| b == b',') {
+                length = match (length, parse_length(part.trim_ascii())) {
+                    (Err(e), _) => Err(e),
+                    (_, None) => Err("Content-Length"),
+                    (Ok(Some(l)), Some(n)) if l != n => Err("conflicting Content-Length values"),
+                    (Ok(_), Some(n)) => Ok(Some(n)),
+                };
+            }
+        }
+    }
+    // A 1.0 backend keeps a connection only when it says so; not worth the ambiguity.
+    let persistent = version == Version::HTTP_11 && !close;
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -170,39 +200,22 @@ fn framing(
             persistent && status != StatusCode::SWITCHING_PROTOCOLS,
         ));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if coding {
         if version == Version::HTTP_10 {
             // A 1.0 recipient cannot know chunked; a 1.0 sender using it is broken or lying.
             return Err(H1Error::Invalid(
                 "Transfer-Encoding in an HTTP/1.0 response",
             ));
         }
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(|c| c.trim_ascii())
-            .rfind(|c| !c.is_empty());
         // Both framings given: chunked wins, and the connection is closed after it (§6.3 item 3).
-        let both = headers.contains_key(header::CONTENT_LENGTH);
-        return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case(b"chunked") => {
-                (Framing::Chunked, persistent && !both)
-            }
-            _ => (Framing::Close, false),
+        let both = !matches!(length, Ok(None));
+        return Ok(if chunked_last {
+            (Framing::Chunked, persistent && !both)
+        } else {
+            (Framing::Close, false)
         });
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_length(part.trim_ascii()).ok_or(H1Error::Invalid("Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::Invalid("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    Ok(match length.map_err(H1Error::Invalid)? {
         Some(0) => (Framing::Empty, persistent),
         Some(n) => (Framing::Length(n), persistent),
         None => (Framing::Close, false),
@@ -215,14 +228,6 @@ fn parse_length(s: &[u8]) -> Option<u64> {
         return None;
     }
     Some(s.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
-}
-
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
 }
 
 #[cfg(test)]
@@ -263,6 +268,28 @@ mod tests {
         .unwrap();
         assert_eq!((p.framing, p.keep_alive), (Framing::Chunked, false));
         assert!(!p.headers.contains_key(header::CONTENT_LENGTH));
+        let p = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n",
+            get(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (p.framing, p.keep_alive),
+            (Framing::Chunked, false),
+            "the length is ignored"
+        );
+        let p = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\nContent-Length: 3\r\n\r\n",
+            get(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (p.framing, p.keep_alive),
+            (Framing::Close, false),
+            "an empty coding is a coding"
+        );
         let p = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", get())
             .unwrap()
             .unwrap();
