@@ -69,17 +69,15 @@ impl Decoder {
             match *self {
                 Decoder::Done => return Ok(Step::End),
                 Decoder::Length(n) => {
-                    if buf.is_empty() {
+                    let Some((data, rest)) = take_up_to(buf, n) else {
                         return Ok(Step::NeedMore);
-                    }
-                    let take = n.min(buf.len() as u64) as usize;
-                    let rest = n - take as u64;
+                    };
                     *self = if rest == 0 {
                         Decoder::Done
                     } else {
                         Decoder::Length(rest)
                     };
-                    return Ok(Step::Data(buf.split_to(take).freeze()));
+                    return Ok(Step::Data(data));
                 }
                 Decoder::Close => {
                     if buf.is_empty() {
@@ -88,17 +86,15 @@ impl Decoder {
                     return Ok(Step::Data(buf.split().freeze()));
                 }
                 Decoder::Chunked(Chunk::Data(n)) => {
-                    if buf.is_empty() {
+                    let Some((data, rest)) = take_up_to(buf, n) else {
                         return Ok(Step::NeedMore);
-                    }
-                    let take = n.min(buf.len() as u64) as usize;
-                    let rest = n - take as u64;
+                    };
                     *self = Decoder::Chunked(if rest == 0 {
                         Chunk::DataEnd
                     } else {
                         Chunk::Data(rest)
                     });
-                    return Ok(Step::Data(buf.split_to(take).freeze()));
+                    return Ok(Step::Data(data));
                 }
                 Decoder::Chunked(_) => {
                     if !self.framing_step(buf)? {
@@ -177,6 +173,16 @@ impl Decoder {
             _ => Err(H1Error::Truncated),
         }
     }
+}
+
+/// Up to `n` bytes off the front of `buf` (`None`: nothing is buffered), and how many of the `n`
+/// are still to come.
+fn take_up_to(buf: &mut BytesMut, n: u64) -> Option<(Bytes, u64)> {
+    if buf.is_empty() {
+        return None;
+    }
+    let take = n.min(buf.len() as u64) as usize;
+    Some((buf.split_to(take).freeze(), n - take as u64))
 }
 
 /// One CRLF-terminated line off the front of `buf`, without its CRLF (`None`: not complete yet).

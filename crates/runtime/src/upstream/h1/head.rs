@@ -173,7 +173,7 @@ fn framing<'a>(
             close |= list(value).any(|t| t.eq_ignore_ascii_case(b"close"));
         } else if name == header::TRANSFER_ENCODING {
             coding = true;
-            if let Some(last) = list(value).last() {
+            if let Some(last) = list(value).next_back() {
                 chunked_last = last.eq_ignore_ascii_case(b"chunked");
             }
         } else if name == header::CONTENT_LENGTH {
