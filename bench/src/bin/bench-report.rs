@@ -630,7 +630,9 @@ impl Report {
                     || f.label == "WS RTT p99"
             })
             .collect();
-        let colors = ["#8c8c8c", "#c0392b", "#27ae60", "#d68910", "#2471a3", "#7d3c98"];
+        let colors = [
+            "#8c8c8c", "#c0392b", "#27ae60", "#d68910", "#2471a3", "#7d3c98",
+        ];
         let (w, h) = (1300.0, 540.0);
         let (left, top, bottom) = (60.0, 70.0, 120.0);
         let plot_h = h - top - bottom;
