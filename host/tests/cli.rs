@@ -466,6 +466,99 @@ async fn a_handover_under_load_refuses_nothing_and_fails_nothing() {
     );
 }
 
+/// Issue 14.1: a SIGUSR2 successor loads every tenant afresh and remembers no incumbent; only the
+/// state directory does. An attacker that claimed the victim's host while the old process served
+/// (refused there) is refused by the successor too, whichever of the two directory names sorts
+/// first, and the victim's host never changes hands during the handover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_keeps_a_contested_host_with_its_recorded_owner() {
+    let backend = Backend::start().await;
+    for attacker in ["aaa", "zzz"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let write = |rel: &str, text: &str| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        let tenant = |path: &str| {
+            format!(
+                "[[site]]\nname = \"shop\"\nlisteners = [\"web\"]\nhosts = [\"shared.test\"]\n\n[[site.route]]\npath = \"/\"\nbackend = \"{}/{path}/\"\n",
+                backend.url()
+            )
+        };
+        write(
+            "wasmgate.toml",
+            &format!(
+                r#"tenants_dir = "tenants"
+state_dir = "state"
+
+[tenant_limits.default]
+backends = ["127.0.0.0/8"]
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+
+[[site]]
+name = "ops"
+listeners = ["web"]
+hosts = ["ops.test"]
+
+[[site.route]]
+path = "/"
+backend = "{}/operator/"
+"#,
+                backend.url()
+            ),
+        );
+        write("tenants/mmm/tenant.toml", &tenant("victim"));
+        let mut run = Running::start_in(root, Path::new("wasmgate.toml")).await;
+        let addr = run.addrs[0].1;
+        // A file written before the watcher is set up would go unseen until the next change.
+        run.wait_for("watching configuration for changes").await;
+        let served_by = |body: &[u8]| String::from_utf8_lossy(body).contains("/victim/");
+        assert!(served_by(&get(addr, "shared.test", "/").await.body));
+
+        // The attacker claims the host while the old process serves: refused, the victim keeps it.
+        write(
+            &format!("tenants/{attacker}/tenant.toml"),
+            &tenant("attacker"),
+        );
+        run.wait_for("belongs to tenant `mmm`").await;
+        assert!(served_by(&get(addr, "shared.test", "/").await.body));
+
+        run.signal("-USR2");
+        // The two processes' lines interleave in no fixed order: all of them up to the takeover.
+        let lines = run.lines_until("telling the predecessor to drain").await;
+        let pid: u32 = lines
+            .iter()
+            .find_map(|l| l.split("successor=").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no successor pid in {lines:#?}"));
+        let _successor = KillOnDrop(pid);
+        // The successor judged the contest from the state directory before it took over.
+        assert!(
+            lines.iter().any(|l| l.contains("belongs to tenant `mmm`")
+                && l.contains("it already owns it")
+                && l.contains(&format!("tenant={attacker}"))),
+            "{lines:#?}"
+        );
+        let status = tokio::time::timeout(Duration::from_secs(10), run.child.wait())
+            .await
+            .expect("old process did not exit")
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+        for _ in 0..5 {
+            assert!(
+                served_by(&get(addr, "shared.test", "/").await.body),
+                "the successor gave the victim's host away"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn systemd_is_told_ready_with_the_main_pid_and_logs_can_be_json() {
     let backend = Backend::start().await;

@@ -93,6 +93,28 @@ impl Running {
         }
     }
 
+    /// Every line up to and including the next one containing `needle`: for lines of two processes
+    /// (a handover) whose order between them is not fixed.
+    pub async fn lines_until(&mut self, needle: &str) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + wasmgate_tests::STATE_CHANGE;
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) => {
+                    let done = l.contains(needle);
+                    seen.push(l);
+                    if done {
+                        return seen;
+                    }
+                }
+                _ => panic!(
+                    "no log line containing `{needle}`; saw:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
+    }
+
     /// Every line logged so far (without waiting).
     pub fn drain(&mut self) -> Vec<String> {
         let mut out = Vec::new();

@@ -17,27 +17,35 @@ pub enum Io {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// How much the read buffer grows by when it runs low: a small response fits whole.
-const READ_CHUNK: usize = 8 * 1024;
+/// How much the read buffer grows by when it runs low: a small response fits whole. A read that
+/// fills what it was given doubles the next one's room, up to [`MAX_READ`], so a large body is not
+/// read 8 KiB per syscall.
+pub const MIN_READ: usize = 8 * 1024;
+const MAX_READ: usize = 128 * 1024;
 
 impl Io {
-    /// Read what the socket has into the spare capacity of `buf`: `Ready(Ok(0))` is the end of
-    /// the stream.
+    /// Read what the socket has into the spare capacity of `buf`, which gets at least `*want`
+    /// bytes of room when it runs low; `Ready(Ok(0))` is the end of the stream.
     pub fn poll_read_buf(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
+        want: &mut usize,
     ) -> Poll<io::Result<usize>> {
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+        if buf.capacity() - buf.len() < MIN_READ / 4 {
+            buf.reserve(*want);
         }
         let spare = buf.spare_capacity_mut();
+        let room = spare.len();
         let mut rb = ReadBuf::uninit(spare);
-        match Pin::new(self).poll_read(cx, &mut rb) {
+        match Pin::new(&mut *self).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => {
                 let n = rb.filled().len();
                 // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity.
                 unsafe { buf.set_len(buf.len() + n) };
+                if n == room {
+                    *want = (*want * 2).min(MAX_READ);
+                }
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),

@@ -62,6 +62,8 @@ pub struct SendError {
 pub struct Conn {
     io: Io,
     buf: BytesMut,
+    /// Room a read gets when the buffer runs low (see `io::MIN_READ`).
+    want: usize,
 }
 
 /// A request, as it goes out: the head (encoded once, so a retry re-sends the same bytes) and the
@@ -111,6 +113,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            want: io::MIN_READ,
         }
     }
 
@@ -141,9 +144,12 @@ impl Conn {
                 && !matches!(error, H1Error::Body(_)),
             error,
         };
+        // A write that failed once the head was out: the backend may have answered and closed
+        // (a 413 to an upload), so its answer is read before the failure is reported.
+        let mut write_failed: Option<std::io::Error> = None;
         poll_fn(|cx| {
             // Write as far as the socket takes it.
-            loop {
+            while write_failed.is_none() {
                 let head_left = written < req.head.len();
                 if head_left || !queued.is_empty() {
                     let mut slices = [IoSlice::new(&[]); 8];
@@ -180,8 +186,12 @@ impl Conn {
                             }
                             continue;
                         }
-                        Poll::Ready(Err(e)) => {
+                        Poll::Ready(Err(e)) if head_left => {
                             return Poll::Ready(Err(fail(e.into(), written, false)));
+                        }
+                        Poll::Ready(Err(e)) => {
+                            write_failed = Some(e);
+                            break;
                         }
                         Poll::Pending => break,
                     }
@@ -222,9 +232,7 @@ impl Conn {
                 if !flushed {
                     match Pin::new(&mut self.io).poll_flush(cx) {
                         Poll::Ready(Ok(())) => flushed = true,
-                        Poll::Ready(Err(e)) => {
-                            return Poll::Ready(Err(fail(e.into(), written, false)));
-                        }
+                        Poll::Ready(Err(e)) => write_failed = Some(e),
                         Poll::Pending => {}
                     }
                 }
@@ -239,7 +247,8 @@ impl Conn {
                 if !self.buf.is_empty() {
                     match head::parse_response(&mut self.buf, &req.method) {
                         Ok(Some(parsed)) => {
-                            let whole = req.body.is_none() && queued.is_empty();
+                            let whole =
+                                write_failed.is_none() && req.body.is_none() && queued.is_empty();
                             return Poll::Ready(Ok((parsed, whole)));
                         }
                         Ok(None) => {}
@@ -247,13 +256,15 @@ impl Conn {
                     }
                 }
                 let received = !self.buf.is_empty();
-                match self.io.poll_read_buf(cx, &mut self.buf) {
+                match self.io.poll_read_buf(cx, &mut self.buf, &mut self.want) {
                     Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(fail(H1Error::Closed, written, received)));
+                        let error = write_failed.take().map_or(H1Error::Closed, H1Error::from);
+                        return Poll::Ready(Err(fail(error, written, received)));
                     }
                     Poll::Ready(Ok(_)) => continue,
                     Poll::Ready(Err(e)) => {
-                        return Poll::Ready(Err(fail(e.into(), written, received)));
+                        let error = write_failed.take().unwrap_or(e);
+                        return Poll::Ready(Err(fail(error.into(), written, received)));
                     }
                     Poll::Pending => return Poll::Pending,
                 }
@@ -294,7 +305,13 @@ impl ResponseBody {
         if !(self.keep_alive && self.decoder.is_done()) {
             return None;
         }
-        self.conn.take().filter(|c| c.buf.is_empty())
+        let mut conn = self.conn.take().filter(|c| c.buf.is_empty())?;
+        // An idle connection keeps no more than a small response's room.
+        if conn.buf.capacity() > 2 * io::MIN_READ {
+            conn.buf = BytesMut::new();
+        }
+        conn.want = io::MIN_READ;
+        Some(conn)
     }
 }
 
@@ -342,7 +359,7 @@ impl Body for ResponseBody {
                     continue;
                 }
             }
-            match conn.io.poll_read_buf(cx, &mut conn.buf) {
+            match conn.io.poll_read_buf(cx, &mut conn.buf, &mut conn.want) {
                 Poll::Ready(Ok(0)) => {
                     this.keep_alive = false;
                     match this.decoder.at_eof() {
