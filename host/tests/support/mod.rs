@@ -95,6 +95,7 @@ impl Running {
 
     /// Every line up to and including the next one containing `needle`: for lines of two processes
     /// (a handover) whose order between them is not fixed.
+    #[allow(dead_code)] // `support` is compiled into each test binary; only `cli` asks for this.
     pub async fn lines_until(&mut self, needle: &str) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + wasmgate_tests::STATE_CHANGE;
         let mut seen = Vec::new();
