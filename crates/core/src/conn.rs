@@ -13,6 +13,9 @@ pub struct ConnInfo {
     pub listener: usize,
     pub listener_name: Arc<str>,
     pub tls: Option<TlsConn>,
+    /// `peer`'s address as a header value, made once per connection: what `X-Forwarded-For` says
+    /// when no trusted proxy came before (every request on a keep-alive connection shares it).
+    pub peer_text: http::HeaderValue,
 }
 
 /// What the handshake settled, as plugins and logs see it.
@@ -40,6 +43,13 @@ impl Scheme {
 }
 
 impl ConnInfo {
+    /// `peer`'s address as [`ConnInfo::peer_text`] holds it.
+    pub fn peer_text(peer: SocketAddr) -> http::HeaderValue {
+        let mut buf = [0u8; 64];
+        http::HeaderValue::from_str(crate::text::ip(peer.ip(), &mut buf))
+            .unwrap_or(http::HeaderValue::from_static("-"))
+    }
+
     pub fn scheme(&self) -> Scheme {
         if self.tls.is_some() {
             Scheme::Https

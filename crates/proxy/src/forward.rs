@@ -86,6 +86,7 @@ pub fn upstream_headers(
             } else {
                 "1.1"
             },
+            peer_text: (conn.peer.ip() == client.peer).then_some(&conn.peer_text),
         },
     );
 }

@@ -83,6 +83,8 @@ pub struct Forwarding<'a> {
     pub request_id: &'a str,
     /// "1.1" or "2" for `Via` (anything else counts as "1.1").
     pub via_version: &'a str,
+    /// The client's peer address as a header value, when the connection made it already.
+    pub peer_text: Option<&'a HeaderValue>,
 }
 
 /// Add `X-Forwarded-For/-Host/-Proto`, `X-Request-Id` and `Via`. `X-Forwarded-For` is the chain the
@@ -92,12 +94,19 @@ pub struct Forwarding<'a> {
 pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     let c = f.client;
     if c.chain.is_empty() {
-        let mut buf = [0u8; 64];
-        set(
-            headers,
-            &X_FORWARDED_FOR,
-            wasmgate_core::text::ip(c.peer, &mut buf),
-        );
+        match f.peer_text {
+            Some(v) => {
+                headers.insert(&X_FORWARDED_FOR, v.clone());
+            }
+            None => {
+                let mut buf = [0u8; 64];
+                set(
+                    headers,
+                    &X_FORWARDED_FOR,
+                    wasmgate_core::text::ip(c.peer, &mut buf),
+                );
+            }
+        }
     } else {
         set(headers, &X_FORWARDED_FOR, &c.x_forwarded_for());
     }
@@ -239,6 +248,7 @@ mod tests {
             authority: "chat.example.org",
             request_id: "r1",
             via_version: via,
+            peer_text: None,
         }
     }
 

@@ -50,9 +50,11 @@ pub(super) async fn serve_connection(stream: TcpStream, tcp_peer: SocketAddr, ct
             }
         },
     };
+    let peer_text = ConnInfo::peer_text(peer);
     let info = |tls| ConnInfo {
         peer,
         tcp_peer,
+        peer_text,
         listener: ctx.idx,
         listener_name: ctx.name.clone(),
         tls,
