@@ -5,7 +5,9 @@
 //! both ways without parsing frames. HTTP/2 clients (RFC 8441 extended CONNECT) are bridged to an
 //! HTTP/1.1 upgrade towards the backend.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -13,7 +15,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 
@@ -355,21 +357,87 @@ enum Fail {
     Write,
 }
 
+thread_local! {
+    /// Where a tunnel's bytes are read to, shared by every tunnel on the worker: a read and the
+    /// write that passes it on happen in one poll, so no tunnel holds a buffer between messages.
+    /// An idle tunnel costs no buffer at all (two 8 KiB buffers each, before: 16 of its 18 KiB).
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; BUF].into_boxed_slice());
+}
+
+/// Copy `r` to `w` until `r` ends (then shut `w`'s write side). What `w` does not take at once is
+/// kept (in a buffer of its own, until written) and waited for before the next read.
 async fn copy<R, W>(r: &mut R, w: &mut W, count: &AtomicU64, touch: &impl Fn()) -> Result<(), Fail>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF];
+    let mut rest: Vec<u8> = Vec::new();
     loop {
-        let n = r.read(&mut buf).await.map_err(|_| Fail::Read)?;
-        if n == 0 {
+        let read = std::future::poll_fn(|cx| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut rb = tokio::io::ReadBuf::new(scratch);
+                match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(_)) => Poll::Ready(Err(Fail::Read)),
+                    Poll::Ready(Ok(())) => {
+                        let data = rb.filled();
+                        let mut sent = 0;
+                        while sent < data.len() {
+                            match Pin::new(&mut *w).poll_write(cx, &data[sent..]) {
+                                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                                    return Poll::Ready(Err(Fail::Write));
+                                }
+                                Poll::Ready(Ok(k)) => sent += k,
+                                Poll::Pending => break,
+                            }
+                        }
+                        rest.extend_from_slice(&data[sent..]);
+                        Poll::Ready(Ok(data.len()))
+                    }
+                }
+            })
+        })
+        .await?;
+        if read == 0 {
             let _ = w.shutdown().await;
             return Ok(());
         }
         touch();
-        w.write_all(&buf[..n]).await.map_err(|_| Fail::Write)?;
+        if !rest.is_empty() {
+            w.write_all(&rest).await.map_err(|_| Fail::Write)?;
+            rest = Vec::new();
+        }
         w.flush().await.map_err(|_| Fail::Write)?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
+        count.fetch_add(read as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A writer that takes little at a time (a 64-byte pipe) keeps what it has not taken yet: every
+    /// byte arrives, in order, and the end is passed on as a shutdown.
+    #[tokio::test]
+    async fn a_slow_writer_gets_every_byte_in_order() {
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut src, mut r) = tokio::io::duplex(1 << 20);
+        let (mut w, mut dst) = tokio::io::duplex(64);
+        let count = AtomicU64::new(0);
+        let sent = payload.clone();
+        let feed = async move {
+            src.write_all(&sent).await.unwrap();
+            drop(src);
+        };
+        let drain = async move {
+            let mut got = Vec::new();
+            dst.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let (copied, (), got) = tokio::join!(copy(&mut r, &mut w, &count, &|| {}), feed, drain);
+        assert!(copied.is_ok());
+        assert_eq!(got, payload);
+        assert_eq!(count.load(Ordering::Relaxed), payload.len() as u64);
     }
 }
