@@ -15,14 +15,17 @@ P_HAPROXY=$((PB + 9)); P_HAPROXY_TLS=$((PB + 10))
 P_NGINX_NOLOG=$((PB + 11))
 CERTS="$TMP/certs"
 
-# make_certs: an RSA-2048 CA and a server certificate for bench.local / localhost / 127.0.0.1 in CERTS.
+# make_certs: an RSA-2048 CA and a server certificate for bench.local / localhost / 127.0.0.1 in CERTS,
+# with an RSA-2048 key (or ECDSA P-256 with BENCH_CERT=ecdsa).
 make_certs() {
     mkdir -p "$CERTS"
+    local key=(-newkey rsa:2048)
+    [[ ${BENCH_CERT:-rsa} == ecdsa ]] && key=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
     (
         cd "$CERTS"
         openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=wasmgate bench CA" \
             -keyout ca.key -out ca.crt 2>/dev/null
-        openssl req -newkey rsa:2048 -nodes -subj "/CN=bench.local" -keyout server.key -out server.csr 2>/dev/null
+        openssl req "${key[@]}" -nodes -subj "/CN=bench.local" -keyout server.key -out server.csr 2>/dev/null
         printf 'subjectAltName=DNS:bench.local,DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >ext.cnf
         openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf \
             -out server.crt 2>/dev/null
