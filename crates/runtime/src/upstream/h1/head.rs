@@ -91,6 +91,10 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Pars
             &mut fields,
         );
         let len = match parsed {
+            // A read can complete a head past the limit in one go: the limit holds all the same.
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                return Err(H1Error::HeadTooLarge)
+            }
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => {
                 return if buf.len() >= MAX_HEAD {
@@ -199,6 +203,10 @@ fn framing<'a>(
             Framing::Empty,
             persistent && status != StatusCode::SWITCHING_PROTOCOLS,
         ));
+    }
+    if method == Method::CONNECT && status.is_success() {
+        // A 2xx to CONNECT is a tunnel (§6.3 rule 2): the connection is no longer HTTP.
+        return Ok((Framing::Close, false));
     }
     if coding {
         if version == Version::HTTP_10 {
@@ -342,6 +350,22 @@ mod tests {
             parse_response(&mut big, &Method::GET),
             Err(H1Error::HeadTooLarge)
         ));
+        // Complete in one read, and over the limit all the same.
+        let mut whole = BytesMut::from(
+            format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD)).as_str(),
+        );
+        assert!(matches!(
+            parse_response(&mut whole, &Method::GET),
+            Err(H1Error::HeadTooLarge)
+        ));
+        // A 2xx to CONNECT is a tunnel, never a pooled connection.
+        let p = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            Method::CONNECT,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((p.framing, p.keep_alive), (Framing::Close, false));
     }
 
     #[test]

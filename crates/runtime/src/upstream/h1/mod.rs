@@ -225,7 +225,8 @@ impl Conn {
                         Poll::Ready(Some(Err(e))) => {
                             return Poll::Ready(Err(fail(H1Error::Body(e), written, false)));
                         }
-                        Poll::Pending => break,
+                        // Waiting for the client: what TLS holds back is flushed meanwhile.
+                        Poll::Pending => {}
                     }
                 }
                 // Everything is written; TLS may still hold records back.
@@ -306,11 +307,13 @@ impl ResponseBody {
             return None;
         }
         let mut conn = self.conn.take().filter(|c| c.buf.is_empty())?;
-        // An idle connection keeps no more than a small response's room.
-        if conn.buf.capacity() > 2 * io::MIN_READ {
+        // An idle connection keeps no more than a small response's room. (`capacity` counts only
+        // the room left in the buffer's view, not the allocation it pins: a connection whose
+        // reads grew lets its buffer go.)
+        if conn.want > io::MIN_READ {
             conn.buf = BytesMut::new();
+            conn.want = io::MIN_READ;
         }
-        conn.want = io::MIN_READ;
         Some(conn)
     }
 }
@@ -336,6 +339,8 @@ impl Body for ResponseBody {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
+                // The connection is out of step now: it goes, and nothing more is read from it.
+                this.conn = None;
                 return Poll::Ready(Some(Err(e)));
             }
             let Some(conn) = this.conn.as_mut() else {
