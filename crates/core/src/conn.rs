@@ -43,10 +43,11 @@ impl Scheme {
 }
 
 impl ConnInfo {
-    /// `peer`'s address as [`ConnInfo::peer_text`] holds it.
+    /// `peer`'s address as [`ConnInfo::peer_text`] holds it: canonical (an IPv4-mapped IPv6 peer
+    /// as IPv4), as the client address is judged and logged.
     pub fn peer_text(peer: SocketAddr) -> http::HeaderValue {
         let mut buf = [0u8; 64];
-        http::HeaderValue::from_str(crate::text::ip(peer.ip(), &mut buf))
+        http::HeaderValue::from_str(crate::text::ip(peer.ip().to_canonical(), &mut buf))
             .unwrap_or(http::HeaderValue::from_static("-"))
     }
 

@@ -86,7 +86,7 @@ pub fn upstream_headers(
             } else {
                 "1.1"
             },
-            peer_text: (conn.peer.ip() == client.peer).then_some(&conn.peer_text),
+            peer_text: (conn.peer.ip().to_canonical() == client.peer).then_some(&conn.peer_text),
         },
     );
 }
